@@ -1,0 +1,28 @@
+# `make demo` and `make test` work on a fresh machine: they build .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hal-installed
+EXTRAS ?= all,dev
+
+.PHONY: demo test venv lint clean
+
+demo: $(STAMP)
+	$(BIN)/hal compare
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check hal backends models tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
