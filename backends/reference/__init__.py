@@ -1,0 +1,37 @@
+"""``cpu@reference``: numpy, the oracle every other device is checked against.
+
+Correct first, fast second: each op is a plain numpy function of ONNX semantics.
+"""
+
+from __future__ import annotations
+
+from hal.backend import Backend, CompileOptions, Device, check_precision
+from hal.device import DeviceInfo
+
+
+class ReferenceBackend(Backend):
+    name = "reference"
+    kinds = ("cpu",)
+    priority = 0  # the oracle, never the fastest choice for a bare "cpu"
+    requires = ("numpy",)
+
+    @property
+    def ops(self) -> frozenset[str]:  # type: ignore[override]
+        from hal.backends.reference.ops import OPS
+
+        return frozenset(OPS)
+
+    def probe(self) -> list[DeviceInfo]:
+        import numpy as np
+
+        from hal.backends.reference.ops import OPS
+
+        ok = np.array_equal(OPS["Add"](np.ones(2, np.float32), np.ones(2, np.float32)), [2, 2])
+        return [DeviceInfo("cpu", 0, self.name, name="numpy reference", usable=ok,
+                           reason="" if ok else "numpy self-test failed")]
+
+    def compile(self, model, device: Device, options: CompileOptions):
+        from hal.backends.reference.executor import ReferenceExecutable
+
+        check_precision(self, options)
+        return ReferenceExecutable(model, device)

@@ -1,0 +1,144 @@
+"""Convolution, pooling and normalization."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from hal.backends.reference.ops import op
+
+
+def _conv_pads(x_spatial, k, strides, dilations, pads, auto_pad):
+    n = len(x_spatial)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = []
+        for i in range(n):
+            o = -(-x_spatial[i] // strides[i])
+            total = max(0, (o - 1) * strides[i] + (k[i] - 1) * dilations[i] + 1 - x_spatial[i])
+            lo = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            out.append((lo, total - lo))
+        return out
+    if auto_pad == "VALID":
+        return [(0, 0)] * n
+    pads = pads or [0] * (2 * n)
+    return [(pads[i], pads[i + n]) for i in range(n)]
+
+
+def _windows(xp, k, strides, dilations):
+    """[N, C, *out, *k] view of the padded input."""
+    n = len(k)
+    eff = [(k[i] - 1) * dilations[i] + 1 for i in range(n)]
+    v = sliding_window_view(xp, eff, axis=tuple(range(2, 2 + n)))
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
+        + tuple(slice(None, None, d) for d in dilations)
+    return v[sl]
+
+
+@op("Conv")
+def conv(x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+         strides=None):
+    n = x.ndim - 2
+    k = list(w.shape[2:])
+    strides = strides or [1] * n
+    dilations = dilations or [1] * n
+    pp = _conv_pads(x.shape[2:], k, strides, dilations, pads, auto_pad)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pp)
+    win = _windows(xp, k, strides, dilations)  # N, C, *out, *k
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    cg, mg = C // group, M // group
+    out_sp = win.shape[2:2 + n]
+    letters = "hwdxyz"[:n]
+    kl = "klmnop"[:n]
+    outs = []
+    for g in range(group):
+        wg = win[:, g * cg:(g + 1) * cg]
+        kg = w[g * mg:(g + 1) * mg]
+        outs.append(np.einsum(f"bc{letters}{kl},mc{kl}->bm{letters}", wg, kg, optimize=True))
+    y = np.concatenate(outs, axis=1) if group > 1 else outs[0]
+    if b is not None:
+        y = y + b.reshape((1, M) + (1,) * n)
+    return y.astype(x.dtype, copy=False).reshape((N, M) + tuple(out_sp))
+
+
+def _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
+    n = len(kernel_shape)
+    pp = _conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
+    if ceil_mode:
+        extra = []
+        for i in range(n):
+            eff = (kernel_shape[i] - 1) * dilations[i] + 1
+            size = x.shape[2 + i] + pp[i][0] + pp[i][1]
+            out = -(-(size - eff) // strides[i]) + 1
+            if (out - 1) * strides[i] >= x.shape[2 + i] + pp[i][0]:
+                out -= 1  # the last window must start inside the input or left padding
+            need = (out - 1) * strides[i] + eff - size
+            extra.append(max(0, need))
+        pp = [(lo, hi + e) for (lo, hi), e in zip(pp, extra)]
+    return pp
+
+
+@op("MaxPool")
+def max_pool(x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+             storage_order=0, strides=None):
+    n = len(kernel_shape)
+    strides = strides or [1] * n
+    dilations = dilations or [1] * n
+    pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    fill = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    xp = np.pad(x, [(0, 0), (0, 0)] + pp, constant_values=fill)
+    win = _windows(xp, kernel_shape, strides, dilations)
+    return win.max(axis=tuple(range(-n, 0))).astype(x.dtype)
+
+
+@op("AveragePool")
+def average_pool(x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
+                 kernel_shape=None, pads=None, strides=None):
+    n = len(kernel_shape)
+    strides = strides or [1] * n
+    dilations = dilations or [1] * n
+    explicit = _conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
+    pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pp)
+    axes = tuple(range(-n, 0))
+    sums = _windows(xp, kernel_shape, strides, dilations).sum(axis=axes)
+    # count of elements per window: real ones, or real + explicit padding
+    ones = np.zeros((1, 1) + x.shape[2:], x.dtype)
+    ones_p = np.pad(ones + 1, [(0, 0), (0, 0)] + explicit, constant_values=float(count_include_pad))
+    extra = [(0, hi - e_hi) for (_, hi), (_, e_hi) in zip(pp, explicit)]
+    ones_p = np.pad(ones_p, [(0, 0), (0, 0)] + extra)
+    counts = _windows(ones_p, kernel_shape, strides, dilations).sum(axis=axes)
+    return (sums / counts).astype(x.dtype)
+
+
+@op("GlobalAveragePool")
+def global_average_pool(x):
+    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)
+
+
+@op("GlobalMaxPool")
+def global_max_pool(x):
+    return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@op("BatchNormalization")
+def batch_norm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + epsilon)
+    return (y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
+
+
+@op("LayerNormalization")
+def layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
+    axis = axis % x.ndim
+    axes = tuple(range(axis, x.ndim))
+    xf = x.astype(np.float64) if stash_type == 1 and x.dtype != np.float64 else x
+    mean = xf.mean(axis=axes, keepdims=True)
+    d = xf - mean
+    var = (d * d).mean(axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt(var + epsilon)
+    y = d * inv * scale
+    if bias is not None:
+        y = y + bias
+    return (y.astype(x.dtype), mean.astype(np.float32) if stash_type == 1 else mean,
+            inv.astype(np.float32) if stash_type == 1 else inv)

@@ -1,0 +1,51 @@
+"""HAL: write a neural network once, run it on any registered device, compare devices.
+
+    import hal
+    model = hal.models.get("lenet")
+    fast = hal.compile(model, "cpu")          # best usable CPU backend
+    ref = hal.compile(model, "cpu@reference") # the numpy oracle
+    y = fast(x)                               # list of numpy arrays
+
+This module imports no ML framework; backends import theirs when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hal import errors, nn
+from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, HostBuffer, Transfers
+from hal.compiler import CompiledModel, compile
+from hal.device import DeviceInfo, DeviceSpec
+from hal.errors import (BackendError, DeviceNotFound, HalError, InputError, ModelError,
+                        OptionError, UnsupportedOp)
+from hal.ir.model import DEFAULT_OPSET, Model, TensorSpec, load, save
+from hal.registry import device, devices, register_backend
+
+__version__ = "0.1.0"
+
+
+def from_torch(module: Any, example_input: Any, **kw: Any) -> Model:
+    """A torch.nn.Module as a hal.Model (needs PyTorch)."""
+    from hal.frontends.torch_frontend import from_torch as _from_torch
+
+    return _from_torch(module, example_input, **kw)
+
+
+def __getattr__(name: str):
+    if name == "models":  # the zoo imports hal.nn; load it on first use
+        import importlib
+
+        return importlib.import_module("hal.models")
+    if name == "compare":
+        from hal.compare import compare as _compare
+
+        return _compare
+    raise AttributeError(f"module 'hal' has no attribute {name!r}")
+
+
+__all__ = ["DEFAULT_OPSET", "Backend", "BackendError", "Buffer", "CompileOptions", "CompiledModel",
+           "Device", "DeviceInfo", "DeviceNotFound", "DeviceSpec", "Executable", "HalError",
+           "HostBuffer", "InputError", "Model", "ModelError", "OptionError", "TensorSpec",
+           "Transfers", "UnsupportedOp", "compile", "device", "devices", "errors", "from_torch",
+           "load", "nn", "register_backend", "save"]

@@ -1,0 +1,238 @@
+"""The small vocabulary every backend speaks: Backend, Device, Buffer, Executable.
+
+Built-in backends and plugins implement exactly the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+from hal.device import DeviceInfo
+from hal.errors import HalError, InputError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from hal.passes import Flow
+
+
+@dataclass
+class Transfers:
+    """Host<->device copies: how many and how many bytes, each way."""
+
+    h2d_count: int = 0
+    h2d_bytes: int = 0
+    d2h_count: int = 0
+    d2h_bytes: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.h2d_count + self.d2h_count
+
+    @property
+    def bytes(self) -> int:
+        return self.h2d_bytes + self.d2h_bytes
+
+    def copy(self) -> Transfers:
+        return Transfers(self.h2d_count, self.h2d_bytes, self.d2h_count, self.d2h_bytes)
+
+    def __sub__(self, other: Transfers) -> Transfers:
+        return Transfers(self.h2d_count - other.h2d_count, self.h2d_bytes - other.h2d_bytes,
+                         self.d2h_count - other.d2h_count, self.d2h_bytes - other.d2h_bytes)
+
+    def __add__(self, other: Transfers) -> Transfers:
+        return Transfers(self.h2d_count + other.h2d_count, self.h2d_bytes + other.h2d_bytes,
+                         self.d2h_count + other.d2h_count, self.d2h_bytes + other.d2h_bytes)
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "bytes": self.bytes,
+                "h2d_count": self.h2d_count, "h2d_bytes": self.h2d_bytes,
+                "d2h_count": self.d2h_count, "d2h_bytes": self.d2h_bytes}
+
+
+@dataclass
+class CompileOptions:
+    """Options of ``hal.compile``; ``extra`` holds backend-specific ones."""
+
+    precision: str = "fp32"
+    opt_level: int = 1
+    fallback: str | None = "cpu"
+    calibration: Any = None
+    extra: dict = field(default_factory=dict)
+
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+
+
+class Device:
+    """A resolved, usable device: the backend serving it plus its DeviceInfo."""
+
+    def __init__(self, backend: Backend, info: DeviceInfo):
+        self.backend = backend
+        self.info = info
+        self.transfers = Transfers()
+
+    @property
+    def string(self) -> str:
+        return self.info.string
+
+    @property
+    def simulated(self) -> bool:
+        return self.info.simulated
+
+    def put(self, array: Any) -> Buffer:
+        """Copy a host array onto this device (counted unless the device is host memory)."""
+        if isinstance(array, Buffer):
+            return array.to(self)
+        arr = np.asarray(array)
+        buf = self.backend.put(arr, self)
+        if not self.info.host_memory:
+            self.transfers.h2d_count += 1
+            self.transfers.h2d_bytes += arr.nbytes
+        return buf
+
+    def sync(self) -> None:
+        """Wait for all work queued on this device (used when timing)."""
+        self.backend.sync(self)
+
+    def __repr__(self) -> str:
+        sim = ", simulated" if self.simulated else ""
+        return f"<hal.Device {self.string}{sim}>"
+
+    def __str__(self) -> str:
+        return self.string
+
+
+class Buffer(abc.ABC):
+    """An array that lives on a device."""
+
+    def __init__(self, device: Device, shape: tuple[int, ...], dtype: np.dtype):
+        self.device = device
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @abc.abstractmethod
+    def _to_host(self) -> np.ndarray:
+        """Copy the contents to a host numpy array (the backend's own copy)."""
+
+    def numpy(self) -> np.ndarray:
+        arr = self._to_host()
+        if not self.device.info.host_memory:
+            self.device.transfers.d2h_count += 1
+            self.device.transfers.d2h_bytes += arr.nbytes
+        return arr
+
+    def to(self, device: Device) -> Buffer:
+        """This buffer on ``device``: itself if already there, else a copy through the host."""
+        if device is self.device:
+            return self
+        return device.put(self.numpy())
+
+    def __repr__(self) -> str:
+        return f"<hal.Buffer {self.shape} {self.dtype} on {self.device.string}>"
+
+
+class HostBuffer(Buffer):
+    """A buffer in host memory, holding a numpy array."""
+
+    def __init__(self, array: np.ndarray, device: Device):
+        super().__init__(device, array.shape, array.dtype)
+        self.array = array
+
+    def _to_host(self) -> np.ndarray:
+        return self.array
+
+
+class Executable(abc.ABC):
+    """A compiled segment on one device."""
+
+    def __init__(self, device: Device, input_names: Sequence[str], output_names: Sequence[str]):
+        self.device = device
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.info: dict[str, Any] = {}  # shown by --explain (native steps, cache hits, ...)
+
+    @abc.abstractmethod
+    def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
+        """Run on device-resident buffers; results stay on the device."""
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        if len(arrays) != len(self.input_names):
+            raise InputError(f"expected {len(self.input_names)} inputs {self.input_names}, "
+                             f"got {len(arrays)}")
+        outs = self.run([self.device.put(a) for a in arrays])
+        return [b.numpy() for b in outs]
+
+
+class Backend(abc.ABC):
+    """A way of running IR graphs on some kinds of device.
+
+    Subclasses set the class attributes and implement ``probe`` and ``compile``.
+    A backend module must not import its framework at import time: do it in
+    ``probe``/``compile`` so that listing devices stays cheap and a missing
+    framework is reported, not raised.
+    """
+
+    name: ClassVar[str] = ""
+    kinds: ClassVar[tuple[str, ...]] = ()
+    priority: ClassVar[int] = 0
+    #: ONNX op types (default domain) this backend runs; what ``supports`` answers.
+    ops: ClassVar[frozenset[str]] = frozenset()
+    #: Python modules the backend needs; a missing one makes it unusable with ``install_hint``.
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str] = ""
+    #: Backend-specific compile options accepted in ``hal.compile(..., **options)``.
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: Precisions this backend can compile for.
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    @abc.abstractmethod
+    def probe(self) -> list[DeviceInfo]:
+        """Every device of this backend, usable or not, each proven by running a tiny op."""
+
+    def supports(self, node: ir.Node, device: DeviceInfo) -> bool | str:
+        """True if ``node`` can run on ``device``, else the reason it cannot."""
+        if node.domain not in ("", "ai.onnx"):
+            return f"op domain {node.domain!r} is not supported by {self.name}"
+        if node.op_type not in self.ops:
+            return f"{self.name} has no kernel for {node.op_type}"
+        return True
+
+    def flow(self, options: CompileOptions) -> Flow:
+        """The named pass pipeline run on the IR before ``compile``."""
+        from hal.passes import default_flow
+
+        return default_flow(self.name, options)
+
+    @abc.abstractmethod
+    def compile(self, model: ir.Model, device: Device, options: CompileOptions) -> Executable:
+        """Lower one segment (a self-contained ir.Model) to an Executable on ``device``."""
+
+    def put(self, array: np.ndarray, device: Device) -> Buffer:
+        """Place a host array on ``device``. Host-memory backends keep the numpy array."""
+        return HostBuffer(array, device)
+
+    def sync(self, device: Device) -> None:
+        """Block until work queued on ``device`` is done."""
+
+    def missing_requirements(self) -> list[str]:
+        import importlib.util
+
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def unusable(self, kind: str, reason: str, index: int = 0, **kw: Any) -> DeviceInfo:
+        """A DeviceInfo saying this backend's ``kind`` device cannot be used, and why."""
+        return DeviceInfo(kind=kind, index=index, backend=self.name, usable=False, reason=reason, **kw)
+
+
+def check_precision(backend: Backend, options: CompileOptions) -> None:
+    if options.precision not in backend.precisions:
+        raise HalError(f"backend {backend.name!r} cannot compile for precision "
+                       f"{options.precision!r}; it supports {list(backend.precisions)}")

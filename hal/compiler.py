@@ -1,0 +1,246 @@
+"""``hal.compile``: model -> validated IR -> flow -> partition -> one Executable per segment."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import Counter
+from dataclasses import fields
+from typing import Any, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from hal.backend import Buffer, CompileOptions, Device, Transfers
+from hal.errors import BackendError, HalError, InputError, OptionError
+from hal.ir.model import Model
+from hal.ir.validate import validate
+from hal.partition import Fallback, Segment, place, segment_model, segments, shape_info
+from hal.registry import REGISTRY
+
+log = logging.getLogger("hal")
+
+_CORE_OPTIONS = {f.name for f in fields(CompileOptions)} - {"extra"}
+_MODEL_OPTIONS = {"input_shape", "example_input"}
+
+
+def compile(model: Any, device: str | Device = "cpu", **options: Any) -> CompiledModel:
+    """Compile ``model`` for ``device``.
+
+    ``model``: a hal.Model, an .onnx path, bytes, an onnx.ModelProto, a zoo name, a
+    hal.nn.Module (with ``input_shape=``) or a torch.nn.Module (with ``example_input=``).
+    Options: ``precision`` ("fp32", "fp16", "bf16", "int8"), ``opt_level`` (0-3),
+    ``fallback`` (a device string, default "cpu"; None is strict), ``calibration``
+    (arrays for int8), plus options specific to the device's backend.
+    """
+    from hal.frontends import to_model
+
+    t0 = time.perf_counter()
+    model_kw = {k: options.pop(k) for k in list(options) if k in _MODEL_OPTIONS}
+    hal_model = to_model(model, **model_kw)
+    dev = REGISTRY.resolve(device)
+    opts = _options(dev, options)
+    work = hal_model.copy()  # never touch the user's model
+    validate(work, REGISTRY.known_ops())
+
+    flow = dev.backend.flow(opts)
+    ir_model, pass_log = flow.run(work.ir)
+    work = Model(ir_model, hal_model.name)
+
+    fb = REGISTRY.resolve(opts.fallback) if opts.fallback is not None else None
+    candidates = [REGISTRY.resolve(d.string) for d in REGISTRY.usable()]
+    where, fallbacks = place(work.graph, dev, fb, candidates)
+    segs = segments(work.graph, where)
+    proto = work.to_proto()
+    info = shape_info(proto)
+    executables = []
+    for seg in segs:
+        seg_proto = segment_model(proto, info, seg, work.name)
+        seg_model = ir.from_proto(seg_proto)
+        seg_opts = opts if seg.device is dev else CompileOptions(opt_level=opts.opt_level)
+        try:
+            exe = seg.device.backend.compile(seg_model, seg.device, seg_opts)
+        except HalError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"backend {seg.device.backend.name!r} failed to compile segment "
+                               f"{seg.index} ({dict(seg.ops)}) for {seg.device.string}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        executables.append(exe)
+    compiled = CompiledModel(hal_model, work, dev, opts, segs, executables, fallbacks,
+                             {"flow": flow.name, "passes": [r.to_dict() for r in pass_log]},
+                             time.perf_counter() - t0)
+    if fallbacks:
+        ops = sorted({f.op for f in fallbacks})
+        msg = (f"{dev.string} cannot run {len(fallbacks)} node(s) of {hal_model.name!r} "
+               f"(ops {', '.join(ops)}); they run on the fallback {fb.string}")
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=2)
+    return compiled
+
+
+def _options(dev: Device, options: dict) -> CompileOptions:
+    core = {k: options.pop(k) for k in list(options) if k in _CORE_OPTIONS}
+    extra = options
+    unknown = sorted(set(extra) - set(dev.backend.options))
+    if unknown:
+        raise OptionError(f"unknown compile option(s) {unknown} for {dev.string}; HAL takes "
+                          f"{sorted(_CORE_OPTIONS | _MODEL_OPTIONS)}"
+                          + (f" and {dev.backend.name} also takes {sorted(dev.backend.options)}"
+                             if dev.backend.options else ""))
+    opts = CompileOptions(**core, extra=dict(extra))
+    if opts.precision not in CompileOptions.PRECISIONS:
+        raise OptionError(f"precision {opts.precision!r} is not one of "
+                          f"{list(CompileOptions.PRECISIONS)}")
+    if opts.precision not in dev.backend.precisions:
+        raise OptionError(f"{dev.string} cannot compile for precision {opts.precision!r}; "
+                          f"{dev.backend.name} supports {list(dev.backend.precisions)}")
+    if not isinstance(opts.opt_level, int) or not 0 <= opts.opt_level <= 3:
+        raise OptionError(f"opt_level must be an int from 0 to 3, got {opts.opt_level!r}")
+    if opts.fallback is not None and not isinstance(opts.fallback, str):
+        raise OptionError(f"fallback must be a device string or None, got {opts.fallback!r}")
+    return opts
+
+
+class CompiledModel:
+    """A model compiled for a device: call it with numpy arrays, or ``run`` it on Buffers."""
+
+    def __init__(self, source: Model, model: Model, device: Device, options: CompileOptions,
+                 segs: list[Segment], executables: list, fallbacks: list[Fallback],
+                 flow: dict, compile_s: float):
+        self.source = source
+        self.model = model
+        self.device = device
+        self.options = options
+        self.segments = segs
+        self.executables = executables
+        self.fallbacks = fallbacks
+        self.flow = flow
+        self.compile_s = compile_s
+        self.inputs = source.inputs
+        self.outputs = [v.name for v in model.graph.outputs]
+        self.devices = list({id(s.device): s.device for s in segs}.values()) or [device]
+        self.transfers = Transfers()
+        self.last_transfers = Transfers()
+        self.calls = 0
+        nodes = list(model.graph)
+        self.placement = {nodes[i].name: s.device.string for s in segs for i in s.node_indices}
+
+    # -- running ------------------------------------------------------------
+    def _check(self, arrays: Sequence[Any]) -> list[Any]:
+        if len(arrays) != len(self.inputs):
+            names = ", ".join(str(s) for s in self.inputs)
+            raise InputError(f"{self.source.name!r} takes {len(self.inputs)} input(s) ({names}), "
+                             f"got {len(arrays)}")
+        symbols: dict[str, int] = {}
+        out = []
+        for spec, a in zip(self.inputs, arrays):
+            if not isinstance(a, Buffer):
+                if not isinstance(a, np.ndarray):
+                    raise InputError(f"input {spec.name!r} must be a numpy array or hal Buffer, "
+                                     f"got {type(a).__name__}; expected {spec}")
+            shape, dtype = tuple(a.shape), np.dtype(a.dtype)
+            if dtype != spec.dtype:
+                raise InputError(f"input {spec.name!r} has dtype {dtype}, expected {spec.dtype} "
+                                 f"(shape {list(spec.shape)}); convert it with "
+                                 f".astype(np.{spec.dtype})")
+            if len(shape) != len(spec.shape) or any(
+                    isinstance(e, int) and e != d for e, d in zip(spec.shape, shape)):
+                raise InputError(f"input {spec.name!r} has shape {list(shape)}, expected "
+                                 f"{list(spec.shape)} (names are dynamic dims)")
+            for e, d in zip(spec.shape, shape):
+                if isinstance(e, str):
+                    if symbols.setdefault(e, d) != d:
+                        raise InputError(f"dynamic dim {e!r} is {symbols[e]} in one input and "
+                                         f"{d} in {spec.name!r}; it must be the same everywhere")
+            out.append(a)
+        return out
+
+    def _execute(self, values: dict[str, Any]) -> dict[str, Any]:
+        for seg, exe in zip(self.segments, self.executables):
+            ins = []
+            for name in seg.inputs:
+                v = values[name]
+                ins.append(v.to(seg.device) if isinstance(v, Buffer) else seg.device.put(v))
+            try:
+                outs = exe.run(ins)
+            except HalError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"{seg.device.string} failed running segment {seg.index} of "
+                                   f"{self.source.name!r}: {type(exc).__name__}: {exc}") from exc
+            if len(outs) != len(seg.outputs):
+                raise BackendError(f"{seg.device.backend.name} returned {len(outs)} outputs for "
+                                   f"segment {seg.index}, expected {len(seg.outputs)}")
+            for name, buf in zip(seg.outputs, outs):
+                values[name] = buf
+        return values
+
+    def _counted(self, fn):
+        before = [d.transfers.copy() for d in self.devices]
+        result = fn()
+        delta = Transfers()
+        for d, b in zip(self.devices, before):
+            delta = delta + (d.transfers - b)
+        self.last_transfers = delta
+        self.transfers = self.transfers + delta
+        self.calls += 1
+        return result
+
+    def __call__(self, *arrays: Any) -> list[np.ndarray]:
+        arrays = self._check(arrays)
+
+        def go():
+            values = dict(zip((s.name for s in self.inputs), arrays))
+            values = self._execute(values)
+            return [_to_numpy(values[n]) for n in self.outputs]
+
+        return self._counted(go)
+
+    def run(self, buffers: Sequence[Any]) -> list[Buffer]:
+        """Run on device buffers; outputs stay where they were computed (no host copy)."""
+        buffers = self._check(list(buffers))
+
+        def go():
+            values = dict(zip((s.name for s in self.inputs), buffers))
+            values = self._execute(values)
+            out = []
+            for n in self.outputs:
+                v = values[n]
+                out.append(v if isinstance(v, Buffer) else self.device.put(v))
+            return out
+
+        return self._counted(go)
+
+    def sync(self) -> None:
+        for d in self.devices:
+            d.sync()
+
+    # -- reporting ----------------------------------------------------------
+    def report(self) -> dict:
+        segs = []
+        for s, exe in zip(self.segments, self.executables):
+            segs.append({"index": s.index, "device": s.device.string,
+                         "backend": s.device.backend.name, "simulated": s.device.simulated,
+                         "nodes": len(s.node_indices), "ops": dict(Counter(s.ops)),
+                         "inputs": s.inputs, "outputs": s.outputs, "info": exe.info})
+        return {
+            "model": self.source.name, "device": self.device.string,
+            "simulated": any(d.simulated for d in self.devices),
+            "options": {"precision": self.options.precision, "opt_level": self.options.opt_level,
+                        "fallback": self.options.fallback, **self.options.extra},
+            "compile_s": round(self.compile_s, 4), **self.flow,
+            "segments": segs,
+            "fallbacks": [f.to_dict() for f in self.fallbacks],
+            "transfers": {"last_call": self.last_transfers.to_dict(),
+                          "total": self.transfers.to_dict(), "calls": self.calls},
+        }
+
+    def __repr__(self) -> str:
+        where = ", ".join(f"{s.device.string}×{len(s.node_indices)}" for s in self.segments)
+        return f"<hal.CompiledModel {self.source.name!r} on {self.device.string} [{where}]>"
+
+
+def _to_numpy(v: Any) -> np.ndarray:
+    return v.numpy() if isinstance(v, Buffer) else np.asarray(v)

@@ -1,0 +1,75 @@
+"""Device strings (``KIND[:INDEX][@BACKEND]``) and the description of a device."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from hal.errors import DeviceNotFound
+
+_GRAMMAR = re.compile(r"^(?P<kind>[a-z][a-z0-9_]*)(?::(?P<index>\d+))?(?:@(?P<backend>[a-z][a-z0-9_]*))?$")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A parsed device string; ``index`` and ``backend`` are None when omitted."""
+
+    kind: str
+    index: int | None = None
+    backend: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DeviceSpec:
+        if not isinstance(text, str):
+            raise DeviceNotFound(
+                f"a device is named by a string like 'cpu', 'cuda:0' or 'fpga@emu', "
+                f"not {type(text).__name__} {text!r}")
+        m = _GRAMMAR.match(text.strip())
+        if m is None:
+            raise DeviceNotFound(
+                f"malformed device string {text!r}: expected KIND[:INDEX][@BACKEND] in lower case, "
+                f"e.g. 'cpu', 'cuda:1', 'cpu@jax', 'fpga@emu'")
+        index = m.group("index")
+        return cls(m.group("kind"), int(index) if index is not None else None, m.group("backend"))
+
+    def __str__(self) -> str:
+        s = self.kind
+        if self.index is not None:
+            s += f":{self.index}"
+        if self.backend:
+            s += f"@{self.backend}"
+        return s
+
+
+@dataclass
+class DeviceInfo:
+    """One device a backend knows about, usable or not.
+
+    ``host_memory`` says its buffers live in host RAM, so moving data between it
+    and the host is not a transfer. ``simulated`` marks emulators and stand-ins.
+    """
+
+    kind: str
+    index: int
+    backend: str
+    name: str = ""
+    usable: bool = True
+    reason: str = ""
+    simulated: bool = False
+    host_memory: bool = True
+    details: dict = field(default_factory=dict)
+
+    @property
+    def string(self) -> str:
+        return f"{self.kind}:{self.index}@{self.backend}"
+
+    def __str__(self) -> str:
+        return self.string
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.string, "kind": self.kind, "index": self.index,
+            "backend": self.backend, "name": self.name, "usable": self.usable,
+            "reason": self.reason, "simulated": self.simulated,
+            "host_memory": self.host_memory, **({"details": self.details} if self.details else {}),
+        }

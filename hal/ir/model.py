@@ -1,0 +1,183 @@
+"""``hal.Model``: a validated-on-compile ONNX graph held with onnx_ir, plus load/save."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from hal.errors import ModelError
+
+#: The one opset HAL's IR speaks; older models are converted to it on load.
+DEFAULT_OPSET = 21
+#: The oldest opset HAL converts from.
+MIN_OPSET = 9
+IR_VERSION = 10
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints, or strings for symbolic dims such as the batch) and dtype."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def _value_spec(v: ir.Value) -> TensorSpec:
+    shape: tuple[int | str | None, ...] = ()
+    if v.shape is not None:
+        shape = tuple(d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None)
+                      for d in v.shape)
+    dtype = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype("float32")
+    return TensorSpec(v.name or "", shape, dtype)
+
+
+class Model:
+    """A neural network in HAL's IR. Compile it with ``hal.compile``.
+
+    ``Model`` owns its ``ir.Model``; HAL's passes always work on a copy, so a
+    model a user holds is never modified by compiling it.
+    """
+
+    def __init__(self, ir_model: ir.Model, name: str | None = None):
+        self.ir = ir_model
+        self.name = name or ir_model.graph.name or "model"
+
+    @property
+    def graph(self) -> ir.Graph:
+        return self.ir.graph
+
+    @property
+    def opset(self) -> int:
+        return self.ir.opset_imports.get("", DEFAULT_OPSET)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        inits = set(self.graph.initializers)
+        return [_value_spec(v) for v in self.graph.inputs if v.name not in inits]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [_value_spec(v) for v in self.graph.outputs]
+
+    def to_proto(self) -> onnx.ModelProto:
+        return ir.to_proto(self.ir)
+
+    def copy(self) -> Model:
+        return Model(ir.from_proto(self.to_proto()), self.name)
+
+    def digest(self) -> str:
+        """A content hash (graph and weights), stable across processes."""
+        return hashlib.sha256(self.to_proto().SerializeToString(deterministic=True)).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        save(self, path)
+
+    def summary(self) -> str:
+        return ir.to_onnx_text(self.ir) if hasattr(ir, "to_onnx_text") else str(self.ir)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(str(s) for s in self.inputs)
+        return f"<hal.Model {self.name!r} opset {self.opset}, {len(self.graph)} nodes, inputs ({ins})>"
+
+
+def _read_proto(source: Any) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)  # never touch what the user passed in
+        return proto
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+        where = "the given bytes"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ModelError(f"model file {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ModelError(f"{str(path)!r} is a directory; pass the path of an .onnx file")
+        data = path.read_bytes()
+        where = f"file {str(path)!r}"
+    else:
+        raise ModelError(f"cannot load a model from {type(source).__name__}; pass an .onnx path, "
+                         f"bytes, an onnx.ModelProto, a hal.Model or a hal.nn.Module")
+    if not data:
+        raise ModelError(f"{where} is empty; it is not an ONNX model")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise ModelError(f"{where} is not a valid ONNX model (corrupt or truncated?): "
+                         f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    if not proto.HasField("graph") or len(proto.graph.node) == 0 and not proto.graph.output:
+        raise ModelError(f"{where} parsed but holds no graph; it is corrupt or not an ONNX model")
+    return proto
+
+
+def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    versions = {o.domain: o.version for o in proto.opset_import}
+    version = versions.get("", versions.get("ai.onnx"))
+    if version is None:
+        raise ModelError(f"{where} imports no default-domain opset; HAL needs ONNX opset "
+                         f"{MIN_OPSET}..{DEFAULT_OPSET}")
+    if version == DEFAULT_OPSET:
+        return proto
+    if version < MIN_OPSET:
+        raise ModelError(f"{where} uses opset {version}; HAL converts opset {MIN_OPSET} and newer. "
+                         f"Re-export the model at opset {DEFAULT_OPSET}")
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(proto, DEFAULT_OPSET)
+    except Exception as exc:
+        direction = "down" if version > DEFAULT_OPSET else "up"
+        raise ModelError(f"{where} uses opset {version} and could not be converted {direction} to "
+                         f"HAL's opset {DEFAULT_OPSET}: {str(exc).splitlines()[0][:300]}. "
+                         f"Re-export the model at opset {DEFAULT_OPSET}") from None
+
+
+def from_proto(proto: onnx.ModelProto, name: str | None = None, where: str = "the model") -> Model:
+    proto = _convert_opset(proto, where)
+    try:
+        model = ir.from_proto(proto)
+    except Exception as exc:
+        raise ModelError(f"{where} could not be read into HAL's IR: {type(exc).__name__}: {exc}") \
+            from None
+    return Model(model, name or proto.graph.name or None)
+
+
+def load(source: Any, name: str | None = None) -> Model:
+    """Load an ONNX model (path, bytes or ModelProto), converting it to HAL's opset."""
+    from hal.nn import Module
+
+    if isinstance(source, Model):
+        return source.copy()
+    if isinstance(source, Module):
+        raise ModelError("a hal.nn.Module needs its input shape: call module.to_model(shape) "
+                         "or hal.compile(module, device, input_shape=...)")
+    where = f"file {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "the model"
+    proto = _read_proto(source)
+    if name is None and isinstance(source, (str, os.PathLike)):
+        name = Path(source).stem
+    return from_proto(proto, name, where)
+
+
+def save(model: Model, path: str | os.PathLike | io.IOBase) -> None:
+    """Write ``model`` as an .onnx file."""
+    if not isinstance(model, Model):
+        raise ModelError(f"hal.save expects a hal.Model, got {type(model).__name__}")
+    data = model.to_proto().SerializeToString()
+    if isinstance(path, io.IOBase):
+        path.write(data)
+        return
+    Path(path).write_bytes(data)

@@ -1,0 +1,66 @@
+"""The pass manager and flows: named, ordered lists of IR passes per backend.
+
+Passes are onnx_ir passes (``ir.passes.PassBase``); HAL runs them one by one so
+that ``--explain`` can show what each changed and how long it took.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from hal.errors import HalError
+
+
+@dataclass
+class PassRecord:
+    name: str
+    modified: bool
+    ms: float
+    nodes_before: int
+    nodes_after: int
+
+    def to_dict(self) -> dict:
+        return {"pass": self.name, "modified": self.modified, "ms": round(self.ms, 3),
+                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after}
+
+
+@dataclass
+class Flow:
+    """A backend's named pipeline, e.g. ``reference.default`` or ``torch.max``."""
+
+    name: str
+    passes: list = field(default_factory=list)
+
+    def run(self, model: ir.Model) -> tuple[ir.Model, list[PassRecord]]:
+        records = []
+        for p in self.passes:
+            before = len(model.graph)
+            t0 = time.perf_counter()
+            try:
+                result = p(model)
+            except Exception as exc:
+                raise HalError(f"pass {type(p).__name__} of flow {self.name!r} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+            model = result.model
+            records.append(PassRecord(_pass_name(p), bool(result.modified),
+                                      (time.perf_counter() - t0) * 1e3, before, len(model.graph)))
+        return model, records
+
+
+def _pass_name(p) -> str:
+    return getattr(p, "hal_name", None) or type(p).__name__.removesuffix("Pass")
+
+
+def cleanup_passes() -> list:
+    """Structure-only passes every flow starts with."""
+    return [common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
+            common.TopologicalSortPass()]
+
+
+def default_flow(backend: str, options) -> Flow:
+    """The shared flow used by backends that do not define their own."""
+    return Flow(f"{backend}.default", cleanup_passes())

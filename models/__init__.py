@@ -1,0 +1,74 @@
+"""The model zoo: each model written once with hal.nn, with deterministic weights.
+
+    hal.models.list()            -> ['dwsep', 'lenet', ...]
+    hal.models.get("lenet")      -> hal.Model with a dynamic batch dim
+    hal.models.build("lenet")    -> the hal.nn.Module itself
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from hal.errors import ModelError
+
+_NAMES = ("lenet", "dwsep", "mlp", "resnet_lite", "mobilenet_lite", "tiny_transformer")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    input_shape: tuple  # None is the dynamic batch dim
+    description: str
+    classes: int  # size of the last axis scored by top-1 agreement
+
+
+def _module(name: str):
+    if name not in _NAMES:
+        raise ModelError(f"no zoo model named {name!r}; available: {', '.join(sorted(_NAMES))}")
+    return importlib.import_module(f"hal.models.{name}")
+
+
+def list() -> list[str]:  # noqa: A001 - the public name the API promises
+    return sorted(_NAMES)
+
+
+def info(name: str) -> ZooEntry:
+    m = _module(name)
+    return ZooEntry(name, m.INPUT_SHAPE, m.__doc__.strip().splitlines()[0], m.CLASSES)
+
+
+def build(name: str, seed: int = 0):
+    """The model as a hal.nn.Module with weights drawn from ``seed``."""
+    from hal import nn
+
+    with nn.seed(seed):
+        return _module(name).build()
+
+
+def get(name: str, seed: int = 0):
+    """The model as a hal.Model (dynamic batch), ready for hal.compile."""
+    m = _module(name)
+    return build(name, seed).to_model(m.INPUT_SHAPE, name=name)
+
+
+def example_input(name: str, batch: int = 1, seed: int = 0) -> np.ndarray:
+    """A deterministic input batch of the right shape and dtype."""
+    shape = (batch, *_module(name).INPUT_SHAPE[1:])
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def randomize_batchnorm(module, seed: int = 1) -> None:
+    """Give every BatchNorm non-trivial statistics so BN folding is really exercised."""
+    from hal import nn
+
+    rng = np.random.default_rng(seed)
+    for _, m in module.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.weight.shape[0]
+            m.weight = rng.uniform(0.5, 1.5, c).astype(np.float32)
+            m.bias = rng.normal(0, 0.1, c).astype(np.float32)
+            m.running_mean = rng.normal(0, 0.1, c).astype(np.float32)
+            m.running_var = rng.uniform(0.5, 1.5, c).astype(np.float32)
