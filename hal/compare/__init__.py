@@ -1,0 +1,1 @@
+"""Device comparison: the measurement harness and its reports."""
