@@ -177,9 +177,9 @@ class Registry:
             if key in self._resolved:
                 return self._resolved[key]
             dev = self._resolve(spec, device)
+            # every spelling of one device is one object, so buffers and counters are shared
+            dev = self._resolved.setdefault(dev.string, dev)
             self._resolved[key] = dev
-            # the canonical string resolves to the same object, so transfer counters are shared
-            self._resolved.setdefault(dev.string, dev)
             return dev
 
     def _resolve(self, spec: DeviceSpec, text: str) -> Device:
