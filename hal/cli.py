@@ -132,8 +132,11 @@ def _print_run(result: dict, compiled, explain: bool) -> None:
     for seg in rep["segments"]:
         for k, v in (seg.get("info") or {}).items():
             con.print(f"  segment {seg['index']} {k}: {v}")
+    grouped: dict[tuple, list] = {}
     for f in rep["fallbacks"]:
-        con.print(f"  [yellow]fallback[/] {f['node']} ({f['op']}) → {f['device']}: {f['reason']}")
+        grouped.setdefault((f["op"], f["device"], f["reason"]), []).append(f["node"])
+    for (op, dev, reason), nodes in grouped.items():
+        con.print(f"  [yellow]fallback[/] {op}×{len(nodes)} → {dev}: {reason}")
     t = rep["transfers"]["last_call"]
     con.print(f"  transfers per call: {t['count']} copies, {t['bytes']:,} bytes "
               f"(host→device {t['h2d_count']} / {t['h2d_bytes']:,} B, "

@@ -56,6 +56,7 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     info = shape_info(proto)
     executables = []
     for seg in segs:
+        seg.output_shapes = [info.get(n, (None, None))[0] for n in seg.outputs]
         seg_proto = segment_model(proto, info, seg, work.name)
         seg_model = ir.from_proto(seg_proto)
         seg_opts = opts if seg.device is dev else CompileOptions(opt_level=opts.opt_level)
@@ -139,8 +140,11 @@ class CompiledModel:
             and len(self.inputs) > 1
         # host-memory devices never copy, so there is nothing to count
         self._counting = any(not d.info.host_memory for d in self.devices)
-        self._plan = [(seg.device, seg.inputs, seg.outputs, exe, seg)
-                      for seg, exe in zip(self.segments, self.executables)]
+        self._plan = [(seg.device, seg.inputs, seg.outputs, exe, seg, [
+            None if shp is None else (len(shp), tuple((i, d) for i, d in enumerate(shp)
+                                                      if isinstance(d, int)))
+            for shp in (seg.output_shapes or [None] * len(seg.outputs))])
+            for seg, exe in zip(self.segments, self.executables)]
 
     def _check(self, arrays: Sequence[Any]) -> Sequence[Any]:
         if len(arrays) != len(self._expect):
@@ -181,7 +185,7 @@ class CompiledModel:
                                      f"{d} in {spec.name!r}; it must be the same everywhere")
 
     def _execute(self, values: dict[str, Any]) -> dict[str, Any]:
-        for device, in_names, out_names, exe, seg in self._plan:
+        for device, in_names, out_names, exe, seg, expect in self._plan:
             ins = []
             for name in in_names:
                 v = values[name]
@@ -196,7 +200,18 @@ class CompiledModel:
             if len(outs) != len(out_names):
                 raise BackendError(f"{device.backend.name} returned {len(outs)} outputs for "
                                    f"segment {seg.index}, expected {len(out_names)}")
-            for name, buf in zip(out_names, outs):
+            for name, buf, exp in zip(out_names, outs, expect):
+                if not isinstance(buf, Buffer):
+                    raise BackendError(f"{device.backend.name} returned a {type(buf).__name__} "
+                                       f"for {name!r}; an Executable must return hal Buffers")
+                if exp is not None:
+                    shp = buf.shape
+                    if len(shp) != exp[0] or any(shp[i] != d for i, d in exp[1]):
+                        raise BackendError(
+                            f"{device.backend.name} returned shape {list(shp)} for {name!r} in "
+                            f"segment {seg.index} on {device.string}; the graph says "
+                            f"{_fmt_expect(exp)}. The backend is wrong: report it to its "
+                            f"authors, or use another device")
                 values[name] = buf
         return values
 
@@ -260,3 +275,9 @@ class CompiledModel:
     def __repr__(self) -> str:
         where = ", ".join(f"{s.device.string}×{len(s.node_indices)}" for s in self.segments)
         return f"<hal.CompiledModel {self.source.name!r} on {self.device.string} [{where}]>"
+
+
+def _fmt_expect(exp: tuple) -> str:
+    rank, fixed = exp
+    dims = dict(fixed)
+    return "[" + ", ".join(str(dims.get(i, "?")) for i in range(rank)) + "]"
