@@ -21,7 +21,7 @@
 #define NR 16
 #endif
 #ifndef KC
-#define KC 1 << 30
+#define KC (1 << 30)
 #define KC_BARRIER 0
 #else
 #define KC_BARRIER 1

@@ -1,15 +1,15 @@
 // Integer kernels shared with FPGA OpenCL platforms: int8 x int8 -> int32 accumulate,
 // int32 bias, then requantize by an integer multiplier and a right shift, add the output
 // zero point and saturate. The rounding rule of the shift is a build option so that it
-// can follow the FPGA specification exactly:
-//   -DHAL_REQUANT_ROUNDING=HAL_ROUND_HALF_AWAY_FROM_ZERO   (default)
-//   -DHAL_REQUANT_ROUNDING=HAL_ROUND_HALF_UP               (ties toward +infinity)
+// follows the FPGA specification (hal.backends.fpga.spec: round-half-up) by default:
+//   -DHAL_REQUANT_ROUNDING=HAL_ROUND_HALF_UP               (ties toward +infinity; default)
+//   -DHAL_REQUANT_ROUNDING=HAL_ROUND_HALF_AWAY_FROM_ZERO
 //   -DHAL_REQUANT_ROUNDING=HAL_ROUND_HALF_EVEN             (ties to even)
 #define HAL_ROUND_HALF_AWAY_FROM_ZERO 0
 #define HAL_ROUND_HALF_UP 1
 #define HAL_ROUND_HALF_EVEN 2
 #ifndef HAL_REQUANT_ROUNDING
-#define HAL_REQUANT_ROUNDING HAL_ROUND_HALF_AWAY_FROM_ZERO
+#define HAL_REQUANT_ROUNDING HAL_ROUND_HALF_UP
 #endif
 
 // round(acc * mult / 2^shift) under HAL_REQUANT_ROUNDING, + zp, saturated to [qmin, qmax].
@@ -19,15 +19,15 @@ inline int requantize(int acc, int mult, int shift, int zp, int qmin, int qmax)
     const long p = (long)acc * (long)mult;
     long r = p;
     if (shift > 0) {
-        const long half = 1L << (shift - 1);
+        const long rnd = 1L << (shift - 1);
 #if HAL_REQUANT_ROUNDING == HAL_ROUND_HALF_AWAY_FROM_ZERO
-        r = p >= 0 ? (p + half) >> shift : -((-p + half) >> shift);
+        r = p >= 0 ? (p + rnd) >> shift : -((-p + rnd) >> shift);
 #elif HAL_REQUANT_ROUNDING == HAL_ROUND_HALF_UP
-        r = (p + half) >> shift;
+        r = (p + rnd) >> shift;
 #elif HAL_REQUANT_ROUNDING == HAL_ROUND_HALF_EVEN
         const long q = p >> shift;                  // floor
         const long rem = p - (q << shift);          // 0 <= rem < 2^shift
-        r = rem > half || (rem == half && (q & 1)) ? q + 1 : q;
+        r = rem > rnd || (rem == rnd && (q & 1)) ? q + 1 : q;
 #else
 #error "unknown HAL_REQUANT_ROUNDING"
 #endif
