@@ -93,7 +93,7 @@ class OpenCLBackend(Backend):
             a = np.arange(4, dtype=np.float32)
             y = np.empty_like(a)
             ba, by = runtime.upload(d, a), runtime.allocate(d, a.nbytes)
-            prg.probe_add(d.queue, (4,), None, ba, ba, by)
+            lib.Kernel(prg, "probe_add")(d.queue, (4,), None, ba, ba, by)
             lib.enqueue_copy(d.queue, y, by, is_blocking=True)
             if not np.array_equal(y, 2 * a):
                 return False, f"self-test kernel returned {y.tolist()}, expected {(2 * a).tolist()}"

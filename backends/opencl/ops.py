@@ -88,8 +88,9 @@ def gemm(b: Builder, M, N, K, a: T, a_off, sam, sak, sab, bop, c: T, c_off, ldc,
         a_off, sam, sak = 0, 0, 0
     bt, b_off, sbp, sbk, sbb = bop
     npan, mt = -(-N // cfg.nr), -(-M // cfg.mr)
-    # Few distinct local sizes: a CPU runtime compiles a kernel once per local size.
-    local = (cfg.wg_n, cfg.wg_m, 1) if npan >= cfg.wg_n and mt >= cfg.wg_m else (1, 1, 1)
+    # Few distinct local sizes (a CPU runtime compiles a kernel once per local size): each
+    # side of the work-group is the tuned one, or 1 where the problem is narrower.
+    local = (cfg.wg_n if npan >= cfg.wg_n else 1, cfg.wg_m if mt >= cfg.wg_m else 1, 1)
     bias_t = bias if bias is not None else b.dummy()
     b.launch("gemm.cl", "gemm_f32", (npan, mt, batch), local,
              [I32(M), I32(N), I32(K), a, I64(a.offset + a_off), I32(sam), I32(sak), I64(sab),
@@ -243,7 +244,7 @@ def _conv(b, node, X, W, Bias=None):
                 bop = (x, x.offset + x_off, nr, H * Wd, C * H * Wd)
             else:
                 ldc = col.shape[2]
-                b.launch("nn.cl", "im2col_f32", (P, Kg, N), (64, 1, 1),
+                b.launch("nn.cl", "im2col_f32", (Kg, N), (16, 1),
                          [I32(Cg), I32(H), I32(Wd)] + geo + [x, I64(x.offset + x_off),
                                                              I64(C * H * Wd), col, I32(ldc),
                                                              I64(Kg * ldc)])

@@ -91,14 +91,25 @@ __kernel void gemm_f32(const int M, const int N, const int K,
         // bias element [m, n] at bias[m*bsm + n*bsn]: strides 0 broadcast it
         __global const float *br = bias + m * bsm + n0 * bsn;
         _Pragma("unroll") for (int v = 0; v < NV; ++v) {
-            float t[8];
-            *((float8u *)t) = acc[i][v];
             const int left = N - n0 - v * 8;
-            const int w = left < 8 ? left : 8;
-            for (int j = 0; j < w; ++j) {
-                float r = alpha * t[j];
-                if (has_bias) r += beta * br[(v * 8 + j) * bsn];
-                cr[v * 8 + j] = act == ACT_RELU ? (r > 0.0f ? r : 0.0f) : activate(r, act, p0, p1);
+            float8 r = acc[i][v] * alpha;
+            if (left >= 8 && (act == ACT_NONE || act == ACT_RELU || act == ACT_CLIP)) {
+                // full vector, cheap activation: stays in vector registers (no builtin calls)
+                if (has_bias)
+                    r += beta * (bsn ? *((__global const float8u *)(br + v * 8)) : (float8)(br[0]));
+                if (act == ACT_RELU) r = r > (float8)(0.0f) ? r : (float8)(0.0f);
+                else if (act == ACT_CLIP)
+                    r = r < (float8)(p0) ? (float8)(p0) : r > (float8)(p1) ? (float8)(p1) : r;
+                *((__global float8u *)(cr + v * 8)) = r;
+            } else {
+                float t[8];
+                *((float8u *)t) = r;
+                const int w = left < 8 ? left : 8;
+                for (int j = 0; j < w; ++j) {
+                    float e = t[j];
+                    if (has_bias) e += beta * br[(v * 8 + j) * bsn];
+                    cr[v * 8 + j] = activate(e, act, p0, p1);
+                }
             }
         }
     }

@@ -2,24 +2,31 @@
 #include "activation.h"
 
 // col[n][k][p] (row pitch ldc, batch stride scn) from x[n][c][h][w] for one group:
-// k = (c, kh, kw), p = (oh, ow).
+// k = (c, kh, kw), p = (oh, ow). One work-item per (k, n) row: no divisions per element.
 __kernel void im2col_f32(const int C, const int H, const int W, const int KH, const int KW,
                          const int SH, const int SW, const int PH, const int PW,
                          const int DH, const int DW, const int OH, const int OW,
                          __global const float *x, const long x_off, const long sxn,
                          __global float *col, const int ldc, const long scn)
 {
-    const int p = get_global_id(0);
-    const int k = get_global_id(1);
-    const int n = get_global_id(2);
-    if (p >= OH * OW || k >= C * KH * KW) return;
-    const int oh = p / OW, ow = p % OW;
+    const int k = get_global_id(0);
+    const int n = get_global_id(1);
+    if (k >= C * KH * KW) return;
     const int c = k / (KH * KW), r = k % (KH * KW);
-    const int ih = oh * SH - PH + (r / KW) * DH;
-    const int iw = ow * SW - PW + (r % KW) * DW;
-    float v = 0.0f;
-    if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x[x_off + n * sxn + ((long)c * H + ih) * W + iw];
-    col[n * scn + (long)k * ldc + p] = v;
+    const int kh = r / KW, kw = r % KW;
+    __global const float *xp = x + x_off + n * sxn + (long)c * H * W;
+    __global float *cp = col + n * scn + (long)k * ldc;
+    for (int oh = 0; oh < OH; ++oh) {
+        const int ih = oh * SH - PH + kh * DH;
+        __global float *row = cp + oh * OW;
+        if (ih < 0 || ih >= H) {
+            for (int ow = 0; ow < OW; ++ow) row[ow] = 0.0f;
+            continue;
+        }
+        __global const float *xr = xp + ih * W;
+        int iw = kw * DW - PW;
+        for (int ow = 0; ow < OW; ++ow, iw += SW) row[ow] = iw >= 0 && iw < W ? xr[iw] : 0.0f;
+    }
 }
 
 // Depthwise (and channel-multiplier) convolution: output channel co reads input co / MULT.
@@ -73,7 +80,7 @@ __kernel void pool2d_f32(const int H, const int W, const int KH, const int KW,
             if (ih < H + PH && iw < W + PW) ++padded;
             if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
             const float v = xp[ih * W + iw];
-            if (kind == 0) acc = v > acc || isnan(v) ? v : acc;
+            if (kind == 0) acc = v > acc || v != v ? v : acc;  // NaN propagates
             else acc += v;
             ++count;
         }
@@ -94,8 +101,8 @@ __kernel void reduce_f32(const int R, const int inner, const int total, const in
     for (int r = 0; r < R; ++r) {
         const float v = xp[(long)r * inner];
         if (op <= 1) acc += v;
-        else if (op == 2) acc = v > acc || isnan(v) ? v : acc;
-        else acc = v < acc || isnan(v) ? v : acc;
+        else if (op == 2) acc = v > acc || v != v ? v : acc;
+        else acc = v < acc || v != v ? v : acc;
     }
     if (op == 0) acc /= (float)R;
     y[i] = acc;
@@ -112,7 +119,7 @@ __kernel void softmax_f32(const int R, const int inner, const int total, const i
     __global const float *xp = x + x_off + base;
     __global float *yp = y + base;
     float m = -INFINITY;
-    for (int r = 0; r < R; ++r) m = fmax(m, xp[(long)r * inner]);
+    for (int r = 0; r < R; ++r) { const float v = xp[(long)r * inner]; m = v > m ? v : m; }
     float s = 0.0f;
     for (int r = 0; r < R; ++r) s += exp(xp[(long)r * inner] - m);
     if (log_out) {
