@@ -87,6 +87,13 @@ def gemm(b: Builder, M, N, K, a: T, a_off, sam, sak, sab, bop, c: T, c_off, ldc,
     if K == 0:  # nothing to accumulate: alpha * 0 + bias
         a_off, sam, sak = 0, 0, 0
     bt, b_off, sbp, sbk, sbb = bop
+    if sak == 1 and sam % 1024 == 0 and M * K >= 1 << 18 and (batch == 1 or sab == 0):
+        # Rows 4 KiB apart share L1 sets (and a page each): re-pitch A so they do not.
+        lda = sam + 16
+        ap = b.tensor((M, lda))
+        b.launch("tensor.cl", "copy2d_f32", (K, M), (64, 1),
+                 [I32(M), I32(K), a, I64(a.offset + a_off), I32(sam), ap, I64(0), I32(lda)])
+        a, a_off, sam = ap, 0, lda
     npan, mt = -(-N // cfg.nr), -(-M // cfg.mr)
     # Few distinct local sizes (a CPU runtime compiles a kernel once per local size): each
     # side of the work-group is the tuned one, or 1 where the problem is narrower.

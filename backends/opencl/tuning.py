@@ -67,7 +67,10 @@ def parse_option(value) -> GemmConfig:
 
 
 def _path(dev: ClDevice):
-    h = hashlib.sha256(dev.identity.encode()).hexdigest()[:24]
+    from hal.backends.opencl.programs import kernel_source
+
+    # a changed kernel invalidates its tuning
+    h = hashlib.sha256((dev.identity + kernel_source("gemm.cl")).encode()).hexdigest()[:24]
     return cache_dir() / "tuning" / f"{h}.json"
 
 
