@@ -54,7 +54,8 @@ def cmd_devices(args) -> int:
         broken = d.details.get("broken")
         t.add_row(d.string, "[green]yes[/]" if d.usable else ("[red]broken[/]" if broken else "no"),
                   "[yellow]simulated[/]" if d.simulated else "",
-                  d.name if d.usable else d.reason)
+                  (d.name + (f" (another name for {d.alias_of})" if d.alias_of else ""))
+                  if d.usable else d.reason)
     _console().print(t)
     return 0
 

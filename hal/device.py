@@ -58,6 +58,9 @@ class DeviceInfo:
     simulated: bool = False
     host_memory: bool = True
     details: dict = field(default_factory=dict)
+    #: Another name for the device ``alias_of`` (e.g. ``cpu:0@opencl`` for ``opencl:0@opencl``):
+    #: both strings resolve to one Device, sharing buffers and transfer counters.
+    alias_of: str = ""
 
     @property
     def string(self) -> str:
@@ -72,4 +75,5 @@ class DeviceInfo:
             "backend": self.backend, "name": self.name, "usable": self.usable,
             "reason": self.reason, "simulated": self.simulated,
             "host_memory": self.host_memory, **({"details": self.details} if self.details else {}),
+            **({"alias_of": self.alias_of} if self.alias_of else {}),
         }

@@ -177,6 +177,8 @@ class Registry:
             if key in self._resolved:
                 return self._resolved[key]
             dev = self._resolve(spec, device)
+            if dev.info.alias_of and dev.info.alias_of != dev.string:
+                dev = self.resolve(dev.info.alias_of)
             # every spelling of one device is one object, so buffers and counters are shared
             dev = self._resolved.setdefault(dev.string, dev)
             self._resolved[key] = dev

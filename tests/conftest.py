@@ -13,7 +13,7 @@ os.environ.setdefault("HAL_TEST", "1")
 def _usable_devices() -> list[str]:
     import hal
 
-    return sorted(d.string for d in hal.devices() if d.usable)
+    return sorted(d.string for d in hal.devices() if d.usable and not d.alias_of)
 
 
 def pytest_generate_tests(metafunc):

@@ -127,3 +127,23 @@ def test_broken_plugin_in_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hal.cli", "run", "mlp", "--device", "cpu@reference",
                         "--json"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_alias_resolves_to_one_device():
+    class Aliased(Backend):
+        name = "aliastest"
+        kinds = ("widget", "cpu")
+        priority = -50
+
+        def probe(self):
+            return [DeviceInfo("widget", 0, self.name, name="w"),
+                    DeviceInfo("cpu", 0, self.name, name="w", alias_of="widget:0@aliastest")]
+
+        def compile(self, model, device, options):
+            raise AssertionError
+
+    hal.register_backend(Aliased)
+    try:
+        assert hal.device("cpu@aliastest") is hal.device("widget@aliastest")
+    finally:
+        REGISTRY.unregister("aliastest")

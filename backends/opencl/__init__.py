@@ -81,7 +81,8 @@ class OpenCLBackend(Backend):
             out.append(DeviceInfo("opencl", d.index, **common))
             idx = per_type.get(d.type_kind, 0)
             per_type[d.type_kind] = idx + 1
-            out.append(DeviceInfo(d.type_kind, idx, **{**common, "details": dict(details)}))
+            out.append(DeviceInfo(d.type_kind, idx, **{**common, "details": dict(details)},
+                                  alias_of=f"opencl:{d.index}@{self.name}"))
         return out
 
     def _self_test(self, d) -> tuple[bool, str]:

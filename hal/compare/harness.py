@@ -139,7 +139,7 @@ def compare(models: Sequence[str] | None = None, devices: Sequence[str] | None =
     """Every model on every device at every batch size; one failure never aborts the run."""
     models = list(models or hal.models.list())
     if devices is None:
-        devices = [d.string for d in hal.devices() if d.usable]
+        devices = [d.string for d in hal.devices() if d.usable and not d.alias_of]
     batch = [batch] if isinstance(batch, int) else list(batch)
     precision = [precision] if isinstance(precision, str) else list(precision)
     rows: list[Row] = []
