@@ -46,8 +46,12 @@ def _declared_ops() -> frozenset[str]:
         BatchNormalization LayerNormalization InstanceNormalization LRN
         Reshape Flatten Transpose Concat Squeeze Unsqueeze Slice Gather GatherElements Split
         Expand Tile Pad Shape Size Cast CastLike ConstantOfShape Range Trilu DepthToSpace
-        SpaceToDepth Constant Dropout
+        SpaceToDepth Constant
     """.split())
+
+
+_JAX_DTYPES = frozenset({"FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "BOOL", "INT8", "INT16",
+                         "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 
 
 class JaxBackend(Backend):
@@ -82,6 +86,19 @@ class JaxBackend(Backend):
                                         usable=ok, reason=reason, host_memory=kind == "cpu",
                                         details={"platform": d.platform, "id": d.id}))
         return found
+
+    def supports(self, node, device: DeviceInfo) -> bool | str:
+        ok = super().supports(node, device)
+        if ok is not True:
+            return ok
+        import onnx_ir as ir
+
+        for v in list(node.inputs) + list(node.outputs):
+            if v is not None and v.type is not None and not isinstance(v.type, ir.TensorType):
+                return f"jax runs tensors only, not {v.type} ({node.op_type} {v.name!r})"
+            if v is not None and v.dtype is not None and v.dtype.name not in _JAX_DTYPES:
+                return f"jax has no {v.dtype.name} arrays ({node.op_type} {v.name!r})"
+        return True
 
     def jax_device(self, device: Device):
         return self._jax_devices[device.info.kind, device.info.index]

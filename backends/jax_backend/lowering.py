@@ -102,6 +102,8 @@ def lower(model: ir.Model) -> Lowered:
         if is_static:
             known.update(o for o in outs if o)
         attrs = {k: attribute_value(a) for k, a in node.attributes.items()}
+        if node.op_type == "MaxPool" and len(outs) > 1 and outs[1]:
+            attrs["with_indices"] = True  # computed only when asked for
         steps.append(Step(node, KERNELS[node.op_type], ins, outs, attrs, is_static))
 
     dtypes = _value_dtypes(model)

@@ -183,6 +183,20 @@ def hardmax(cx, x, axis=-1):
 
 
 # -- reductions ---------------------------------------------------------------------
+def _lowest(dt):
+    return False if dt == jnp.bool_ else (-jnp.inf if jnp.issubdtype(dt, jnp.floating)
+                                          else jnp.iinfo(dt).min)
+
+
+def _highest(dt):
+    return True if dt == jnp.bool_ else (jnp.inf if jnp.issubdtype(dt, jnp.floating)
+                                         else jnp.iinfo(dt).max)
+
+
+#: what ONNX gives for a max/min over an empty set: the reduction's identity
+_EMPTY_IDENTITY = {"ReduceMax": _lowest, "ReduceMin": _highest}
+
+
 def _reduce(name: str, fn, wide: bool = False):
     @kernel(name, static=(1,))
     def reduce(cx, x, axes=None, keepdims=1, noop_with_empty_axes=0):
@@ -191,6 +205,10 @@ def _reduce(name: str, fn, wide: bool = False):
             if noop_with_empty_axes:
                 return x
             ax = list(range(x.ndim))
+        if name in _EMPTY_IDENTITY and any(x.shape[a] == 0 for a in ax):
+            shape = [1 if a in ax else d for a, d in enumerate(x.shape)]
+            y = jnp.full(shape, _EMPTY_IDENTITY[name](x.dtype), x.dtype)
+            return y if keepdims else jnp.squeeze(y, tuple(ax))
         xin = cx.wide(x) if wide else x
         return fn(xin, tuple(ax), bool(keepdims)).astype(_dtype(x))
 

@@ -62,15 +62,37 @@ def _pool_window(x, kernel_shape, strides, dilations):
 
 @kernel("MaxPool")
 def max_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-             storage_order=0, strides=None):
+             storage_order=0, strides=None, with_indices=False):
     n = len(kernel_shape)
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
     pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     dims, st, dil = _pool_window(x, kernel_shape, strides, dilations)
-    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    return lax.reduce_window(x, jnp.asarray(init, x.dtype), lax.max, dims, st,
-                             [(0, 0), (0, 0)] + pp, window_dilation=dil)
+    init = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating)
+                       else jnp.iinfo(x.dtype).min, x.dtype)
+    padding = [(0, 0), (0, 0)] + pp
+    if not with_indices:
+        return lax.reduce_window(x, init, lax.max, dims, st, padding, window_dilation=dil)
+    # the Indices output: flat positions in the input, row- or column-major per storage_order
+    shape = x.shape
+    if storage_order:
+        strides_ = np.ones(len(shape), np.int64)
+        strides_[:2] = [np.prod(shape[1:]), np.prod(shape[2:])]
+        for i in range(2, len(shape)):
+            strides_[i] = np.prod(shape[2:i], dtype=np.int64)
+        idx = sum(lax.broadcasted_iota(jnp.int64, shape, i) * int(strides_[i])
+                  for i in range(len(shape)))
+    else:
+        idx = jnp.arange(int(np.prod(shape)), dtype=jnp.int64).reshape(shape)
+
+    def pick(a, b):
+        (av, ai), (bv, bi) = a, b
+        take_a = (av > bv) | ((av == bv) & (ai < bi))
+        return lax.select(take_a, av, bv), lax.select(take_a, ai, bi)
+
+    big = jnp.asarray(np.iinfo(np.int64).max, jnp.int64)
+    return lax.reduce_window((x, idx), (init, big), pick, dims, st, padding,
+                             window_dilation=dil)
 
 
 @kernel("AveragePool")
