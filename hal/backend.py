@@ -87,7 +87,7 @@ class Device:
         """Copy a host array onto this device (counted unless the device is host memory)."""
         if isinstance(array, Buffer):
             return array.to(self)
-        arr = np.asarray(array)
+        arr = array if type(array) is np.ndarray else np.asarray(array)
         buf = self.backend.put(arr, self)
         if not self.info.host_memory:
             self.transfers.h2d_count += 1
@@ -106,21 +106,35 @@ class Device:
         return self.string
 
 
-class Buffer(abc.ABC):
-    """An array that lives on a device."""
+class Buffer:
+    """An array that lives on a device.
 
-    def __init__(self, device: Device, shape: tuple[int, ...], dtype: np.dtype):
+    Subclasses implement ``_to_host``; they pass ``shape`` and ``dtype`` to
+    ``__init__`` or override the properties. Kept free of ABC machinery because
+    buffers are created on every call.
+    """
+
+    def __init__(self, device: Device, shape: tuple[int, ...] | None = None,
+                 dtype: Any = None):
         self.device = device
-        self.shape = tuple(int(d) for d in shape)
-        self.dtype = np.dtype(dtype)
+        self._shape = tuple(shape) if shape is not None else None
+        self._dtype = np.dtype(dtype) if dtype is not None else None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    @abc.abstractmethod
     def _to_host(self) -> np.ndarray:
         """Copy the contents to a host numpy array (the backend's own copy)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _to_host()")
 
     def numpy(self) -> np.ndarray:
         arr = self._to_host()
@@ -142,11 +156,24 @@ class Buffer(abc.ABC):
 class HostBuffer(Buffer):
     """A buffer in host memory, holding a numpy array."""
 
+    __slots__ = ("device", "array")
+
     def __init__(self, array: np.ndarray, device: Device):
-        super().__init__(device, array.shape, array.dtype)
+        self.device = device
         self.array = array
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
     def _to_host(self) -> np.ndarray:
+        return self.array
+
+    def numpy(self) -> np.ndarray:
         return self.array
 
 

@@ -56,6 +56,7 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     info = shape_info(proto)
     executables = []
     for seg in segs:
+        seg.output_shapes = [info.get(n, (None, None))[0] for n in seg.outputs]
         seg_proto = segment_model(proto, info, seg, work.name)
         seg_model = ir.from_proto(seg_proto)
         seg_opts = opts if seg.device is dev else CompileOptions(opt_level=opts.opt_level)
@@ -126,20 +127,49 @@ class CompiledModel:
         self.calls = 0
         nodes = list(model.graph)
         self.placement = {nodes[i].name: s.device.string for s in segs for i in s.node_indices}
+        self._prepare_calls()
 
     # -- running ------------------------------------------------------------
-    def _check(self, arrays: Sequence[Any]) -> list[Any]:
-        if len(arrays) != len(self.inputs):
+    def _prepare_calls(self) -> None:
+        """Precompute what each call needs, so the per-call path stays a few microseconds."""
+        self._names = [s.name for s in self.inputs]
+        self._expect = [(s.dtype, len(s.shape),
+                         tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)))
+                        for s in self.inputs]
+        self._symbolic = any(isinstance(d, str) for s in self.inputs for d in s.shape) \
+            and len(self.inputs) > 1
+        # host-memory devices never copy, so there is nothing to count
+        self._counting = any(not d.info.host_memory for d in self.devices)
+        self._plan = [(seg.device, seg.inputs, seg.outputs, exe, seg, [
+            None if shp is None else (len(shp), tuple((i, d) for i, d in enumerate(shp)
+                                                      if isinstance(d, int)))
+            for shp in (seg.output_shapes or [None] * len(seg.outputs))])
+            for seg, exe in zip(self.segments, self.executables)]
+
+    def _check(self, arrays: Sequence[Any]) -> Sequence[Any]:
+        if len(arrays) != len(self._expect):
             names = ", ".join(str(s) for s in self.inputs)
             raise InputError(f"{self.source.name!r} takes {len(self.inputs)} input(s) ({names}), "
                              f"got {len(arrays)}")
+        for (dtype, rank, fixed), a in zip(self._expect, arrays):
+            try:
+                shape = a.shape
+                ok = a.dtype == dtype and len(shape) == rank
+            except AttributeError:
+                ok = False
+            if not ok or any(shape[i] != d for i, d in fixed):
+                self._explain_bad_inputs(arrays)
+        if self._symbolic:
+            self._explain_bad_inputs(arrays)
+        return arrays
+
+    def _explain_bad_inputs(self, arrays: Sequence[Any]) -> None:
+        """The slow path: find the offending input and say exactly what is wrong."""
         symbols: dict[str, int] = {}
-        out = []
         for spec, a in zip(self.inputs, arrays):
-            if not isinstance(a, Buffer):
-                if not isinstance(a, np.ndarray):
-                    raise InputError(f"input {spec.name!r} must be a numpy array or hal Buffer, "
-                                     f"got {type(a).__name__}; expected {spec}")
+            if not isinstance(a, (np.ndarray, Buffer)):
+                raise InputError(f"input {spec.name!r} must be a numpy array or hal Buffer, "
+                                 f"got {type(a).__name__}; expected {spec}")
             shape, dtype = tuple(a.shape), np.dtype(a.dtype)
             if dtype != spec.dtype:
                 raise InputError(f"input {spec.name!r} has dtype {dtype}, expected {spec.dtype} "
@@ -150,68 +180,73 @@ class CompiledModel:
                 raise InputError(f"input {spec.name!r} has shape {list(shape)}, expected "
                                  f"{list(spec.shape)} (names are dynamic dims)")
             for e, d in zip(spec.shape, shape):
-                if isinstance(e, str):
-                    if symbols.setdefault(e, d) != d:
-                        raise InputError(f"dynamic dim {e!r} is {symbols[e]} in one input and "
-                                         f"{d} in {spec.name!r}; it must be the same everywhere")
-            out.append(a)
-        return out
+                if isinstance(e, str) and symbols.setdefault(e, d) != d:
+                    raise InputError(f"dynamic dim {e!r} is {symbols[e]} in one input and "
+                                     f"{d} in {spec.name!r}; it must be the same everywhere")
 
     def _execute(self, values: dict[str, Any]) -> dict[str, Any]:
-        for seg, exe in zip(self.segments, self.executables):
+        for device, in_names, out_names, exe, seg, expect in self._plan:
             ins = []
-            for name in seg.inputs:
+            for name in in_names:
                 v = values[name]
-                ins.append(v.to(seg.device) if isinstance(v, Buffer) else seg.device.put(v))
+                ins.append(v.to(device) if isinstance(v, Buffer) else device.put(v))
             try:
                 outs = exe.run(ins)
             except HalError:
                 raise
             except Exception as exc:
-                raise BackendError(f"{seg.device.string} failed running segment {seg.index} of "
+                raise BackendError(f"{device.string} failed running segment {seg.index} of "
                                    f"{self.source.name!r}: {type(exc).__name__}: {exc}") from exc
-            if len(outs) != len(seg.outputs):
-                raise BackendError(f"{seg.device.backend.name} returned {len(outs)} outputs for "
-                                   f"segment {seg.index}, expected {len(seg.outputs)}")
-            for name, buf in zip(seg.outputs, outs):
+            if len(outs) != len(out_names):
+                raise BackendError(f"{device.backend.name} returned {len(outs)} outputs for "
+                                   f"segment {seg.index}, expected {len(out_names)}")
+            for name, buf, exp in zip(out_names, outs, expect):
+                if not isinstance(buf, Buffer):
+                    raise BackendError(f"{device.backend.name} returned a {type(buf).__name__} "
+                                       f"for {name!r}; an Executable must return hal Buffers")
+                if exp is not None:
+                    shp = buf.shape
+                    if len(shp) != exp[0] or any(shp[i] != d for i, d in exp[1]):
+                        raise BackendError(
+                            f"{device.backend.name} returned shape {list(shp)} for {name!r} in "
+                            f"segment {seg.index} on {device.string}; the graph says "
+                            f"{_fmt_expect(exp)}. The backend is wrong: report it to its "
+                            f"authors, or use another device")
                 values[name] = buf
         return values
 
-    def _counted(self, fn):
-        before = [d.transfers.copy() for d in self.devices]
-        result = fn()
+    def _count(self, before: list[Transfers]) -> None:
         delta = Transfers()
         for d, b in zip(self.devices, before):
             delta = delta + (d.transfers - b)
         self.last_transfers = delta
         self.transfers = self.transfers + delta
-        self.calls += 1
-        return result
 
     def __call__(self, *arrays: Any) -> list[np.ndarray]:
-        arrays = self._check(arrays)
-
-        def go():
-            values = dict(zip((s.name for s in self.inputs), arrays))
-            values = self._execute(values)
-            return [_to_numpy(values[n]) for n in self.outputs]
-
-        return self._counted(go)
+        self._check(arrays)
+        before = [d.transfers.copy() for d in self.devices] if self._counting else None
+        values = self._execute(dict(zip(self._names, arrays)))
+        out = [v.numpy() if isinstance(v, Buffer) else np.asarray(v)
+               for v in (values[n] for n in self.outputs)]
+        self.calls += 1
+        if before is not None:
+            self._count(before)
+        return out
 
     def run(self, buffers: Sequence[Any]) -> list[Buffer]:
         """Run on device buffers; outputs stay where they were computed (no host copy)."""
-        buffers = self._check(list(buffers))
-
-        def go():
-            values = dict(zip((s.name for s in self.inputs), buffers))
-            values = self._execute(values)
-            out = []
-            for n in self.outputs:
-                v = values[n]
-                out.append(v if isinstance(v, Buffer) else self.device.put(v))
-            return out
-
-        return self._counted(go)
+        buffers = list(buffers)
+        self._check(buffers)
+        before = [d.transfers.copy() for d in self.devices] if self._counting else None
+        values = self._execute(dict(zip(self._names, buffers)))
+        out = []
+        for n in self.outputs:
+            v = values[n]
+            out.append(v if isinstance(v, Buffer) else self.device.put(v))
+        self.calls += 1
+        if before is not None:
+            self._count(before)
+        return out
 
     def sync(self) -> None:
         for d in self.devices:
@@ -242,5 +277,7 @@ class CompiledModel:
         return f"<hal.CompiledModel {self.source.name!r} on {self.device.string} [{where}]>"
 
 
-def _to_numpy(v: Any) -> np.ndarray:
-    return v.numpy() if isinstance(v, Buffer) else np.asarray(v)
+def _fmt_expect(exp: tuple) -> str:
+    rank, fixed = exp
+    dims = dict(fixed)
+    return "[" + ", ".join(str(dims.get(i, "?")) for i in range(rank)) + "]"

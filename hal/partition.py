@@ -45,6 +45,7 @@ class Segment:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     ops: Counter = field(default_factory=Counter)
+    output_shapes: list = field(default_factory=list)  # inferred, checked at run time
 
 
 def _supports(device: Device, node: ir.Node) -> bool | str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from hal.errors import ModelError
 
-_NAMES = ("lenet", "dwsep", "mlp", "resnet_lite", "mobilenet_lite", "tiny_transformer")
+_NAMES = ("lenet", "dwsep", "mlp", "resnet_lite", "mobilenet_lite", "tiny_transformer", "digits")
 
 
 @dataclass(frozen=True)

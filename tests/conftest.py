@@ -18,8 +18,7 @@ def _usable_devices() -> list[str]:
 
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
-        chosen = metafunc.config.getoption("hal_device", None) if hasattr(
-            metafunc.config.option, "hal_device") else None
+        chosen = metafunc.config.getoption("hal_device", None)
         devs = [chosen] if chosen else _usable_devices()
         metafunc.parametrize("device", devs)
 

@@ -38,11 +38,20 @@ def test_zoo_model_matches_reference(device, name, zoo, reference_outputs):
 def test_zoo_list_and_inputs():
     names = hal.models.list()
     assert names == sorted(["lenet", "dwsep", "mlp", "resnet_lite", "mobilenet_lite",
-                            "tiny_transformer"])
+                            "tiny_transformer", "digits"])
     shapes = {n: tuple(hal.models.get(n).inputs[0].shape) for n in names}
     assert shapes["lenet"] == ("N", 1, 28, 28) and shapes["dwsep"] == ("N", 1, 28, 28)
     assert shapes["resnet_lite"] == ("N", 3, 32, 32) == shapes["mobilenet_lite"]
     assert shapes["mlp"] == ("N", 784) and shapes["tiny_transformer"] == ("N", 16, 64)
+    assert shapes["digits"] == ("N", 1, 8, 8)
+
+
+def test_digits_model_is_trained():
+    from hal.models import digits
+
+    x, y = digits.dataset("test")
+    pred = hal.compile(hal.models.get("digits"), "cpu@reference")(x)[0].argmax(1)
+    assert (pred == y).mean() > 0.95
 
 
 def test_zoo_is_deterministic():

@@ -10,6 +10,9 @@ import numpy as np
 from hal.errors import HalError, ModelError
 from hal.ir.model import DEFAULT_OPSET, Model, load
 
+# torch's TorchScript exporter stops at opset 20; hal.load converts the file to DEFAULT_OPSET.
+_EXPORT_OPSET = min(DEFAULT_OPSET, 20)
+
 
 def from_torch(module: Any, example_input: Any, dynamic_batch: bool = True,
                name: str | None = None) -> Model:
@@ -26,7 +29,7 @@ def from_torch(module: Any, example_input: Any, dynamic_batch: bool = True,
     module.eval()
     buf = io.BytesIO()
     try:
-        torch.onnx.export(module, examples, buf, input_names=names, opset_version=DEFAULT_OPSET,
+        torch.onnx.export(module, examples, buf, input_names=names, opset_version=_EXPORT_OPSET,
                           dynamic_axes={n: {0: "N"} for n in names} if dynamic_batch else None,
                           dynamo=False)
     except Exception as exc:

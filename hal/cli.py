@@ -1,0 +1,217 @@
+"""The ``hal`` command: devices, run, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from hal.errors import HalError
+
+
+def example_inputs(model, batch: int, seed: int = 0) -> list[np.ndarray]:
+    """Deterministic inputs for ``model``: dynamic dims take ``batch``."""
+    from hal import models
+
+    if model.name in models.list() and len(model.inputs) == 1:
+        return [models.example_input(model.name, batch, seed)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in model.inputs:
+        shape = tuple(d if isinstance(d, int) else batch for d in spec.shape)
+        if np.issubdtype(spec.dtype, np.floating):
+            out.append(rng.standard_normal(shape).astype(spec.dtype))
+        elif spec.dtype == np.bool_:
+            out.append(rng.integers(0, 2, shape).astype(bool))
+        else:
+            out.append(rng.integers(0, 10, shape).astype(spec.dtype))
+    return out
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_devices(args) -> int:
+    import hal
+
+    devs = hal.devices()
+    if args.json:
+        print(json.dumps([d.to_dict() for d in devs], indent=2))
+        return 0
+    from rich.table import Table
+
+    t = Table(title="HAL devices")
+    for c in ("device", "usable", "simulated", "name / reason"):
+        t.add_column(c)
+    for d in devs:
+        broken = d.details.get("broken")
+        t.add_row(d.string, "[green]yes[/]" if d.usable else ("[red]broken[/]" if broken else "no"),
+                  "[yellow]simulated[/]" if d.simulated else "",
+                  d.name if d.usable else d.reason)
+    _console().print(t)
+    return 0
+
+
+def cmd_run(args) -> int:
+    import hal
+    from hal.compare.harness import measure
+    from hal.frontends import to_model
+    from hal.ir.describe import node_rows
+
+    model = to_model(args.model)
+    options = {"precision": args.precision, "opt_level": args.opt_level,
+               "fallback": None if args.fallback == "none" else args.fallback}
+    compiled = hal.compile(model, args.device, **options)
+    x = example_inputs(model, args.batch)
+    timing, outs = measure(compiled, x, budget_s=args.budget, warmup=2, max_runs=args.repeat)
+    result = {
+        "model": model.name, "device": compiled.device.string,
+        "simulated": compiled.device.simulated, "batch": args.batch,
+        "inputs": [{"name": s.name, "shape": list(a.shape), "dtype": str(a.dtype)}
+                   for s, a in zip(model.inputs, x)],
+        "outputs": [{"name": n, "shape": list(o.shape), "dtype": str(o.dtype)}
+                    for n, o in zip(compiled.outputs, outs)],
+        "first_call_ms": round(timing.first_call_ms, 4), "p50_ms": round(timing.pct(50), 4),
+        "runs": len(timing.times_ms), "placement": compiled.placement,
+        "report": compiled.report(),
+    }
+    if args.json:
+        if args.explain:
+            result["graph"] = node_rows(compiled.model)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    _print_run(result, compiled, args.explain)
+    return 0
+
+
+def _print_run(result: dict, compiled, explain: bool) -> None:
+    from rich.table import Table
+
+    from hal.ir.describe import node_rows
+
+    con = _console()
+    sim = " [yellow](simulated)[/]" if result["simulated"] else ""
+    con.print(f"[bold]{result['model']}[/] on [bold]{result['device']}[/]{sim}, "
+              f"batch {result['batch']}")
+    for o in result["outputs"]:
+        con.print(f"  output {o['name']}: {o['dtype']}{o['shape']}")
+    rep = result["report"]
+    con.print(f"  compile {rep['compile_s'] * 1e3:.1f} ms, first call {result['first_call_ms']:.3f}"
+              f" ms, median {result['p50_ms']:.3f} ms over {result['runs']} runs")
+    if explain:
+        g = Table(title=f"validated graph after flow {rep['flow']}")
+        for c in ("node", "op", "inputs", "outputs", "device"):
+            g.add_column(c)
+        for r in node_rows(compiled.model):
+            g.add_row(r["node"], r["op"], "\n".join(r["inputs"]), "\n".join(r["outputs"]),
+                      compiled.placement.get(r["node"], ""))
+        con.print(g)
+        p = Table(title=f"passes ({rep['flow']})")
+        for c in ("pass", "changed", "ms", "nodes", "detail"):
+            p.add_column(c)
+        for r in rep["passes"]:
+            p.add_row(r["pass"], "yes" if r["modified"] else "no", f"{r['ms']:.2f}",
+                      f"{r['nodes_before']}→{r['nodes_after']}", r.get("detail", ""))
+        con.print(p)
+    s = Table(title="placement")
+    for c in ("segment", "device", "nodes", "ops", "inputs", "outputs"):
+        s.add_column(c)
+    for seg in rep["segments"]:
+        dev = seg["device"] + (" (simulated)" if seg["simulated"] else "")
+        s.add_row(str(seg["index"]), dev, str(seg["nodes"]),
+                  ", ".join(f"{k}×{v}" for k, v in seg["ops"].items()),
+                  ", ".join(seg["inputs"]), ", ".join(seg["outputs"]))
+    con.print(s)
+    for seg in rep["segments"]:
+        for k, v in (seg.get("info") or {}).items():
+            con.print(f"  segment {seg['index']} {k}: {v}")
+    grouped: dict[tuple, list] = {}
+    for f in rep["fallbacks"]:
+        grouped.setdefault((f["op"], f["device"], f["reason"]), []).append(f["node"])
+    for (op, dev, reason), nodes in grouped.items():
+        con.print(f"  [yellow]fallback[/] {op}×{len(nodes)} → {dev}: {reason}")
+    t = rep["transfers"]["last_call"]
+    con.print(f"  transfers per call: {t['count']} copies, {t['bytes']:,} bytes "
+              f"(host→device {t['h2d_count']} / {t['h2d_bytes']:,} B, "
+              f"device→host {t['d2h_count']} / {t['d2h_bytes']:,} B)")
+
+
+def cmd_compare(args) -> int:
+    from rich.progress import Progress
+
+    import hal
+    from hal.compare import compare
+
+    models = args.models.split(",") if args.models else None
+    devices = args.devices.split(",") if args.devices else None
+    batch = [int(b) for b in args.batch.split(",")]
+    precision = args.precision.split(",")
+    if devices:
+        for d in devices:
+            hal.device(d)  # a bad device string is a usage error, not an error row
+    n_models = len(models or hal.models.list())
+    n_devs = len(devices or [d for d in hal.devices() if d.usable])
+    con = _console()
+    with Progress(console=con, transient=True) as prog:
+        task = prog.add_task("comparing", total=n_models * n_devs * len(batch) * len(precision))
+        res = compare(models, devices, batch, precision, budget_s=args.budget,
+                      progress=lambda: prog.advance(task))
+    con.print(res.table())
+    if args.json:
+        res.to_json(args.json)
+        con.print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
+                                "device HAL can reach.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("devices", help="list every device, usable or not, and why")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devices)
+
+    r = sub.add_parser("run", help="compile and run a model on a device")
+    r.add_argument("model", help="a zoo model name or an .onnx path")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--precision", default="fp32")
+    r.add_argument("--opt-level", type=int, default=1)
+    r.add_argument("--fallback", default="cpu", help="fallback device, or 'none' for strict")
+    r.add_argument("--repeat", type=int, default=20, help="timed calls (at most)")
+    r.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls (at most)")
+    r.add_argument("--explain", action="store_true", help="show graph, passes and placement")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="every model on every usable device, side by side")
+    c.add_argument("--models", help="comma-separated zoo names or .onnx paths (default: the zoo)")
+    c.add_argument("--devices", help="comma-separated devices (default: every usable one)")
+    c.add_argument("--batch", default="1,64")
+    c.add_argument("--precision", default="fp32")
+    c.add_argument("--budget", type=float, default=0.3, help="seconds of timed calls per row")
+    c.add_argument("--json", metavar="FILE")
+    c.set_defaults(func=cmd_compare)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HalError as exc:
+        print(f"hal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""LeNet-style digits classifier trained on scikit-learn's 8×8 digits (weights shipped)."""
+
+from pathlib import Path
+
+from hal import nn
+
+INPUT_SHAPE = (None, 1, 8, 8)
+CLASSES = 10
+WEIGHTS = Path(__file__).with_name("weights") / "digits.npz"
+
+
+def architecture() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10),
+    )
+
+
+def build() -> nn.Module:
+    net = architecture()
+    net.load_weights(WEIGHTS)  # trained by models/train_digits.py
+    return net
+
+
+def dataset(split: str = "test"):
+    """scikit-learn's bundled digits as float32 N×1×8×8 in [0, 1], and int labels.
+
+    The split is fixed (stratified, seed 0, 30% held out) so figures are comparable.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.3, random_state=0,
+                                          stratify=d.target)
+    return (xtr, ytr) if split == "train" else (xte, yte)

@@ -1,0 +1,87 @@
+"""Capability partitioning, visible fallback, transfer accounting, device-resident runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hal
+from hal import nn
+from hal.nn import functional as F
+from tests.toy import toy  # noqa: F401  (fixture)
+
+
+def test_partial_device_falls_back_and_agrees(toy):
+    model = hal.models.get("resnet_lite")
+    with pytest.warns(UserWarning, match="fallback"):
+        compiled = hal.compile(model, "toy")
+    devices = {s.device.string for s in compiled.segments}
+    assert devices == {"toy:0@toy", hal.device("cpu").string}
+    assert set(compiled.placement) == {n.name for n in compiled.model.graph}
+    x = hal.models.example_input("resnet_lite", 3)
+    y = compiled(x)[0]
+    ref = hal.compile(model, "cpu@reference")(x)[0]
+    assert np.max(np.abs(y - ref)) <= 1e-5
+    t = compiled.last_transfers
+    assert t.h2d_count > 0 and t.d2h_count > 0 and t.bytes > x.nbytes
+    rep = compiled.report()
+    assert rep["fallbacks"] and all(f["reason"] for f in rep["fallbacks"])
+    assert rep["transfers"]["last_call"]["bytes"] == t.bytes
+
+
+def test_strict_fallback_names_op_and_capable_devices(toy):
+    with pytest.raises(hal.UnsupportedOp) as e:
+        hal.compile(hal.models.get("resnet_lite"), "toy", fallback=None)
+    msg = str(e.value)
+    assert "BatchNormalization" in msg and "toy:0@toy" in msg and "cpu:0@reference" in msg
+
+
+def test_cheap_island_stays_on_fallback(toy):
+    w = np.ones((4, 2, 3, 3), np.float32)
+
+    def net(x):
+        y = F.sigmoid(F.conv2d(x, w))   # Conv on toy, Sigmoid on cpu
+        y = F.relu(y)                   # a lone cheap op toy could run: not worth two copies
+        return F.tanh(y)
+
+    compiled = hal.compile(nn.trace(net, (None, 2, 5, 5)), "toy")
+    relu = [n.name for n in compiled.model.graph if n.op_type == "Relu"][0]
+    conv = [n.name for n in compiled.model.graph if n.op_type == "Conv"][0]
+    assert compiled.placement[conv] == "toy:0@toy"
+    assert compiled.placement[relu] == hal.device("cpu").string
+
+
+def test_run_buffers_stays_on_device(toy):
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    compiled = hal.compile(net, "toy", input_shape=(None, 16))
+    assert [s.device.string for s in compiled.segments] == ["toy:0@toy"]
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    buf = toy.put(x)
+    before = toy.transfers.copy()
+    out1 = compiled.run([buf])
+    out2 = compiled.run(out1)  # feed the device-resident output straight back
+    assert compiled.last_transfers.count == 0
+    assert (toy.transfers - before).count == 0
+    ref = hal.compile(net, "cpu@reference", input_shape=(None, 16))
+    np.testing.assert_allclose(out2[0].numpy(), ref(ref(x)[0])[0], atol=1e-5)
+    assert (toy.transfers - before).d2h_count == 1  # only the explicit .numpy() above
+
+
+def test_numpy_in_numpy_out_on_device(toy):
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU())
+    compiled = hal.compile(net, "toy", input_shape=(None, 8))
+    y = compiled(np.ones((2, 8), np.float32))
+    assert isinstance(y[0], np.ndarray)
+    assert compiled.last_transfers.h2d_count == 1 and compiled.last_transfers.d2h_count == 1
+
+
+def test_buffer_round_trip(toy):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = toy.put(x)
+    assert b.shape == (3, 4) and b.dtype == np.float32 and b.device is toy
+    np.testing.assert_array_equal(b.numpy(), x)
+    on_cpu = b.to(hal.device("cpu@reference"))
+    np.testing.assert_array_equal(on_cpu.numpy(), x)
+    assert on_cpu.to(toy).to(toy).numpy().tolist() == x.tolist()
+    x[0, 0] = 99  # the device copy is independent of the user's array
+    assert b.numpy()[0, 0] == 0

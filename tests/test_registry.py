@@ -1,0 +1,129 @@
+"""Device strings, resolution, HAL_BACKENDS, and isolation of broken plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hal
+from hal.backend import Backend
+from hal.device import DeviceInfo, DeviceSpec
+from hal.registry import REGISTRY
+from tests.plugins import broken_plugins, installed
+
+
+@pytest.mark.parametrize("text,spec", [
+    ("cpu", ("cpu", None, None)), ("cuda:1", ("cuda", 1, None)), ("cpu@jax", ("cpu", None, "jax")),
+    ("tpu:3@jax", ("tpu", 3, "jax")), ("fpga@emu", ("fpga", None, "emu")),
+])
+def test_device_string_grammar(text, spec):
+    s = DeviceSpec.parse(text)
+    assert (s.kind, s.index, s.backend) == spec
+    assert str(s) == text
+
+
+@pytest.mark.parametrize("bad", ["", "CPU", "cuda:", "cuda:x", "@jax", "cpu@", "cpu@@jax", 3])
+def test_malformed_device_strings(bad):
+    with pytest.raises(hal.DeviceNotFound):
+        DeviceSpec.parse(bad)
+
+
+def test_reference_is_listed_usable():
+    devs = {d.string: d for d in hal.devices()}
+    assert devs["cpu:0@reference"].usable and not devs["cpu:0@reference"].simulated
+
+
+def test_unknown_device_lists_usable():
+    with pytest.raises(hal.DeviceNotFound) as e:
+        hal.device("nosuch")
+    assert "cpu:0@reference" in str(e.value) and "nosuch" in str(e.value)
+    with pytest.raises(hal.DeviceNotFound, match="no backend named 'zzz'"):
+        hal.device("cpu@zzz")
+    with pytest.raises(hal.DeviceNotFound, match="index"):
+        hal.device("cpu:7@reference")
+
+
+def test_one_object_per_device():
+    assert hal.device("cpu@reference") is hal.device("cpu:0@reference")
+
+
+class Simulated(Backend):
+    name = "simtest"
+    kinds = ("widget",)
+    ops = frozenset({"Relu"})
+
+    def probe(self):
+        return [DeviceInfo("widget", 0, self.name, name="software widget", simulated=True)]
+
+    def compile(self, model, device, options):
+        from hal.backends.reference import ReferenceBackend
+
+        return ReferenceBackend().compile(model, device, options)
+
+
+def test_simulated_never_serves_bare_kind():
+    hal.register_backend(Simulated)
+    try:
+        with pytest.raises(hal.DeviceNotFound, match="simulated"):
+            hal.device("widget")
+        dev = hal.device("widget@simtest")
+        assert dev.simulated
+    finally:
+        REGISTRY.unregister("simtest")
+
+
+def test_register_twice_needs_replace():
+    hal.register_backend(Simulated)
+    try:
+        with pytest.raises(hal.HalError, match="already registered"):
+            hal.register_backend(Simulated)
+        hal.register_backend(Simulated, replace=True)
+    finally:
+        REGISTRY.unregister("simtest")
+
+
+def test_hal_backends_env_restricts_and_orders(monkeypatch):
+    monkeypatch.setenv("HAL_BACKENDS", "reference")
+    REGISTRY.reset()
+    try:
+        assert hal.device("cpu").backend.name == "reference"
+        monkeypatch.setenv("HAL_BACKENDS", "nope")
+        REGISTRY.reset()
+        with pytest.raises(hal.DeviceNotFound, match="HAL_BACKENDS"):
+            hal.device("cpu")
+    finally:
+        monkeypatch.delenv("HAL_BACKENDS")
+        REGISTRY.reset()
+
+
+def test_broken_plugins_are_isolated(tmp_path):
+    with installed(broken_plugins(tmp_path)):
+        devs = {d.backend: d for d in hal.devices()}
+        assert not devs["importboom"].usable and "libfoo.so" in devs["importboom"].reason
+        assert devs["importboom"].details["broken"]
+        assert not devs["probeboom"].usable and "driver handshake" in devs["probeboom"].reason
+        # every other device keeps working
+        y = hal.compile(hal.models.get("mlp"), "cpu@reference")(np.zeros((1, 784), np.float32))
+        assert y[0].shape == (1, 10)
+        with pytest.raises(hal.BackendError, match="kernel generator crashed"):
+            hal.compile(hal.models.get("lenet"), "cpu@compileboom")
+        with pytest.raises(hal.DeviceNotFound, match="libfoo.so"):
+            hal.device("cpu@importboom")
+
+
+def test_broken_plugin_in_cli(tmp_path):
+    broken_plugins(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "hal.cli", "devices", "--json"], env=env,
+                       capture_output=True, text=True, check=True)
+    devs = {d["backend"]: d for d in json.loads(r.stdout)}
+    assert devs["importboom"]["usable"] is False and "broken plugin" in devs["importboom"]["reason"]
+    assert devs["reference"]["usable"] is True
+    r = subprocess.run([sys.executable, "-m", "hal.cli", "run", "mlp", "--device", "cpu@reference",
+                        "--json"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
