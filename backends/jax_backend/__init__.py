@@ -128,10 +128,12 @@ class JaxBackend(Backend):
 
     # -- buffers -----------------------------------------------------------------
     def put(self, array: np.ndarray, device: Device):
-        jax = _import_jax()
         from hal.backends.jax_backend.executable import JaxBuffer
 
-        dev = self.jax_device(device)
+        dev = self._jax_devices[device.info.kind, device.info.index]
+        if device.info.host_memory:  # placed lazily, see JaxBuffer; the copy is ours
+            return JaxBuffer(None, device, dev, np.array(array, copy=True))
+        jax = _import_jax()
         if array.dtype.itemsize == 8 and array.dtype.kind in "iuf":
             with jax.enable_x64(True):  # keep int64/float64 as they are
                 return JaxBuffer(jax.device_put(array, dev, may_alias=False), device)
@@ -140,7 +142,8 @@ class JaxBackend(Backend):
     def sync(self, device: Device) -> None:
         last = device.__dict__.get("_jax_last")
         if last is not None:
-            _import_jax().block_until_ready(last)
+            for a in last:
+                a.block_until_ready()
 
 
 def _self_test(jax, d) -> tuple[bool, str]:

@@ -17,22 +17,55 @@ from hal.backend import Buffer, Device, Executable
 
 
 class JaxBuffer(Buffer):
-    """A jax.Array committed to one device. Shape and dtype are read from the array."""
+    """A jax.Array committed to one device. Shape and dtype are read from the array.
 
-    def __init__(self, array: Any, device: Device):
-        self.device = device
-        self.array = array  # no Buffer.__init__: per-call cost matters on the run() path
+    On a host-memory (CPU) device ``put`` keeps a private numpy copy and makes the
+    jax.Array on first need: a buffer used once (every ``compiled(x)`` call) is handed to
+    the jitted function as numpy, which jax's C++ dispatch places far more cheaply than
+    ``jax.device_put`` does; a buffer used again is placed once and reused.
+    """
+
+    def __init__(self, array: Any, device: Device, jdev: Any = None, host: Any = None):
+        self.device = device  # no Buffer.__init__: per-call cost matters on the run() path
+        self._array = array
+        self._host = host
+        self._jdev = jdev
+        self._used = False
+
+    @property
+    def array(self) -> Any:
+        a = self._array
+        if a is None:
+            import jax
+
+            a = self._array = jax.device_put(self._host, self._jdev)
+            self._host = None
+        return a
+
+    def _arg(self) -> Any:
+        """What to pass to the jitted function: the jax.Array, or the host copy the first time."""
+        a = self._array
+        if a is not None:
+            return a
+        if not self._used:
+            self._used = True
+            return self._host
+        return self.array
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
-        return tuple(self.array.shape)
+        a = self._array if self._array is not None else self._host
+        return tuple(a.shape)
 
     @property
     def dtype(self) -> np.dtype:  # type: ignore[override]
-        return np.dtype(self.array.dtype)
+        a = self._array if self._array is not None else self._host
+        return np.dtype(a.dtype)
 
     def _to_host(self) -> np.ndarray:
-        return np.array(self.array)  # a writable copy the user owns
+        if self._array is None:
+            return self._host.copy()
+        return np.array(self._array)  # a writable copy the user owns
 
     def to(self, device: Device) -> Buffer:
         if device is self.device:
@@ -108,14 +141,17 @@ class JaxExecutable(Executable):
 
     def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
         dev = self.device
-        arrays = [b.array if type(b) is JaxBuffer and b.device is dev else _adopt(b, dev)
+        arrays = [b._arg() if type(b) is JaxBuffer and b.device is dev else _adopt(b, dev)
                   for b in buffers]
-        with self._x64():
-            if self._plain is not None:
-                out = self._plain(self.params, *arrays)
-            else:
-                fn, arrays = self._fn(arrays)
-                out = fn(self.params, *arrays)
+        if self._plain is not None and not self.lowered.x64:
+            out = self._plain(self.params, *arrays)  # the common case, kept short
+        else:
+            with self._x64():
+                if self._plain is not None:
+                    out = self._plain(self.params, *arrays)
+                else:
+                    fn, arrays = self._fn(arrays)
+                    out = fn(self.params, *arrays)
         dev.__dict__["_jax_last"] = out  # what Backend.sync waits for
         return [JaxBuffer(a, dev) for a in out]
 
@@ -123,4 +159,4 @@ class JaxExecutable(Executable):
 def _adopt(buf: Buffer, device: Device):
     if isinstance(buf, JaxBuffer):
         return buf.to(device).array
-    return device.put(buf.numpy()).array
+    return device.put(buf.numpy())._arg()
