@@ -135,7 +135,6 @@ def test_fp16_is_for_gpus_only(lenet):
 
 
 def _graph(op, inputs, outputs, **attrs):
-    import onnx
     from onnx import helper
 
     node = helper.make_node(op, [i[0] for i in inputs], [o[0] for o in outputs], **attrs)

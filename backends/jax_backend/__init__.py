@@ -82,7 +82,8 @@ class JaxBackend(Backend):
                 ok, reason = _self_test(jax, d)
                 if ok:
                     self._jax_devices[kind, i] = d
-                found.append(DeviceInfo(kind, i, self.name, name=f"{d.device_kind} (jax {jax.__version__})",
+                found.append(DeviceInfo(kind, i, self.name,
+                                        name=f"{d.device_kind} (jax {jax.__version__})",
                                         usable=ok, reason=reason, host_memory=kind == "cpu",
                                         details={"platform": d.platform, "id": d.id}))
         return found

@@ -1,1 +1,1 @@
-"""Each zoo model written by hand directly in a peer framework: the baselines HAL is measured against."""
+"""The zoo written by hand directly in peer frameworks: the baselines HAL is measured against."""

@@ -17,7 +17,7 @@ MODELS = ("lenet", "mobilenet_lite", "resnet_lite", "tiny_transformer")
 
 
 def build(name: str, hal_module) -> Callable:
-    """A ``jax.jit`` function ``f(x) -> logits`` for zoo model ``name`` with ``hal_module``'s weights."""
+    """A jitted ``f(x) -> logits`` for zoo model ``name`` with ``hal_module``'s weights."""
     import jax
 
     if name not in MODELS:
