@@ -148,7 +148,7 @@ class TorchBuffer(Buffer):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.tensor.shape)
+        return self.tensor.shape  # a torch.Size is a tuple
 
     @property
     def dtype(self):
@@ -192,24 +192,24 @@ def torch_device(device: Device):
 
 
 def _tensor(array, device: Device):
-    import torch
+    from torch import from_numpy
 
     try:
         if array.flags.writeable:
-            t = torch.from_numpy(array)
+            t = from_numpy(array)
         else:  # HAL never writes to inputs; share the memory without torch's warning
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = torch.from_numpy(array)
+                t = from_numpy(array)
     except (TypeError, ValueError) as exc:
         import numpy as np
 
         if array.dtype.kind in "OUSVMm":
             raise InputError(f"cannot put an array of dtype {array.dtype} on "
                              f"{device.string}: torch holds numbers and booleans only") from exc
-        t = torch.from_numpy(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("="),
+        t = from_numpy(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("="),
                                                                  copy=False))
     if device.info.kind != "cpu":
         t = t.to(torch_device(device))
