@@ -9,10 +9,11 @@ ONNX node, weights as buffers on the device), run under ``torch.inference_mode``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+
+from hal.backends.torch_backend.optable import HAL_OPS, OPS
 
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, check_precision
-from hal.backends.torch_backend.optable import HAL_OPS, OPS
 from hal.device import DeviceInfo
 from hal.errors import InputError, OptionError
 
@@ -46,14 +47,14 @@ class TorchBackend(Backend):
         import torch
 
         ver = torch.__version__.split("+")[0]
-        cpu_name = platform.processor() or platform.machine() or "CPU"
+        cpu_name = _cpu_name() or platform.processor() or platform.machine() or "CPU"
         out = [self._prove("cpu", 0, f"{cpu_name} ({torch.get_num_threads()} threads)", True,
                            {"torch": torch.__version__})]
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 try:
                     name = torch.cuda.get_device_name(i)
-                except Exception as exc:  # a broken driver must not hide the other devices
+                except Exception as exc:  # noqa: BLE001 - a broken driver must not hide the other devices
                     name = f"CUDA device {i} ({type(exc).__name__})"
                 out.append(self._prove("cuda", i, name, False,
                                        {"torch": torch.__version__, "cuda": torch.version.cuda}))
@@ -80,9 +81,10 @@ class TorchBackend(Backend):
             t = torch.ones(2, device=torch.device(kind, index)) + 1
             ok = float(t.sum().item()) == 4.0
             reason = "" if ok else f"the self-test on {kind}:{index} computed a wrong result"
-        except Exception as exc:
-            ok, reason = False, f"the self-test kernel failed on {kind}:{index}: " \
-                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        except Exception as exc:  # noqa: BLE001 - a failing device is reported, never raised
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            ok, reason = False, (f"the self-test kernel failed on {kind}:{index}: "
+                                 f"{type(exc).__name__}: {first}")
         return DeviceInfo(kind, index, self.name, name=name, usable=ok, reason=reason,
                           host_memory=host, details=details)
 
@@ -94,8 +96,8 @@ class TorchBackend(Backend):
             base = super().supports(node, device)
             if base is not True:
                 return base
-        from hal.backends.torch_backend.lowering import CONVERTERS, supported_dtype
         from hal.backends.torch_backend import ops_math, ops_nn, ops_tensor  # noqa: F401
+        from hal.backends.torch_backend.lowering import CONVERTERS, supported_dtype
 
         for v in list(node.inputs) + list(node.outputs):
             if v is None or v.dtype is None:
@@ -178,6 +180,17 @@ class TorchBuffer(Buffer):
             device.transfers.h2d_count += 1
             device.transfers.h2d_bytes += nbytes
         return TorchBuffer(self.tensor.to(torch_device(device)), device)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def torch_device(device: Device):

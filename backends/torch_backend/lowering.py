@@ -9,7 +9,8 @@ time, so shapes, axes and pads are resolved once instead of on every call.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir

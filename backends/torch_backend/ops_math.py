@@ -7,7 +7,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from hal.backends.torch_backend.lowering import NodeView, converter
 
 _UNARY = {

@@ -7,7 +7,6 @@ import operator
 
 import torch
 import torch.nn.functional as F
-
 from hal.backends.torch_backend.lowering import NodeView, attr, converter
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -8,9 +8,13 @@ import numpy as np
 import onnx_ir as ir
 import torch
 import torch.nn.functional as F
-
-from hal.backends.torch_backend.lowering import (NodeView, attr, converter, supported_dtype,
-                                                 torch_dtype)
+from hal.backends.torch_backend.lowering import (
+    NodeView,
+    attr,
+    converter,
+    supported_dtype,
+    torch_dtype,
+)
 from hal.backends.torch_backend.ops_nn import _pad_pairs
 
 
@@ -293,7 +297,7 @@ def constant_of_shape(n: NodeView):
 def _range(start, limit, delta):
     dtype = start.dtype
     s, l, d = start.item(), limit.item(), delta.item()
-    count = max(int(math.ceil((l - s) / d)), 0)
+    count = max(math.ceil((l - s) / d), 0)
     return (start + torch.arange(count, device=start.device, dtype=dtype) * delta).to(dtype)
 
 
