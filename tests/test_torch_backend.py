@@ -243,3 +243,40 @@ def test_hand_written_torch_twin_agrees_with_reference(twins, name):
     with torch.no_grad():
         y = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y, ref, atol=1e-4)
+
+
+# -- HAL's fused ops -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation,params,numpy_act", [
+    ("Relu", [], lambda y: np.maximum(y, 0)),
+    ("Clip", [0.0, 6.0], lambda y: np.clip(y, 0, 6)),
+    ("LeakyRelu", [0.1], lambda y: np.where(y > 0, y, 0.1 * y)),
+])
+def test_fused_conv_and_gemm_lower_with_their_activation(activation, params, numpy_act):
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    gw = rng.standard_normal((5, 64)).astype(np.float32)
+    act = {"activation": activation, **({"activation_params": params} if params else {})}
+    nodes = [helper.make_node("FusedConv", ["x", "w", "b"], ["c"], domain="ai.hal",
+                              pads=[1, 1, 1, 1], strides=[2, 2], **act),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("FusedGemm", ["f", "gw"], ["y"], domain="ai.hal", transB=1, **act)]
+    graph = helper.make_graph(
+        nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        [onnx.numpy_helper.from_array(a, n) for a, n in ((w, "w"), (b, "b"), (gw, "gw"))])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 21), helper.make_opsetid("ai.hal", 1)]))
+    dev = hal.device("cpu@torch")
+    assert all(dev.backend.supports(n, dev.info) is True for n in model.graph)
+    exe = dev.backend.compile(model, dev, hal.backend.CompileOptions())
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                      torch.from_numpy(b), 2, 1).numpy()
+    expected = numpy_act(numpy_act(conv).reshape(2, -1) @ gw.T)
+    np.testing.assert_allclose(exe(x)[0], expected, rtol=1e-5, atol=1e-5)

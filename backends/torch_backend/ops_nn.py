@@ -344,3 +344,49 @@ def dropout(n: NodeView):
         out = n.call(_dropout, n.input(0), True)
         return [n.call(operator.getitem, out, 0), n.call(operator.getitem, out, 1)]
     return n.input(0)
+
+
+# -- HAL's fused ops ("ai.hal"): Conv/Gemm attributes plus ``activation`` and its params ---------
+
+def _clip_act(y, lo=-math.inf, hi=math.inf):
+    return torch.clamp(y, lo, hi)
+
+
+def _leaky(y, alpha=0.01):
+    return F.leaky_relu(y, alpha)
+
+
+def _hard_sigmoid(y, alpha=0.2, beta=0.5):
+    return torch.clamp(alpha * y + beta, 0, 1)
+
+
+#: activation name (the ONNX op it stands for) -> torch function of (y, *activation_params)
+ACTIVATIONS = {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
+               "Clip": _clip_act, "LeakyRelu": _leaky, "HardSigmoid": _hard_sigmoid,
+               "Gelu": F.gelu, "Identity": None, "": None}
+
+
+def _fused_check(node):
+    act = attr(node, "activation", "") or ""
+    if act not in ACTIVATIONS:
+        return f"fused activation {act!r} is not supported (have {sorted(a for a in ACTIVATIONS if a)})"
+    return _conv_check(node) if node.op_type == "FusedConv" else None
+
+
+def _activate(n: NodeView, y):
+    fn = ACTIVATIONS[n.attr("activation", "") or ""]
+    if fn is None:
+        return y
+    return n.call(fn, y, *[float(p) for p in n.attr("activation_params") or []])
+
+
+@converter("FusedConv", domain="ai.hal", check=_fused_check)
+def fused_conv(n: NodeView):
+    return _activate(n, conv_call(n, n.input(0), n.input(1), n.input(2)))
+
+
+@converter("FusedGemm", domain="ai.hal", check=_fused_check)
+def fused_gemm(n: NodeView):
+    from hal.backends.torch_backend.ops_math import gemm
+
+    return _activate(n, gemm(n))

@@ -31,4 +31,4 @@ OPS = frozenset({
 })
 
 #: ops of HAL's own "ai.hal" domain (fused conv/gemm + activation)
-HAL_OPS = frozenset()
+HAL_OPS = frozenset({"FusedConv", "FusedGemm"})
