@@ -140,11 +140,16 @@ class CompiledModel:
             and len(self.inputs) > 1
         # host-memory devices never copy, so there is nothing to count
         self._counting = any(not d.info.host_memory for d in self.devices)
-        self._plan = [(seg.device, seg.inputs, seg.outputs, exe, seg, [
-            None if shp is None else (len(shp), tuple((i, d) for i, d in enumerate(shp)
-                                                      if isinstance(d, int)))
-            for shp in (seg.output_shapes or [None] * len(seg.outputs))])
-            for seg, exe in zip(self.segments, self.executables)]
+        slots = {name: i for i, name in enumerate(self._names)}
+        for seg in self.segments:
+            for n in seg.outputs:
+                slots.setdefault(n, len(slots))
+        self._n_slots = len(slots)
+        self._out_slots = [slots[n] for n in self.outputs]
+        self._plan = [(seg.device, [slots[n] for n in seg.inputs], [slots[n] for n in seg.outputs],
+                       exe, seg, [_expect(shp) for shp in (seg.output_shapes
+                                                           or [None] * len(seg.outputs))])
+                      for seg, exe in zip(self.segments, self.executables)]
 
     def _check(self, arrays: Sequence[Any]) -> Sequence[Any]:
         if len(arrays) != len(self._expect):
@@ -184,11 +189,12 @@ class CompiledModel:
                     raise InputError(f"dynamic dim {e!r} is {symbols[e]} in one input and "
                                      f"{d} in {spec.name!r}; it must be the same everywhere")
 
-    def _execute(self, values: dict[str, Any]) -> dict[str, Any]:
-        for device, in_names, out_names, exe, seg, expect in self._plan:
+    def _execute(self, inputs: Sequence[Any]) -> list[Any]:
+        values: list[Any] = list(inputs) + [None] * (self._n_slots - len(inputs))
+        for device, in_slots, out_slots, exe, seg, expect in self._plan:
             ins = []
-            for name in in_names:
-                v = values[name]
+            for i in in_slots:
+                v = values[i]
                 ins.append(v.to(device) if isinstance(v, Buffer) else device.put(v))
             try:
                 outs = exe.run(ins)
@@ -197,22 +203,23 @@ class CompiledModel:
             except Exception as exc:
                 raise BackendError(f"{device.string} failed running segment {seg.index} of "
                                    f"{self.source.name!r}: {type(exc).__name__}: {exc}") from exc
-            if len(outs) != len(out_names):
+            if len(outs) != len(out_slots):
                 raise BackendError(f"{device.backend.name} returned {len(outs)} outputs for "
-                                   f"segment {seg.index}, expected {len(out_names)}")
-            for name, buf, exp in zip(out_names, outs, expect):
+                                   f"segment {seg.index}, expected {len(out_slots)}")
+            for slot, buf, exp in zip(out_slots, outs, expect):
                 if not isinstance(buf, Buffer):
                     raise BackendError(f"{device.backend.name} returned a {type(buf).__name__} "
-                                       f"for {name!r}; an Executable must return hal Buffers")
+                                       f"in segment {seg.index}; an Executable must return "
+                                       f"hal Buffers")
                 if exp is not None:
                     shp = buf.shape
                     if len(shp) != exp[0] or any(shp[i] != d for i, d in exp[1]):
                         raise BackendError(
-                            f"{device.backend.name} returned shape {list(shp)} for {name!r} in "
-                            f"segment {seg.index} on {device.string}; the graph says "
-                            f"{_fmt_expect(exp)}. The backend is wrong: report it to its "
-                            f"authors, or use another device")
-                values[name] = buf
+                            f"{device.backend.name} returned shape {list(shp)} for output "
+                            f"#{out_slots.index(slot)} of segment {seg.index} on "
+                            f"{device.string}; the graph says {_fmt_expect(exp)}. The backend "
+                            f"is wrong: report it to its authors, or use another device")
+                values[slot] = buf
         return values
 
     def _count(self, before: list[Transfers]) -> None:
@@ -225,9 +232,9 @@ class CompiledModel:
     def __call__(self, *arrays: Any) -> list[np.ndarray]:
         self._check(arrays)
         before = [d.transfers.copy() for d in self.devices] if self._counting else None
-        values = self._execute(dict(zip(self._names, arrays)))
+        values = self._execute(arrays)
         out = [v.numpy() if isinstance(v, Buffer) else np.asarray(v)
-               for v in (values[n] for n in self.outputs)]
+               for v in (values[i] for i in self._out_slots)]
         self.calls += 1
         if before is not None:
             self._count(before)
@@ -238,10 +245,10 @@ class CompiledModel:
         buffers = list(buffers)
         self._check(buffers)
         before = [d.transfers.copy() for d in self.devices] if self._counting else None
-        values = self._execute(dict(zip(self._names, buffers)))
+        values = self._execute(buffers)
         out = []
-        for n in self.outputs:
-            v = values[n]
+        for i in self._out_slots:
+            v = values[i]
             out.append(v if isinstance(v, Buffer) else self.device.put(v))
         self.calls += 1
         if before is not None:
@@ -281,3 +288,10 @@ def _fmt_expect(exp: tuple) -> str:
     rank, fixed = exp
     dims = dict(fixed)
     return "[" + ", ".join(str(dims.get(i, "?")) for i in range(rank)) + "]"
+
+
+def _expect(shape) -> tuple | None:
+    """(rank, ((axis, size), ...)) of the static dims of an inferred shape, or None."""
+    if shape is None:
+        return None
+    return len(shape), tuple((i, d) for i, d in enumerate(shape) if isinstance(d, int))
