@@ -159,12 +159,19 @@ class TorchBuffer(Buffer):
         return numpy_dtype(self.tensor.dtype)
 
     def _to_host(self):
+        import torch
+
         t = self.tensor
-        return (t if t.device.type == "cpu" else t.cpu()).numpy()
+        t = t if t.device.type == "cpu" else t.cpu()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16; ml_dtypes' has the same bits
+            import ml_dtypes
+
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
 
     def numpy(self):
         if self.device.info.host_memory:
-            return self.tensor.numpy()  # shares memory: CPU results are never copied
+            return self._to_host()  # shares memory: CPU results are never copied
         return super().numpy()
 
     def to(self, device: Device) -> Buffer:
@@ -219,11 +226,20 @@ def _tensor(array, device: Device):
     except (TypeError, ValueError) as exc:
         import numpy as np
 
+        if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: same bits as torch's
+            import torch
+
+            return _on(from_numpy(np.ascontiguousarray(array).view(np.int16))
+                       .view(torch.bfloat16), device)
         if array.dtype.kind in "OUSVMm":
             raise InputError(f"cannot put an array of dtype {array.dtype} on "
                              f"{device.string}: torch holds numbers and booleans only") from exc
         t = from_numpy(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("="),
                                                                  copy=False))
+    return _on(t, device)
+
+
+def _on(t, device: Device):
     if device.info.kind != "cpu":
         t = t.to(torch_device(device))
     return t

@@ -12,7 +12,7 @@ inline float activate(float x, int act, float p0, float p1)
 {
     switch (act) {
     case ACT_RELU: return x > 0.0f ? x : 0.0f;  // builtins can be calls on CPU runtimes
-    case ACT_CLIP: return x < p0 ? p0 : x > p1 ? p1 : x;
+    case ACT_CLIP: x = x < p0 ? p0 : x; return x > p1 ? p1 : x;  // ONNX: min(max(x, lo), hi)
     case ACT_SIGMOID: return 1.0f / (1.0f + exp(-x));
     case ACT_TANH: return tanh(x);
     case ACT_GELU: return 0.5f * x * (1.0f + erf(x * 0.70710678118654752f));
@@ -27,7 +27,10 @@ inline float8 activate8(float8 x, int act, float p0, float p1)
 {
     if (act == ACT_NONE) return x;
     if (act == ACT_RELU) return x > (float8)(0.0f) ? x : (float8)(0.0f);
-    if (act == ACT_CLIP) return x < (float8)(p0) ? (float8)(p0) : x > (float8)(p1) ? (float8)(p1) : x;
+    if (act == ACT_CLIP) {
+        x = x < (float8)(p0) ? (float8)(p0) : x;
+        return x > (float8)(p1) ? (float8)(p1) : x;
+    }
     float t[8];
     vstore8(x, 0, t);
     for (int j = 0; j < 8; ++j) t[j] = activate(t[j], act, p0, p1);

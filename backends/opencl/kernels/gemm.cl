@@ -99,7 +99,10 @@ __kernel void gemm_f32(const int M, const int N, const int K,
                     r += beta * (bsn ? *((__global const float8u *)(br + v * 8)) : (float8)(br[0]));
                 if (act == ACT_RELU) r = r > (float8)(0.0f) ? r : (float8)(0.0f);
                 else if (act == ACT_CLIP)
-                    r = r < (float8)(p0) ? (float8)(p0) : r > (float8)(p1) ? (float8)(p1) : r;
+                {   // ONNX: min(max(r, lo), hi)
+                    r = r < (float8)(p0) ? (float8)(p0) : r;
+                    r = r > (float8)(p1) ? (float8)(p1) : r;
+                }
                 *((__global float8u *)(cr + v * 8)) = r;
             } else {
                 float t[8];

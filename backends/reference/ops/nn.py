@@ -88,7 +88,22 @@ def max_pool(x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=Non
     fill = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     xp = np.pad(x, [(0, 0), (0, 0)] + pp, constant_values=fill)
     win = _windows(xp, kernel_shape, strides, dilations)
-    return win.max(axis=tuple(range(-n, 0))).astype(x.dtype)
+    axes = tuple(range(-n, 0))
+    y = win.max(axis=axes).astype(x.dtype)
+    # Indices: flat positions in the unpadded input (row-major, or column-major spatial dims)
+    idx = np.arange(x.size, dtype=np.int64).reshape(x.shape)
+    if storage_order == 1 and n >= 2:
+        plane = int(np.prod(x.shape[2:]))
+        spatial = np.arange(plane, dtype=np.int64).reshape(x.shape[2:][::-1]).T
+        base = (np.arange(x.shape[0] * x.shape[1], dtype=np.int64) * plane).reshape(
+            x.shape[0], x.shape[1], *([1] * n))
+        idx = base + spatial
+    idxp = np.pad(idx, [(0, 0), (0, 0)] + pp, constant_values=-1)
+    iwin = _windows(idxp, kernel_shape, strides, dilations)
+    flat = win.reshape(win.shape[:-n] + (-1,))
+    pick = np.argmax(flat, axis=-1)[..., None]
+    indices = np.take_along_axis(iwin.reshape(iwin.shape[:-n] + (-1,)), pick, axis=-1)[..., 0]
+    return y, indices
 
 
 @op("AveragePool")
@@ -124,6 +139,14 @@ def global_max_pool(x):
 @op("BatchNormalization")
 def batch_norm(x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
     shape = (1, -1) + (1,) * (x.ndim - 2)
+    if training_mode:
+        axes = (0,) + tuple(range(2, x.ndim))
+        batch_mean, batch_var = x.mean(axis=axes), x.var(axis=axes)
+        y = (x - batch_mean.reshape(shape)) / np.sqrt(batch_var.reshape(shape) + epsilon)
+        y = y * scale.reshape(shape) + bias.reshape(shape)
+        run_mean = mean * momentum + batch_mean * (1 - momentum)
+        run_var = var * momentum + batch_var * (1 - momentum)
+        return (y.astype(x.dtype), run_mean.astype(mean.dtype), run_var.astype(var.dtype))
     y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + epsilon)
     return (y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
 
