@@ -15,7 +15,8 @@ low type, and reductions (softmax, normalization, means, pooling sums) run in fp
 
 tensorflow is imported lazily, with its C++ logging quieted (``TF_CPP_MIN_LOG_LEVEL``)
 and GPU memory growth switched on before any GPU is initialized, so TensorFlow takes
-memory as it needs it and torch or jax in the same process keep theirs.
+memory as it needs it and torch or jax in the same process keep theirs. On GPUs, TF32
+is switched off for TensorFlow so that fp32 segments compute in fp32.
 """
 
 from __future__ import annotations
@@ -86,11 +87,14 @@ class TfBackend(Backend):
     # -- devices -----------------------------------------------------------------
     def probe(self) -> list[DeviceInfo]:
         tf = _import_tf()
-        for gpu in tf.config.list_physical_devices("GPU"):
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
             try:
                 tf.config.experimental.set_memory_growth(gpu, True)
             except (RuntimeError, ValueError):
                 pass  # already initialized by someone else: their setting stands
+        if gpus:  # fp32 means fp32: TensorFlow would otherwise run fp32 matmuls as TF32
+            tf.config.experimental.enable_tensor_float_32_execution(False)
         found: list[DeviceInfo] = []
         tpu_reason = self._connect_tpu(tf) if _tpu_present() else _MISSING["tpu"]
         for kind in self.kinds:
@@ -118,6 +122,24 @@ class TfBackend(Backend):
             return _MISSING["tpu"]
         except Exception as exc:
             return f"tensorflow could not connect to the TPU: {type(exc).__name__}: {exc}"
+
+    def supports(self, node, device: DeviceInfo) -> bool | str:
+        ok = super().supports(node, device)
+        if ok is not True:
+            return ok
+        import onnx_ir as ir
+
+        for v in list(node.inputs) + list(node.outputs):
+            if v is not None and v.dtype in (ir.DataType.STRING,):
+                return f"tf runs numeric tensors only; {node.op_type} here has string values"
+        if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1] is not None \
+                and node.outputs[1].name:
+            return "tf does not compute MaxPool's Indices output"
+        if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            mode = node.inputs[2].const_value
+            if mode is None or bool(mode.numpy()):
+                return "tf runs Dropout for inference only (training_mode must be a constant false)"
+        return True
 
     def tf_device(self, device: Device) -> str:
         return self._tf_devices[device.info.kind, device.info.index]
@@ -161,8 +183,11 @@ class TfBackend(Backend):
         tf = _import_tf()
         from hal.backends.tf_backend.executable import TfBuffer
 
+        # tf.constant copies the host array (never aliases it) and lives in host memory;
+        # tf.identity under the device moves it onto a GPU/TPU
         with tf.device(self.tf_device(device)):
-            return TfBuffer(tf.identity(tf.constant(array)), device)  # TF copies host memory
+            t = tf.constant(array)
+            return TfBuffer(t if device.info.host_memory else tf.identity(t), device)
 
     def sync(self, device: Device) -> None:
         if device.info.kind != "cpu":

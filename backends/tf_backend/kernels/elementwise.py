@@ -82,7 +82,7 @@ def mod(cx, a, b, fmod=0):
     a = _t(a) if not isinstance(a, tf.Tensor) else a
     b = _t(b, a)
     if fmod:
-        return tf.math.truncatemod(a, b)
+        return tf.truncatemod(a, b)
     return tf.math.floormod(a, b)
 
 
@@ -232,8 +232,10 @@ def _reduce(name: str, fn, wide: bool = False):
 
 _reduce("ReduceSum", lambda x, a, k: tf.reduce_sum(x, a, keepdims=k), wide=True)
 _reduce("ReduceMean", lambda x, a, k: tf.reduce_mean(x, a, keepdims=k), wide=True)
-_reduce("ReduceMax", lambda x, a, k: tf.reduce_max(x, a, keepdims=k))
-_reduce("ReduceMin", lambda x, a, k: tf.reduce_min(x, a, keepdims=k))
+_reduce("ReduceMax", lambda x, a, k: tf.reduce_any(x, a, keepdims=k) if x.dtype == tf.bool
+        else tf.reduce_max(x, a, keepdims=k))
+_reduce("ReduceMin", lambda x, a, k: tf.reduce_all(x, a, keepdims=k) if x.dtype == tf.bool
+        else tf.reduce_min(x, a, keepdims=k))
 _reduce("ReduceProd", lambda x, a, k: tf.reduce_prod(x, a, keepdims=k), wide=True)
 _reduce("ReduceL1", lambda x, a, k: tf.reduce_sum(tf.abs(x), a, keepdims=k), wide=True)
 _reduce("ReduceL2", lambda x, a, k: tf.sqrt(tf.reduce_sum(x * x, a, keepdims=k)), wide=True)

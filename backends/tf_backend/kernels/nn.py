@@ -220,8 +220,7 @@ def global_max_pool_nhwc(cx, x):
 @nhwc_kernel("BatchNormalization")
 def batch_norm_nhwc(cx, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
     if training_mode:
-        raise ValueError("BatchNormalization in training mode is not supported; HAL compiles "
-                         "inference graphs")
+        return _batch_norm_training(cx, x, scale, bias, mean, var, epsilon, momentum)
     if all(isinstance(v, np.ndarray) for v in (scale, bias, mean, var)):
         # folded to one multiply-add, in float64 numpy, at compile time
         inv = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + epsilon)
@@ -235,12 +234,26 @@ def batch_norm_nhwc(cx, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, t
     return cx.narrow(xw * _cast_like(inv, xw) + _cast_like(shift, xw), x)
 
 
+def _batch_norm_training(cx, x, scale, bias, mean, var, epsilon, momentum):
+    """Normalize by the batch's statistics; also return the updated running statistics."""
+    xw = cx.wide(x)
+    axes = list(range(x.shape.rank - 1))
+    bm, bv = tf.nn.moments(xw, axes)
+    f32 = [_cast_like(v, xw) for v in (scale, bias, mean, var)]
+    y = (xw - bm) * tf.math.rsqrt(bv + epsilon) * f32[0] + f32[1]
+    return (cx.narrow(y, x), f32[2] * momentum + bm * (1 - momentum),
+            f32[3] * momentum + bv * (1 - momentum))
+
+
 def _channels_first(name: str):
     """The ONNX (channels-first) kernel: transpose around the channels-last one."""
     fn = NHWC[name]
 
     def k(cx, x, *rest, **attrs):
-        return to_first(fn(cx, to_last(x), *rest, **attrs))
+        y = fn(cx, to_last(x), *rest, **attrs)
+        if isinstance(y, tuple):
+            return (to_first(y[0]), *y[1:])
+        return to_first(y)
 
     kernel(name)(k)
 

@@ -204,8 +204,8 @@ def shape(cx, x, start=0, end=None):
     x = _t(x)
     d = x.shape.as_list()
     rank = len(d)
-    s = start % rank if start < 0 else min(start, rank)
-    e = rank if end is None else (end % rank if end < 0 else min(end, rank))
+    s = max(start + rank, 0) if start < 0 else min(start, rank)
+    e = rank if end is None else (max(end + rank, 0) if end < 0 else min(end, rank))
     if all(v is not None for v in d[s:e]):
         return np.asarray(d[s:e], np.int64)
     return tf.shape(x, tf.int64)[s:e]
