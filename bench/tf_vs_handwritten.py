@@ -52,7 +52,8 @@ def main() -> None:
         hand = tf_models.build(name, hal.models.build(name))
         variants = {"hal": hal.compile(model, "cpu@tf"),
                     "hal_nchw": hal.compile(model, "cpu@tf", layout="nchw"),
-                    "hal_graph": hal.compile(model, "cpu@tf", xla=False)}
+                    "hal_graph": hal.compile(model, "cpu@tf", xla=False),
+                    "hal_graph_nchw": hal.compile(model, "cpu@tf", xla=False, layout="nchw")}
         for batch in map(int, args.batches.split(",")):
             x = hal.models.example_input(name, batch)
             fns = {k: (lambda c=c: c(x)) for k, c in variants.items()}
@@ -65,7 +66,7 @@ def main() -> None:
             exe = c.executables[0]
             buf = c.device.put(x)
             t = buf.tensor
-            raw = exe._plain
+            raw = exe.concrete
             d = interleaved({"run": lambda: c.run([buf]), "exe.run": lambda: exe.run([buf]),
                              "tf.function": lambda: raw(t)}, args.rounds * 3)
             print(f"  dispatch: CompiledModel.run {d['run'] - d['tf.function']:.1f} us, "

@@ -15,10 +15,13 @@ class TfBuffer(Buffer):
     def __init__(self, tensor: Any, device: Device):
         self.device = device
         self.tensor = tensor  # no Buffer.__init__: per-call cost matters on the run() path
+        self._shape = None
 
     @property
     def shape(self) -> tuple[int, ...]:  # type: ignore[override]
-        return tuple(self.tensor.shape.as_list())
+        if self._shape is None:  # building a TensorShape costs microseconds: once per buffer
+            self._shape = tuple(self.tensor.shape.as_list())
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype:  # type: ignore[override]
@@ -72,7 +75,8 @@ class TfExecutable(Executable):
         f = self.lowered.function(self.cx, static_values, self.tf_device, self.nhwc)
         fn = tf.function(f, input_signature=self.lowered.signature(), jit_compile=self.xla,
                          autograph=False)
-        return fn.get_concrete_function()
+        self.concrete = fn.get_concrete_function()  # the public tf.function, for inspection
+        return _fast_caller(self.concrete)
 
     @property
     def traces(self) -> int:
@@ -98,6 +102,22 @@ class TfExecutable(Executable):
             fn, tensors = self._fn(tensors)
             out = fn(*tensors)
         return [TfBuffer(t, dev) for t in out]
+
+
+def _fast_caller(concrete):
+    """Call ``concrete`` without TensorFlow's per-call argument binding and type checks.
+
+    ``ConcreteFunction.__call__`` re-binds and re-checks its arguments against the input
+    signature on every call (about 70 us of Python on a slow CPU, more than the graph
+    itself takes for a small model). HAL has already checked dtypes and shapes, so it calls
+    the flat entry point with the tensors in signature order. Falls back to the public call
+    where a TensorFlow version lacks that entry point.
+    """
+    flat = getattr(concrete, "_call_flat", None)
+    if flat is None:
+        return concrete
+    captured = list(concrete.captured_inputs)
+    return lambda *tensors: flat(list(tensors), captured)
 
 
 def _adopt(buf: Buffer, device: Device):

@@ -82,6 +82,8 @@ def mod(cx, a, b, fmod=0):
     a = _t(a) if not isinstance(a, tf.Tensor) else a
     b = _t(b, a)
     if fmod:
+        if a.dtype in (tf.float16, tf.bfloat16):  # no CPU kernel; exact in fp32
+            return tf.cast(tf.truncatemod(tf.cast(a, tf.float32), tf.cast(b, tf.float32)), a.dtype)
         return tf.truncatemod(a, b)
     return tf.math.floormod(a, b)
 
