@@ -56,8 +56,8 @@ def main() -> None:
                     "hal_graph_nchw": hal.compile(model, "cpu@tf", xla=False, layout="nchw")}
         for batch in map(int, args.batches.split(",")):
             x = hal.models.example_input(name, batch)
-            fns = {k: (lambda c=c: c(x)) for k, c in variants.items()}
-            fns["handwritten"] = lambda: hand(x)
+            fns = {k: (lambda c=c, x=x: c(x)) for k, c in variants.items()}
+            fns["handwritten"] = lambda h=hand, x=x: h(x)
             med = interleaved(fns, args.rounds)
             print(f"{name} batch {batch}: " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items())
                   + f"; hal/handwritten = {med['hal'] / med['handwritten']:.3f}")
@@ -67,8 +67,9 @@ def main() -> None:
             buf = c.device.put(x)
             t = buf.tensor
             raw = exe.concrete
-            d = interleaved({"run": lambda: c.run([buf]), "exe.run": lambda: exe.run([buf]),
-                             "tf.function": lambda: raw(t)}, args.rounds * 3)
+            d = interleaved({"run": lambda c=c, b=buf: c.run([b]),
+                             "exe.run": lambda e=exe, b=buf: e.run([b]),
+                             "tf.function": lambda r=raw, t=t: r(t)}, args.rounds * 3)
             print(f"  dispatch: CompiledModel.run {d['run'] - d['tf.function']:.1f} us, "
                   f"Executable.run {d['exe.run'] - d['tf.function']:.1f} us on top of the "
                   f"tf.function ({d['tf.function']:.1f} us)")

@@ -121,7 +121,6 @@ def test_bad_options_are_hal_errors():
 # -- buffers ---------------------------------------------------------------------------------
 def test_run_keeps_tensors_on_the_device():
     import tensorflow as tf
-
     from hal.backends.tf_backend.executable import TfBuffer
 
     dev = hal.device("cpu@tf")
@@ -192,3 +191,49 @@ def test_tpu_runs_the_zoo():
         y = hal.compile(hal.models.get(name), dev, fallback=None)(x)[0]
         # TPUs may run fp32 matmuls through bf16 passes unless told otherwise
         assert float(np.max(np.abs(y - ref))) <= BF16_REL * float(np.max(np.abs(ref)))
+
+
+# -- HAL's fused ops ---------------------------------------------------------------------------
+@pytest.mark.parametrize("op,activation,params", [
+    ("FusedConv", "Relu", []), ("FusedConv", "Clip", [0.0, 6.0]),
+    ("FusedGemm", "LeakyRelu", [0.1]), ("FusedGemm", "Sigmoid", []),
+])
+@pytest.mark.parametrize("xla", [True, False])
+def test_fused_ops_match_their_unfused_form(op, activation, params, xla):
+    import onnx_ir as ir
+    from hal.backends.reference.ops import OPS
+
+    from hal.backend import CompileOptions
+
+    rng = np.random.default_rng(0)
+    if op == "FusedConv":
+        x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+        w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+        attrs = {"pads": [1, 1, 1, 1], "strides": [2, 2]}
+        y = OPS["Conv"](x, w, None, **attrs)
+    else:
+        x = rng.standard_normal((2, 5)).astype(np.float32)
+        w = rng.standard_normal((4, 5)).astype(np.float32)
+        attrs = {"transB": 1}
+        y = OPS["Gemm"](x, w, None, **attrs)
+    if activation == "Clip":
+        want = OPS["Clip"](y, np.float32(params[0]), np.float32(params[1]))
+    elif activation == "LeakyRelu":
+        want = np.where(y < 0, y * params[0], y)
+    else:
+        want = OPS[activation](y)
+
+    xv = ir.Value(name="x", shape=ir.Shape(x.shape), type=ir.TensorType(ir.DataType.FLOAT))
+    wv = ir.Value(name="w", const_value=ir.tensor(w))
+    node = ir.Node("ai.hal", op, [xv, wv], attributes=[
+        *(ir.AttrInt64s(k, v) if isinstance(v, list) else ir.AttrInt64(k, v)
+          for k, v in attrs.items()),
+        ir.AttrString("activation", activation), ir.AttrFloat32s("activation_params", params)])
+    node.outputs[0].name = "y"
+    graph = ir.Graph([xv], node.outputs, nodes=[node], initializers=[wv],
+                     opset_imports={"": 21, "ai.hal": 1})
+    dev = hal.device("cpu@tf")
+    assert dev.backend.supports(node, dev.info) is True
+    exe = dev.backend.compile(ir.Model(graph, ir_version=10), dev,
+                              CompileOptions(extra={"xla": xla}))
+    np.testing.assert_allclose(exe(x)[0], want, rtol=1e-5, atol=1e-5)

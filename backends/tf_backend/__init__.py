@@ -48,20 +48,7 @@ def _import_tf():
 
 def _declared_ops() -> frozenset[str]:
     # names only, so listing devices never imports tensorflow; kernels/ defines each of these
-    return frozenset("""
-        Abs Neg Exp Log Sqrt Floor Ceil Round Sign Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh
-        Acosh Atanh Erf Tanh Sigmoid Softsign Relu Reciprocal Not BitwiseNot IsNaN IsInf
-        Identity Softplus Mish HardSwish Add Sub Mul Div Mod Pow BitShift Equal Less Greater
-        LessOrEqual GreaterOrEqual And Or Xor BitwiseAnd BitwiseOr BitwiseXor Max Min Sum Mean
-        Where Clip LeakyRelu PRelu Elu Celu Selu ThresholdedRelu HardSigmoid Shrink Gelu
-        Softmax LogSoftmax Hardmax ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1
-        ReduceL2 ReduceSumSquare ReduceLogSum ReduceLogSumExp ArgMax ArgMin CumSum
-        MatMul Gemm Einsum Conv MaxPool AveragePool GlobalAveragePool GlobalMaxPool
-        BatchNormalization LayerNormalization InstanceNormalization LRN
-        Reshape Flatten Transpose Concat Squeeze Unsqueeze Slice Gather GatherElements Split
-        Expand Tile Pad Shape Size Cast CastLike ConstantOfShape Range Trilu DepthToSpace
-        SpaceToDepth Constant Dropout
-    """.split())
+    return frozenset(["Abs", "Neg", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Tanh", "Sigmoid", "Softsign", "Relu", "Reciprocal", "Not", "BitwiseNot", "IsNaN", "IsInf", "Identity", "Softplus", "Mish", "HardSwish", "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Max", "Min", "Sum", "Mean", "Where", "Clip", "LeakyRelu", "PRelu", "Elu", "Celu", "Selu", "ThresholdedRelu", "HardSigmoid", "Shrink", "Gelu", "Softmax", "LogSoftmax", "Hardmax", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum", "MatMul", "Gemm", "Einsum", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "LayerNormalization", "InstanceNormalization", "LRN", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze", "Unsqueeze", "Slice", "Gather", "GatherElements", "Split", "Expand", "Tile", "Pad", "Shape", "Size", "Cast", "CastLike", "ConstantOfShape", "Range", "Trilu", "DepthToSpace", "SpaceToDepth", "Constant", "Dropout"])
 
 
 def _tpu_present() -> bool:
@@ -79,6 +66,8 @@ class TfBackend(Backend):
     precisions = ("fp32", "bf16", "fp16")
     options = frozenset({"xla", "layout"})
     ops = _declared_ops()
+    #: HAL's own fused ops (domain "ai.hal") this backend runs
+    hal_ops = frozenset({"FusedConv", "FusedGemm"})
 
     def __init__(self) -> None:
         self._tf_devices: dict[tuple[str, int], str] = {}
@@ -124,6 +113,9 @@ class TfBackend(Backend):
             return f"tensorflow could not connect to the TPU: {type(exc).__name__}: {exc}"
 
     def supports(self, node, device: DeviceInfo) -> bool | str:
+        if node.domain == "ai.hal":
+            return True if node.op_type in self.hal_ops else \
+                f"tf has no kernel for ai.hal::{node.op_type}"
         ok = super().supports(node, device)
         if ok is not True:
             return ok

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import tensorflow as tf
-
 from hal.backends.reference.executor import attribute_value
 from hal.backends.tf_backend.kernels import KERNELS, NHWC, STATIC_INPUTS, Context
 from hal.backends.tf_backend.kernels.elementwise import LAYOUT_FREE, LAYOUT_FREE_BINARY
 from hal.backends.tf_backend.kernels.nn import to_first, to_last
+
 from hal.errors import BackendError
 
 #: ops whose result depends only on shapes and attributes, never on runtime data
@@ -97,7 +97,7 @@ def lower(model: ir.Model) -> Lowered:
     input_names = [v.name for v in inputs]
     nodes = list(g)
     for node in nodes:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in KERNELS:
+        if node.domain not in ("", "ai.onnx", "ai.hal") or node.op_type not in KERNELS:
             raise BackendError(f"tf has no kernel for {node.domain or 'ai.onnx'}::"
                                f"{node.op_type} (node {node.name!r})")
 

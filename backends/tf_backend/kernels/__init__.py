@@ -14,8 +14,9 @@ each one. This module imports tensorflow; only the backend's compile path import
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,4 +103,9 @@ def dims(x) -> list:
     return [d if d is not None else dyn[i] for i, d in enumerate(static_shape)]
 
 
-from hal.backends.tf_backend.kernels import elementwise, nn, tensor  # noqa: E402,F401
+from hal.backends.tf_backend.kernels import (  # noqa: F401
+    elementwise,
+    fused,
+    nn,
+    tensor,
+)

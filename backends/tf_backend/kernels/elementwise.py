@@ -6,7 +6,6 @@ import functools
 
 import numpy as np
 import tensorflow as tf
-
 from hal.backends.tf_backend.kernels import axes_list, kernel, static
 
 

@@ -11,9 +11,8 @@ import types
 
 import numpy as np
 import tensorflow as tf
-
 from hal.backends.reference.ops.nn import _conv_pads, _pool_pads
-from hal.backends.tf_backend.kernels import kernel, nhwc_kernel, NHWC
+from hal.backends.tf_backend.kernels import NHWC, kernel, nhwc_kernel
 
 
 def to_last(x):

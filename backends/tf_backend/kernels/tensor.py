@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import tensorflow as tf
-
 from hal.backends.tf_backend.kernels import axes_list, dims, ints, kernel, static
 
 
