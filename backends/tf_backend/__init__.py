@@ -1,0 +1,209 @@
+"""``cpu@tf``, ``gpu@tf``, ``tpu@tf``: segments lowered to tf ops in one ``tf.function``.
+
+Flows (``flow`` names them, ``compile`` follows the same choice):
+
+- ``tf.xla`` (default, ``opt_level`` >= 1): HAL's shared passes, the NHWC layout pass,
+  ``tf.function(jit_compile=True)``: XLA fuses the whole segment.
+- ``tf.graph`` (``opt_level`` >= 1 with ``xla=False``): the same passes, ``tf.function``
+  without XLA (TensorFlow's graph executor with Grappler).
+- ``tf.plain`` (``opt_level`` 0): cleanup passes only, ``tf.function`` without XLA.
+
+Backend options: ``xla`` (bool) and ``layout`` ("nhwc" or "nchw") override those defaults.
+Precisions: fp32 everywhere; bf16 and fp16 on cpu (TensorFlow and XLA both run them),
+gpu and tpu: graph inputs and weights are cast down, convolutions and matmuls run in the
+low type, and reductions (softmax, normalization, means, pooling sums) run in fp32.
+
+tensorflow is imported lazily, with its C++ logging quieted (``TF_CPP_MIN_LOG_LEVEL``)
+and GPU memory growth switched on before any GPU is initialized, so TensorFlow takes
+memory as it needs it and torch or jax in the same process keep theirs. On GPUs, TF32
+is switched off for TensorFlow so that fp32 segments compute in fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from hal.backend import Backend, CompileOptions, Device
+from hal.device import DeviceInfo
+from hal.errors import OptionError
+
+_MISSING = {
+    "gpu": "tensorflow installed, no GPU found (tensorflow-cpu has no GPU support; for NVIDIA "
+           "GPUs: pip install 'tensorflow[and-cuda]')",
+    "tpu": "tensorflow installed, no TPU found",
+    "cpu": "tensorflow installed, no CPU device found",
+}
+
+
+def _import_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def _declared_ops() -> frozenset[str]:
+    # names only, so listing devices never imports tensorflow; kernels/ defines each of these
+    return frozenset(["Abs", "Neg", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Tanh", "Sigmoid", "Softsign", "Relu", "Reciprocal", "Not", "BitwiseNot", "IsNaN", "IsInf", "Identity", "Softplus", "Mish", "HardSwish", "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Max", "Min", "Sum", "Mean", "Where", "Clip", "LeakyRelu", "PRelu", "Elu", "Celu", "Selu", "ThresholdedRelu", "HardSigmoid", "Shrink", "Gelu", "Softmax", "LogSoftmax", "Hardmax", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum", "MatMul", "Gemm", "Einsum", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "LayerNormalization", "InstanceNormalization", "LRN", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze", "Unsqueeze", "Slice", "Gather", "GatherElements", "Split", "Expand", "Tile", "Pad", "Shape", "Size", "Cast", "CastLike", "ConstantOfShape", "Range", "Trilu", "DepthToSpace", "SpaceToDepth", "Constant", "Dropout"])
+
+
+def _tpu_present() -> bool:
+    """Cheap signs of a TPU; without them the resolver is not asked (it would query GCE)."""
+    return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
+                or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0"))
+
+
+class TfBackend(Backend):
+    name = "tf"
+    kinds = ("cpu", "gpu", "tpu")
+    priority = 30
+    requires = ("tensorflow",)
+    install_hint = "pip install hal-accel[tf]"
+    precisions = ("fp32", "bf16", "fp16")
+    options = frozenset({"xla", "layout"})
+    ops = _declared_ops()
+    #: HAL's own fused ops (domain "ai.hal") this backend runs
+    hal_ops = frozenset({"FusedConv", "FusedGemm"})
+
+    def __init__(self) -> None:
+        self._tf_devices: dict[tuple[str, int], str] = {}
+        self.tpu_strategy: Any = None
+
+    # -- devices -----------------------------------------------------------------
+    def probe(self) -> list[DeviceInfo]:
+        tf = _import_tf()
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError):
+                pass  # already initialized by someone else: their setting stands
+        if gpus:  # fp32 means fp32: TensorFlow would otherwise run fp32 matmuls as TF32
+            tf.config.experimental.enable_tensor_float_32_execution(False)
+        found: list[DeviceInfo] = []
+        tpu_reason = self._connect_tpu(tf) if _tpu_present() else _MISSING["tpu"]
+        for kind in self.kinds:
+            logical = tf.config.list_logical_devices(kind.upper())
+            if not logical:
+                reason = tpu_reason if kind == "tpu" else _MISSING[kind]
+                found.append(self.unusable(kind, reason, host_memory=kind == "cpu"))
+                continue
+            for i, d in enumerate(logical):
+                ok, reason = _self_test(tf, d.name)
+                if ok:
+                    self._tf_devices[kind, i] = d.name
+                found.append(DeviceInfo(kind, i, self.name, name=_describe(tf, kind, i, d.name),
+                                        usable=ok, reason=reason, host_memory=kind == "cpu",
+                                        details={"tf_device": d.name}))
+        return found
+
+    def _connect_tpu(self, tf) -> str:
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+                tpu=os.environ.get("TPU_NAME", "local"))
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            self.tpu_strategy = tf.distribute.TPUStrategy(resolver)
+            return _MISSING["tpu"]
+        except Exception as exc:
+            return f"tensorflow could not connect to the TPU: {type(exc).__name__}: {exc}"
+
+    def supports(self, node, device: DeviceInfo) -> bool | str:
+        if node.domain == "ai.hal":
+            return True if node.op_type in self.hal_ops else \
+                f"tf has no kernel for ai.hal::{node.op_type}"
+        ok = super().supports(node, device)
+        if ok is not True:
+            return ok
+        import onnx_ir as ir
+
+        for v in list(node.inputs) + list(node.outputs):
+            if v is not None and v.dtype in (ir.DataType.STRING,):
+                return f"tf runs numeric tensors only; {node.op_type} here has string values"
+        if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1] is not None \
+                and node.outputs[1].name:
+            return "tf does not compute MaxPool's Indices output"
+        if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            mode = node.inputs[2].const_value
+            if mode is None or bool(mode.numpy()):
+                return "tf runs Dropout for inference only (training_mode must be a constant false)"
+        return True
+
+    def tf_device(self, device: Device) -> str:
+        return self._tf_devices[device.info.kind, device.info.index]
+
+    # -- flows and compile ---------------------------------------------------------
+    def choices(self, options: CompileOptions) -> tuple[bool, bool]:
+        """(xla, nhwc) for these options: XLA and the layout pass from ``opt_level`` 1 on."""
+        xla = options.extra.get("xla", options.opt_level >= 1)
+        layout = options.extra.get("layout", "nhwc" if options.opt_level >= 1 else "nchw")
+        if not isinstance(xla, bool):
+            raise OptionError(f"tf option xla must be True or False, got {xla!r}")
+        if layout not in ("nhwc", "nchw"):
+            raise OptionError(f"tf option layout must be 'nhwc' or 'nchw', got {layout!r}")
+        return xla, layout == "nhwc"
+
+    def flow(self, options: CompileOptions):
+        from hal.passes import Flow, cleanup_passes, optimize_passes
+
+        xla, _ = self.choices(options)
+        passes = cleanup_passes()
+        if options.opt_level >= 1:
+            passes += optimize_passes(options)
+            return Flow("tf.xla" if xla else "tf.graph", passes)
+        return Flow("tf.xla" if xla else "tf.plain", passes)
+
+    def compile(self, model, device: Device, options: CompileOptions):
+        tf = _import_tf()
+        from hal.backends.tf_backend.executable import TfExecutable
+        from hal.backends.tf_backend.kernels import Context
+        from hal.backends.tf_backend.lowering import lower
+
+        if options.precision not in self.precisions:
+            raise OptionError(f"{device.string} cannot compile for precision "
+                              f"{options.precision!r}; tf supports {list(self.precisions)}")
+        xla, nhwc = self.choices(options)
+        low = {"fp32": None, "bf16": tf.bfloat16, "fp16": tf.float16}[options.precision]
+        return TfExecutable(device, lower(model), Context(low), self.tf_device(device), xla, nhwc)
+
+    # -- buffers -----------------------------------------------------------------
+    def put(self, array: np.ndarray, device: Device):
+        tf = _import_tf()
+        from hal.backends.tf_backend.executable import TfBuffer
+
+        # tf.constant copies the host array (never aliases it) and lives in host memory;
+        # tf.identity under the device moves it onto a GPU/TPU
+        with tf.device(self.tf_device(device)):
+            t = tf.constant(array)
+            return TfBuffer(t if device.info.host_memory else tf.identity(t), device)
+
+    def sync(self, device: Device) -> None:
+        if device.info.kind != "cpu":
+            _import_tf().test.experimental.sync_devices()
+
+
+def _self_test(tf, name: str) -> tuple[bool, str]:
+    try:
+        with tf.device(name):
+            y = (tf.constant(np.arange(4, dtype=np.float32)) * 2 + 1).numpy()
+        if not np.array_equal(y, [1, 3, 5, 7]):
+            return False, f"tensorflow self-test on {name} returned {y.tolist()}"
+        return True, ""
+    except Exception as exc:
+        return False, f"tensorflow self-test on {name} failed: {type(exc).__name__}: {exc}"
+
+
+def _describe(tf, kind: str, index: int, name: str) -> str:
+    label = kind.upper()
+    if kind == "gpu":
+        try:
+            gpus = tf.config.list_physical_devices("GPU")
+            label = tf.config.experimental.get_device_details(gpus[index]).get("device_name",
+                                                                                label)
+        except Exception:
+            pass
+    return f"{label} (tensorflow {tf.__version__})"
