@@ -45,6 +45,7 @@ def cmd_devices(args) -> int:
     if args.json:
         print(json.dumps([d.to_dict() for d in devs], indent=2))
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="HAL devices")
@@ -54,8 +55,8 @@ def cmd_devices(args) -> int:
         broken = d.details.get("broken")
         t.add_row(d.string, "[green]yes[/]" if d.usable else ("[red]broken[/]" if broken else "no"),
                   "[yellow]simulated[/]" if d.simulated else "",
-                  (d.name + (f" (another name for {d.alias_of})" if d.alias_of else ""))
-                  if d.usable else d.reason)
+                  escape((d.name + (f" (another name for {d.alias_of})" if d.alias_of else ""))
+                         if d.usable else d.reason))
     _console().print(t)
     return 0
 
