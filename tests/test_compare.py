@@ -12,17 +12,16 @@ import json
 
 import numpy as np
 import pytest
+from hal.backends.reference import ReferenceBackend
 
 import hal
 from hal.backend import Backend, Executable
-from hal.backends.reference import ReferenceBackend
-from hal.compare import FIELDS, Results, Row, compare, regressions
-from hal.compare import harness
+from hal.compare import FIELDS, Results, compare, harness, regressions
 from hal.device import DeviceInfo
 from hal.registry import REGISTRY
 from tests.plugins import broken_plugins, installed
 
-FAST = dict(budget_s=0.01, warmup=1, min_runs=3, max_runs=20)
+FAST = {"budget_s": 0.01, "warmup": 1, "min_runs": 3, "max_runs": 20}
 
 
 class ThirdCallFails(Executable):
@@ -282,6 +281,6 @@ def test_measure_uses_device_sync():
         def sync(self):
             calls.append("sync")
 
-    timing, outs = harness.measure(Fake(), [np.zeros(1)], budget_s=0.0, warmup=1, min_runs=3)
+    timing, _ = harness.measure(Fake(), [np.zeros(1)], budget_s=0.0, warmup=1, min_runs=3)
     assert len(timing.times_ms) == 3
     assert calls == ["call", "sync"] * 5

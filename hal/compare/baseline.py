@@ -52,7 +52,7 @@ def metric(row: Row) -> tuple[str, float | None, bool]:
 
 def noise(old: Row, new: Row, k: float = K, floor: float = FLOOR) -> float:
     """How far the metric may move between these two rows and still be noise (its units)."""
-    name, value, higher = metric(old)
+    _, value, higher = metric(old)
     spread = MAD_TO_SIGMA * math.hypot(old.mad_ms or 0.0, new.mad_ms or 0.0)
     if higher:  # a throughput: express the latency spread relative to the latency
         rel = spread / old.p50_ms if old.p50_ms else 0.0
@@ -71,7 +71,7 @@ def regressions(old, new, k: float = K, floor: float = FLOOR) -> list[Change]:
     out: list[Change] = []
     for key, n in after.items():
         o = before.get(key)
-        c = dict(model=n.model, device=n.device, batch=n.batch, precision=n.precision)
+        c = {"model": n.model, "device": n.device, "batch": n.batch, "precision": n.precision}
         if o is None:
             out.append(Change("new", **c, detail="no such row in the baseline"))
             continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from html import escape
-from typing import Sequence
 
 from hal.compare.results import placement_text
 
@@ -99,7 +99,8 @@ def html_report(results) -> str:
                  "= the device running the segment (fallbacks show as a second colour).</p>")
     parts.append(_placements(models, rows, colors))
 
-    parts.append("<h2>All rows</h2>" + _table(results, models))
+    parts.append("<h2>All rows</h2><div style='overflow-x:auto'>" + _table(results, models)
+                 + "</div>")
     parts.append("<h2>Environment</h2><pre>" + escape(json.dumps(env, indent=2, default=str))
                  + "</pre></body></html>")
     return "\n".join(parts)
@@ -243,23 +244,25 @@ def _lines(title: str, series: dict, xlabel: str, ylabel: str) -> str:
 def _marker(shape: str, cx: float, cy: float, color: str, tip: str) -> str:
     t = f"<title>{escape(tip)}</title>"
     if shape == "square":
-        return f"<rect x='{cx - 4:.1f}' y='{cy - 4:.1f}' width='8' height='8' fill='{color}'>{t}</rect>"
+        return (f"<rect x='{cx - 4:.1f}' y='{cy - 4:.1f}' width='8' height='8' "
+                f"fill='{color}'>{t}</rect>")
     if shape in ("triangle", "diamond"):
         pts = ([(cx, cy - 5), (cx + 5, cy + 4), (cx - 5, cy + 4)] if shape == "triangle"
                else [(cx, cy - 5), (cx + 5, cy), (cx, cy + 5), (cx - 5, cy)])
         return (f"<polygon points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}' "
                 f"fill='{color}'>{t}</polygon>")
-    return f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='{color}' fill-opacity='0.85'>{t}</circle>"
+    return (f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='{color}' "
+            f"fill-opacity='0.85'>{t}</circle>")
 
 
 def _scatter(title: str, pts: Sequence) -> str:
     w, h, ml, mt, mb = 400, 270, 58, 24, 34
-    errs = [max(e, EXACT) for _, e, *_ in pts if e == e]
+    errs = [max(e, EXACT) for _, e, *_ in pts if not math.isnan(e)]
     x = _Log(min(p[0] for p in pts), max(p[0] for p in pts), ml, w - 12)
     y = _Log(EXACT if not errs else min(errs), max(errs or [1e-6]), h - mb, mt)
     out = _axes(w, h, x, y, "median ms per call", "max abs error", title, ml, mt, mb)
     for ms, err, color, prec, tip in pts:
-        if err != err:  # NaN: drawn at the top, in the title it says so
+        if math.isnan(err):  # drawn at the top; its tooltip says nan
             err = 10.0 ** y.hi
         out.append(_marker(MARKERS.get(prec, "circle"), x(ms), y(max(err, EXACT)), color, tip))
     return _svg(w, h, out, f"{title}: accuracy vs speed")

@@ -137,7 +137,8 @@ def run_scenario(row, compiled, inputs, job) -> list[np.ndarray]:
         info.update(metric="Scheduled samples per second", latency_bound_ms=bound_ms)
 
     for _ in range(5):
-        summary, lat = _run_loadgen(lg, s, compiled, samples, 1 if name == "SingleStream" else batch)
+        per_query = 1 if name == "SingleStream" else batch
+        summary, lat = _run_loadgen(lg, s, compiled, samples, per_query)
         if name != "Server" or summary.get("Performance constraints satisfied") == "Yes":
             break
         s.server_target_qps /= 2  # latency bound missed: retry at half the rate

@@ -31,7 +31,8 @@ def rich_table(results, title: str | None = None) -> Table:
     t = Table(title=title, caption="★ best device for the model and batch; "
               "(sim) simulated device; error column shows why a row failed",
               header_style="bold", expand=False)
-    cols = [("model", "left"), ("batch", "right"), ("device", "left"), ("prec", "left"), ("p50 ms", "right"),
+    cols = [("model", "left"), ("batch", "right"), ("device", "left"), ("prec", "left"),
+            ("p50 ms", "right"),
             ("p90 ms", "right"), ("p99 ms", "right"), ("±MAD", "right"), ("items/s", "right"),
             ("compile s", "right"), ("mem MB", "right"), ("max err", "right"),
             ("top-1", "right"), ("placement", "left")]

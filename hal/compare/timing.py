@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class PeakMemory:
         self.peak_mb: float | None = None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         high = _status_mb("VmHWM") if self.method == "vmhwm-reset" else _maxrss_mb()
         self.peak_mb = max(0.0, high - self.start_mb)
 
