@@ -2,8 +2,14 @@
 
 ``hal.compare()`` with no arguments runs every zoo model on every usable device
 (simulated ones included and labelled) and checks each against cpu@reference.
+``Results`` writes the rows as JSON, CSV, HTML (with plots) or a pandas DataFrame;
+``regressions`` compares two runs against their own noise.
 """
 
-from hal.compare.harness import Results, Row, compare, measure
+from hal.compare.baseline import Change, regressions
+from hal.compare.harness import compare, measure
+from hal.compare.results import Results
+from hal.compare.row import FIELDS, Row
+from hal.compare.timing import Timing
 
-__all__ = ["Results", "Row", "compare", "measure"]
+__all__ = ["FIELDS", "Change", "Results", "Row", "Timing", "compare", "measure", "regressions"]

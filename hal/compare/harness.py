@@ -1,200 +1,344 @@
-"""The measurement harness: warm-up, timed calls until a budget, percentiles."""
+"""``hal.compare``: every model on every device, measured the same way, checked against
+``cpu@reference``. One failing row never stops the run."""
 
 from __future__ import annotations
 
-import json
+import gc
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 import hal
-from hal.errors import HalError
+from hal.backend import CompileOptions
+from hal.compare.results import Results
+from hal.compare.row import Row
+from hal.compare.timing import PeakMemory, Timing, measure
+from hal.errors import HalError, OptionError
+
+__all__ = ["Job", "Reference", "Row", "Timing", "compare", "measure"]
+
+REFERENCE = "cpu@reference"
+DEFAULT_BUDGET_S = 0.3
+SCENARIOS = ("single-stream", "offline", "server")
 
 
 @dataclass
-class Row:
-    model: str
-    device: str
-    backend: str = ""
-    simulated: bool = False
-    batch: int = 1
-    precision: str = "fp32"
-    compile_s: float | None = None
-    first_call_ms: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    throughput_per_s: float | None = None
-    runs: int = 0
-    max_abs_err: float | None = None
-    top1_agreement: float | None = None
-    placement: dict = field(default_factory=dict)
-    transfers: dict = field(default_factory=dict)
+class Reference:
+    """Inputs for one (model, batch) and the reference outputs at fp32 (or why there are none)."""
+
+    inputs: list[np.ndarray]
+    outputs: list[np.ndarray] | None = None
     error: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class Timing:
-    first_call_ms: float
-    times_ms: list[float]
+class Job:
+    """One device's share of the work: models x precisions x batches."""
 
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.times_ms, q))
+    device: str
+    models: list[str]
+    batch: list[int]
+    precision: list[str]
+    budget_s: float
+    scenario: str | None = None
+    warmup: int = 3
+    min_runs: int = 5
+    max_runs: int = 1000
+    latency_bound_ms: float | None = None  # MLPerf Server only
 
-
-def measure(compiled: hal.CompiledModel, inputs: Sequence[np.ndarray], budget_s: float = 1.0,
-            warmup: int = 3, max_runs: int = 1000, min_runs: int = 5) -> tuple[Timing, list]:
-    """Time ``compiled`` on ``inputs``: first call, warm-up, then calls until the budget."""
-    t0 = time.perf_counter()
-    outputs = compiled(*inputs)
-    compiled.sync()
-    first = (time.perf_counter() - t0) * 1e3
-    for _ in range(warmup):
-        compiled(*inputs)
-    compiled.sync()
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
-        t = time.perf_counter()
-        compiled(*inputs)
-        compiled.sync()
-        times.append((time.perf_counter() - t) * 1e3)
-    return Timing(first, times), outputs
+    @property
+    def rows(self) -> int:
+        return len(self.models) * len(self.precision) * len(self.batch)
 
 
-class Results:
-    def __init__(self, rows: list[Row], environment: dict):
-        self.rows = rows
-        self.environment = environment
-
-    def to_json(self, path: str | None = None) -> str:
-        text = json.dumps({"environment": self.environment,
-                           "rows": [r.to_dict() for r in self.rows]}, indent=2)
-        if path:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
-
-    def table(self):
-        from rich.table import Table
-
-        t = Table(title="HAL device comparison (latency per call; error vs cpu@reference)")
-        for col in ("model", "device", "batch", "p50 ms", "p90 ms", "items/s", "max err",
-                    "top-1", "placement"):
-            t.add_column(col, justify="right" if col not in ("model", "device", "placement")
-                         else "left")
-        best: dict[tuple[str, int], float] = {}
-        for r in self.rows:
-            if r.p50_ms is not None and not r.error:
-                key = (r.model, r.batch)
-                best[key] = min(best.get(key, float("inf")), r.p50_ms)
-        for r in self.rows:
-            dev = r.device + (" (simulated)" if r.simulated else "")
-            if r.error:
-                t.add_row(r.model, dev, str(r.batch), "[red]error[/red]", "", "", "", "",
-                          r.error[:60])
-                continue
-            star = r.p50_ms == best.get((r.model, r.batch))
-            p50 = f"{r.p50_ms:.3f}"
-            t.add_row(r.model, dev, str(r.batch), f"[bold green]{p50}[/]" if star else p50,
-                      f"{r.p90_ms:.3f}", f"{r.throughput_per_s:,.0f}", f"{r.max_abs_err:.1e}",
-                      f"{r.top1_agreement:.0%}" if r.top1_agreement is not None else "-",
-                      ", ".join(f"{d}×{n}" for d, n in r.placement.items()))
-        return t
+Progress = Callable[..., Any]
 
 
-def environment() -> dict:
-    import os
-    import platform
+def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | str | None = None,
+            batch: Sequence[int] | int = (1, 64), precision: Sequence[str] | str = ("fp32",),
+            budget_s: float = DEFAULT_BUDGET_S, isolate: bool = False,
+            progress: Progress | None = None, scenario: str | None = None,
+            warmup: int = 3, min_runs: int = 5, max_runs: int = 1000,
+            latency_bound_ms: float | None = None) -> Results:
+    """Measure every model on every device at every batch size and precision.
 
-    cpu = platform.processor() or platform.machine()
+    ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
+    strings (default: every usable device, simulated ones included, aliases skipped).
+    ``budget_s``: seconds of timed calls per row after warm-up (at least ``min_runs``
+    calls, at most ``max_runs``). ``isolate``: run each device in its own process
+    (``python -m hal.compare.worker``), so one backend's threads, caches and memory cannot
+    skew another's; only entry-point backends are visible there, not ``register_backend``
+    ones. ``scenario``: drive each row through MLPerf LoadGen ("single-stream", "offline",
+    "server") instead of HAL's own timing loop. ``progress``: called as
+    ``progress(done=, total=, current=, row=)`` before and after each row.
+
+    Names and devices are checked before any work (a typo raises at once); after that a
+    failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
+    """
+    from hal.compare.environment import environment
+
+    models = _as_list(models) or hal.models.list()
+    batch = _batches(batch)
+    precision = _precisions(precision)
+    if scenario is not None:
+        from hal.compare.scenarios import check_scenario
+
+        check_scenario(scenario)
+        if scenario == "single-stream":
+            batch = [1]  # MLPerf SingleStream: one sample per query
+    if not isinstance(budget_s, (int, float)) or budget_s < 0:
+        raise OptionError(f"budget_s must be a number of seconds >= 0, got {budget_s!r}")
+    devices = _devices(devices)
+    loaded = {name: _load(name) for name in models}
+
+    total = len(models) * len(devices) * len(batch) * len(precision)
+    tick = _Ticker(progress, total)
+    started = time.time()
+    refs = {name: _references(loaded[name], name, batch, tick) for name in models}
+    rows: list[Row] = []
+    worker_envs: dict[str, dict] = {}
+    for dev in devices:
+        job = Job(dev, models, batch, precision, budget_s, scenario, warmup, min_runs, max_runs,
+                  latency_bound_ms)
+        if isolate:
+            from hal.compare.isolate import run_isolated
+
+            it = run_isolated(job, refs, tick, worker_envs)
+        else:
+            it = run_job(job, loaded, refs, tick, mem_scope="in-process")
+        rows.extend(it)
+    rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch), devices.index(r.device)
+                             if r.device in devices else len(devices),
+                             precision.index(r.precision)))
+    env = environment()
+    env["run"] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                  "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
+                  "isolate": bool(isolate), "scenario": scenario, "reference": REFERENCE,
+                  "memory": PeakMemory().method}
+    env["devices"] = _device_info(devices)
+    if isolate:
+        env["workers"] = worker_envs
+    return Results(rows, env)
+
+
+# -- the work of one device (in this process, or inside a worker) ------------------------------
+def run_job(job: Job, models: dict[str, hal.Model], refs: dict[str, dict[int, Reference]],
+            tick: _Ticker | None = None, mem_scope: str = "in-process") -> Iterator[Row]:
+    """Rows for one device: each model compiled once per precision, then run at every batch."""
+    for name in job.models:
+        for prec in job.precision:
+            rows = [Row(model=name, device=job.device, batch=b, precision=prec,
+                        scenario=_scenario_name(job.scenario), mem_scope=mem_scope)
+                    for b in job.batch]
+            compiled, err, base_mb, compile_s = _compile(models[name], job.device, prec, rows)
+            for row in rows:
+                if tick:
+                    tick.start(row)
+                ref = refs[name][row.batch]
+                if err or ref.error:
+                    row.error = err or ref.error
+                else:
+                    row.compile_s = compile_s
+                    _measure_row(row, compiled, ref, job, base_mb)
+                if tick:
+                    tick.done(row)
+                yield row
+            del compiled
+            gc.collect()
+
+
+def _compile(model, device: str, prec: str, rows: list[Row]):
+    gc.collect()
+    mem = PeakMemory()
+    with mem:
+        base = mem.start_mb
+        t0 = time.perf_counter()
+        try:
+            compiled = hal.compile(model, device, precision=prec)
+        except Exception as exc:  # a broken backend must not abort the comparison
+            return None, _why(exc, f"compile on {device}"), base, None
+        compile_s = time.perf_counter() - t0
+    dev = compiled.device
+    for row in rows:
+        row.device, row.backend = dev.string, dev.backend.name
+        row.simulated = any(d.simulated for d in compiled.devices)
+        row.device_name = dev.info.name
+        row.placement, row.segments = _placement(compiled)
+    return compiled, None, base, compile_s
+
+
+def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -> None:
+    mem = PeakMemory()
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"hal": hal.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "cpu": cpu, "cores": os.cpu_count(),
-            "platform": platform.platform()}
+        with mem:
+            start = mem.start_mb
+            if job.scenario:
+                from hal.compare.scenarios import run_scenario
+
+                outs = run_scenario(row, compiled, ref.inputs, job)
+            else:
+                timing, outs = measure(compiled, ref.inputs, job.budget_s, job.warmup,
+                                       job.max_runs, job.min_runs)
+                row.first_call_ms = timing.first_call_ms
+                for k, v in timing.stats().items():
+                    setattr(row, k, v)
+                row.throughput_per_s = row.batch / (row.mean_ms / 1e3) if row.mean_ms else None
+        # memory above what the process held before this model was compiled
+        row.peak_mem_mb = round(max(0.0, mem.peak_mb + start - base_mb), 2)
+        row.transfers = compiled.last_transfers.to_dict()
+        _accuracy(row, outs, ref.outputs)
+    except Exception as exc:
+        row.error = _why(exc, f"run on {row.device}")
+
+
+def _accuracy(row: Row, outs: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:
+    if len(outs) != len(ref):
+        raise HalError(f"{len(outs)} outputs, the reference has {len(ref)}")
+    err = 0.0
+    for i, (y, r) in enumerate(zip(outs, ref)):
+        y = np.asarray(y)
+        if y.shape != r.shape:
+            raise HalError(f"output {i} has shape {list(y.shape)}, the reference "
+                           f"{list(r.shape)}")
+        if y.size:
+            diff = np.abs(y.astype(np.float64) - r.astype(np.float64))
+            err = max(err, float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan"))
+            if np.isnan(diff).any():
+                err = float("nan")
+    row.max_abs_err = err
+    row.top1_agreement = _top1(np.asarray(outs[0]), ref[0])
 
 
 def _top1(y: np.ndarray, ref: np.ndarray) -> float | None:
-    if y.ndim < 2 or y.shape != ref.shape:
+    if y.ndim < 2 or y.shape != ref.shape or y.shape[-1] < 2:
         return None
     return float(np.mean(y.reshape(-1, y.shape[-1]).argmax(-1) ==
                          ref.reshape(-1, ref.shape[-1]).argmax(-1)))
 
 
-def compare(models: Sequence[str] | None = None, devices: Sequence[str] | None = None,
-            batch: Sequence[int] = (1, 64), precision: Sequence[str] = ("fp32",),
-            budget_s: float = 0.5, progress: Any = None) -> Results:
-    """Every model on every device at every batch size; one failure never aborts the run."""
-    models = list(models or hal.models.list())
-    if devices is None:
-        devices = [d.string for d in hal.devices() if d.usable and not d.alias_of]
-    batch = [batch] if isinstance(batch, int) else list(batch)
-    precision = [precision] if isinstance(precision, str) else list(precision)
-    rows: list[Row] = []
-    for name in models:
-        model = _model(name)
-        ref = hal.compile(model, "cpu@reference")
-        for b in batch:
-            x = _example(model, name, b)
-            y_ref = ref(*x)[0]
-            for dev in devices:
-                for prec in precision:
-                    rows.append(_row(model, name, dev, b, prec, x, y_ref, budget_s))
-                    if progress:
-                        progress()
-    return Results(rows, environment())
+def _placement(compiled) -> tuple[dict, list]:
+    placement: dict[str, dict] = {}
+    segs = []
+    for s in compiled.segments:
+        d = s.device.string
+        p = placement.setdefault(d, {"segments": 0, "nodes": 0})
+        p["segments"] += 1
+        p["nodes"] += len(s.node_indices)
+        segs.append([d, len(s.node_indices)])
+    return placement, segs
 
 
-def _model(name: str) -> hal.Model:
-    from hal.frontends import to_model
+def _why(exc: BaseException, what: str) -> str:
+    if isinstance(exc, HalError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{what} failed: {type(exc).__name__}: {exc}"
 
-    return to_model(name)
 
-
-def _example(model: hal.Model, name: str, batch: int) -> list[np.ndarray]:
-    if name in hal.models.list():
-        return [hal.models.example_input(name, batch)]
+# -- references -----------------------------------------------------------------------------
+def _references(model, name: str, batch: list[int], tick: _Ticker) -> dict[int, Reference]:
+    """cpu@reference at fp32 for every batch; a failure makes error rows for that model."""
     from hal.cli import example_inputs
 
-    return example_inputs(model, batch)
-
-
-def _row(model, name, dev, b, prec, x, y_ref, budget_s) -> Row:
-    row = Row(model=name, device=dev, batch=b, precision=prec)
+    tick.note(f"{name}: reference outputs")
+    refs: dict[int, Reference] = {}
     try:
-        t0 = time.perf_counter()
-        compiled = hal.compile(model, dev, precision=prec)
-        row.compile_s = time.perf_counter() - t0
-        row.device = compiled.device.string
-        row.backend = compiled.device.backend.name
-        row.simulated = compiled.device.simulated
-        timing, outs = measure(compiled, x, budget_s)
-        row.first_call_ms = timing.first_call_ms
-        row.p50_ms, row.p90_ms, row.p99_ms = timing.pct(50), timing.pct(90), timing.pct(99)
-        row.runs = len(timing.times_ms)
-        row.throughput_per_s = b / (row.p50_ms / 1e3)
-        y = np.asarray(outs[0], dtype=np.float64)
-        row.max_abs_err = float(np.max(np.abs(y - y_ref))) if y.shape == y_ref.shape else None
-        row.top1_agreement = _top1(y, y_ref)
-        placement: dict[str, int] = {}
-        for d in compiled.placement.values():
-            placement[d] = placement.get(d, 0) + 1
-        row.placement = placement
-        row.transfers = compiled.last_transfers.to_dict()
-    except HalError as exc:
-        row.error = str(exc)
-    except Exception as exc:  # a broken backend must not abort the comparison
-        row.error = f"{type(exc).__name__}: {exc}"
-    return row
+        ref = hal.compile(model, REFERENCE)
+    except Exception as exc:
+        why = f"no reference for {name!r}: {_why(exc, 'compile on ' + REFERENCE)}"
+        return {b: Reference(example_inputs(model, b), error=why) for b in batch}
+    for b in batch:
+        x = example_inputs(model, b)
+        try:
+            refs[b] = Reference(x, [np.asarray(y) for y in ref(*x)])
+        except Exception as exc:
+            refs[b] = Reference(x, error=f"no reference for {name!r} at batch {b}: "
+                                         f"{_why(exc, 'run on ' + REFERENCE)}")
+    return refs
+
+
+# -- argument checks ------------------------------------------------------------------------
+def _as_list(v: Any) -> list | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return list(v)
+
+
+def _batches(batch: Any) -> list[int]:
+    items = [batch] if isinstance(batch, int) else _as_list(batch)
+    try:
+        out = [int(b) for b in items]
+    except (TypeError, ValueError):
+        out = []
+    if not out or any(b < 1 for b in out):
+        raise OptionError(f"batch must be positive integers, e.g. (1, 64); got {batch!r}")
+    return list(dict.fromkeys(out))
+
+
+def _precisions(precision: Any) -> list[str]:
+    out = _as_list(precision) or []
+    bad = [p for p in out if p not in CompileOptions.PRECISIONS]
+    if not out or bad:
+        raise OptionError(f"precision must be among {list(CompileOptions.PRECISIONS)}; got "
+                          f"{precision!r}")
+    return list(dict.fromkeys(out))
+
+
+def _devices(devices: Any) -> list[str]:
+    if devices is None:
+        return [d.string for d in hal.devices() if d.usable and not d.alias_of]
+    out = [hal.device(d).string for d in _as_list(devices)]  # DeviceNotFound says why
+    if not out:
+        raise OptionError("devices is empty; leave it out to use every usable device")
+    return list(dict.fromkeys(out))
+
+
+def _load(name: str):
+    from hal.frontends import to_model
+
+    model = to_model(name)  # ModelError names the zoo when the name is wrong
+    return model
+
+
+def _device_info(devices: Iterable[str]) -> dict:
+    out = {}
+    infos = {d.string: d for d in hal.devices()}
+    for s in devices:
+        d = infos.get(s)
+        if d is not None:
+            out[s] = {"name": d.name, "simulated": d.simulated, "backend": d.backend}
+    return out
+
+
+def _scenario_name(s: str | None) -> str | None:
+    from hal.compare.scenarios import MLPERF_NAMES
+
+    return MLPERF_NAMES[s] if s else None
+
+
+class _Ticker:
+    """Adapts the user's progress callback; silent when there is none."""
+
+    def __init__(self, callback: Progress | None, total: int):
+        self.callback = callback
+        self.total = total
+        self.finished = 0
+
+    def _call(self, current: str, row: Row | None) -> None:
+        if self.callback is not None:
+            self.callback(done=self.finished, total=self.total, current=current, row=row)
+
+    def note(self, text: str) -> None:
+        self._call(text, None)
+
+    def start(self, row: Row) -> None:
+        self._call(f"{row.model} b{row.batch} {row.precision} on {row.device}", None)
+
+    def done(self, row: Row) -> None:
+        self.finished += 1
+        self._call(f"{row.model} b{row.batch} {row.precision} on {row.device}", row)
+

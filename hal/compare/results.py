@@ -1,0 +1,153 @@
+"""The rows of a comparison and every way of writing them: JSON, CSV, HTML, pandas, a table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from hal.compare.row import FIELDS, Row
+from hal.errors import HalError
+
+SCHEMA = "hal-compare/1"
+
+
+class Results:
+    """Rows plus the environment they were measured in."""
+
+    def __init__(self, rows: list[Row], environment: dict):
+        self.rows = rows
+        self.environment = environment
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        bad = sum(1 for r in self.rows if r.error)
+        return f"<hal.compare.Results {len(self.rows)} rows, {bad} failed>"
+
+    # -- best rows ------------------------------------------------------------------------
+    def best(self) -> dict[tuple, Row]:
+        """The best row per (model, batch, precision): lowest p50 (p90 for SingleStream,
+        highest throughput for MLPerf Offline and Server)."""
+        out: dict[tuple, Row] = {}
+        for r in self.rows:
+            score = _score(r)
+            if score is None:
+                continue
+            key = (r.model, r.batch, r.precision)
+            if key not in out or score < _score(out[key]):
+                out[key] = r
+        return out
+
+    # -- writers -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "environment": self.environment,
+                "rows": [r.to_dict() for r in self.rows]}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        _write(path, text)
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """One line per row; nested fields are flattened (transfers_count, placement as text)."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=_csv_fields(), lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow(_flat(r))
+        _write(path, buf.getvalue())
+        return buf.getvalue()
+
+    def to_html(self, path: str | Path | None = None) -> str:
+        """A self-contained report (one file, inline SVG plots, no network)."""
+        from hal.compare.report import html_report
+
+        text = html_report(self)
+        _write(path, text)
+        return text
+
+    def to_pandas(self):
+        """The rows as a pandas DataFrame (needs pandas), nested fields flattened as in CSV."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise HalError("Results.to_pandas() needs pandas: pip install pandas "
+                           "(or use to_csv()/to_json(), which need nothing)") from exc
+        return pd.DataFrame([_flat(r, text=False) for r in self.rows], columns=_csv_fields())
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> Results:
+        """Read what ``to_json`` wrote (a path, or the JSON text itself)."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            p = Path(source)
+            if not p.exists():
+                raise HalError(f"no comparison file {str(p)!r}; write one with "
+                               f"`hal compare --json FILE`")
+            text = p.read_text()
+        try:
+            data = json.loads(text)
+            rows = [Row.from_dict(r) for r in data["rows"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise HalError(f"{str(source)[:200]!r} is not a `hal compare --json` file: "
+                           f"{type(exc).__name__}: {exc}") from exc
+        return cls(rows, data.get("environment", {}))
+
+    # -- the terminal table ------------------------------------------------------------------
+    def table(self, title: str | None = None):
+        from hal.compare.table import rich_table
+
+        return rich_table(self, title)
+
+
+def _score(r: Row) -> float | None:
+    if r.error:
+        return None
+    if r.scenario in ("Offline", "Server"):
+        return -r.throughput_per_s if r.throughput_per_s else None
+    if r.scenario == "SingleStream":
+        return r.p90_ms
+    return r.p50_ms
+
+
+def _write(path, text: str) -> None:
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+
+
+_NESTED = ("placement", "segments", "transfers", "mlperf")
+
+
+def _csv_fields() -> list[str]:
+    out = []
+    for f in FIELDS:
+        if f == "transfers":
+            out += ["transfers_count", "transfers_bytes"]
+        elif f == "mlperf":
+            out += ["mlperf_metric", "mlperf_value", "mlperf_result"]
+        else:
+            out.append(f)
+    return out
+
+
+def _flat(r: Row, text: bool = True) -> dict:
+    d = r.to_dict()
+    t = d.pop("transfers") or {}
+    d["transfers_count"], d["transfers_bytes"] = t.get("count"), t.get("bytes")
+    m = d.pop("mlperf") or {}
+    d["mlperf_metric"], d["mlperf_value"], d["mlperf_result"] = (
+        m.get("metric"), m.get("value"), m.get("result"))
+    d["placement"] = placement_text(r.placement)
+    d["segments"] = " > ".join(f"{dev}[{n}]" for dev, n in r.segments)
+    return d
+
+
+def placement_text(placement: dict) -> str:
+    return "; ".join(f"{d}: {p['segments']} seg/{p['nodes']} nodes" for d, p in placement.items())

@@ -1,0 +1,63 @@
+"""One measured (model, device, batch, precision) combination: the unit of every report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class Row:
+    """A row of ``hal compare``. Times are per call (one batch); ``error`` says why a row failed.
+
+    Spread (``iqr_ms``, ``mad_ms``, ``runs``) is recorded so that two runs can be compared
+    against their own noise (see ``hal.compare.baseline``).
+    """
+
+    model: str
+    device: str
+    backend: str = ""
+    simulated: bool = False
+    device_name: str = ""
+    batch: int = 1
+    precision: str = "fp32"
+    scenario: str | None = None  # None: HAL's own timing loop; else the MLPerf scenario
+    compile_s: float | None = None
+    first_call_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    min_ms: float | None = None
+    iqr_ms: float | None = None
+    mad_ms: float | None = None
+    runs: int = 0
+    throughput_per_s: float | None = None
+    peak_mem_mb: float | None = None
+    mem_scope: str = ""
+    max_abs_err: float | None = None
+    top1_agreement: float | None = None
+    placement: dict = field(default_factory=dict)
+    segments: list = field(default_factory=list)
+    transfers: dict = field(default_factory=dict)
+    mlperf: dict | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a row across runs (for baselines)."""
+        return (self.model, self.device, self.batch, self.precision, self.scenario)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Row:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+FIELDS = [f.name for f in fields(Row)]

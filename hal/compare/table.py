@@ -1,0 +1,68 @@
+"""The terminal table: grouped by model, the best device per (model, batch) highlighted."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
+
+
+def _err(v) -> str:
+    return "-" if v is None else "0" if v == 0 else f"{v:.1e}"
+
+
+def _placement(r) -> str:
+    if len(r.placement) <= 1:
+        return f"{len(r.segments)} seg" if r.segments else "-"
+    return " + ".join(f"{d.split('@')[-1]}×{p['segments']}" for d, p in r.placement.items())
+
+
+def rich_table(results, title: str | None = None) -> Table:
+    rows = results.rows
+    scen = {r.scenario for r in rows} - {None}
+    mlperf = scen.pop() if len(scen) == 1 else None
+    title = title or ("HAL device comparison" + (f" (MLPerf {mlperf})" if mlperf else "")
+                      + ": per-call latency, accuracy vs cpu@reference fp32")
+    t = Table(title=title, caption="★ best device for the model and batch; "
+              "(sim) simulated device; error column shows why a row failed",
+              header_style="bold", expand=False)
+    cols = [("model", "left"), ("batch", "right"), ("device", "left"), ("prec", "left"),
+            ("p50 ms", "right"),
+            ("p90 ms", "right"), ("p99 ms", "right"), ("±MAD", "right"), ("items/s", "right"),
+            ("compile s", "right"), ("mem MB", "right"), ("max err", "right"),
+            ("top-1", "right"), ("placement", "left")]
+    for name, justify in cols:
+        t.add_column(name, justify=justify, no_wrap=name not in ("device", "placement"),
+                     overflow="fold", style="bold cyan" if name == "model" else None)
+    best = {id(r) for r in results.best().values()}
+    model = None
+    for r in rows:
+        first = r.model != model
+        if first and model is not None:
+            t.add_section()
+        model = r.model
+        label = r.model if first else ""
+        dev = Text(r.device)
+        if r.simulated:
+            dev.append(" (sim)", style="yellow")
+        if r.error:
+            t.add_row(label, str(r.batch), dev, r.precision, Text("error", style="red"),
+                      *[""] * (len(cols) - 6), Text(r.error[:300], style="red"))
+            continue
+        star = id(r) in best
+        style = "bold green" if star else ""
+        p50 = Text(_ms(r.p50_ms) + (" ★" if star else ""), style=style)
+        t.add_row(label, str(r.batch), Text.assemble(dev, style=style), r.precision, p50,
+                  _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mad_ms),
+                  f"{r.throughput_per_s:,.0f}" if r.throughput_per_s else "-",
+                  f"{r.compile_s:.2f}" if r.compile_s is not None else "-",
+                  f"{r.peak_mem_mb:.1f}" if r.peak_mem_mb is not None else "-",
+                  _err(r.max_abs_err),
+                  f"{r.top1_agreement:.0%}" if r.top1_agreement is not None else "-",
+                  _placement(r))
+    return t

@@ -1,0 +1,286 @@
+"""hal.compare: rows, failures kept as rows, writers, baselines, isolation, MLPerf scenarios.
+
+Tiny budgets and small models: these check behaviour, never speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from hal.backends.reference import ReferenceBackend
+
+import hal
+from hal.backend import Backend, Executable
+from hal.compare import FIELDS, Results, compare, harness, regressions
+from hal.device import DeviceInfo
+from hal.registry import REGISTRY
+from tests.plugins import broken_plugins, installed
+
+FAST = {"budget_s": 0.01, "warmup": 1, "min_runs": 3, "max_runs": 20}
+
+
+class ThirdCallFails(Executable):
+    """Runs like the reference, but its third call raises (a device dying mid-run)."""
+
+    def __init__(self, inner, device):
+        super().__init__(device, inner.input_names, inner.output_names)
+        self.inner, self.calls = inner, 0
+
+    def run(self, buffers):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("device lost on call 3")
+        return self.inner.run(buffers)
+
+
+class Flaky(Backend):
+    name = "flaky"
+    kinds = ("cpu",)
+    priority = -50
+
+    @property
+    def ops(self):
+        return ReferenceBackend().ops
+
+    def probe(self):
+        return [DeviceInfo("cpu", 0, self.name, name="fails on its third call")]
+
+    def compile(self, model, device, options):
+        return ThirdCallFails(ReferenceBackend().compile(model, device, options), device)
+
+
+class NeverRuns(Flaky):
+    name = "neverruns"
+
+    def compile(self, model, device, options):
+        raise RuntimeError("this reference is broken")
+
+
+@pytest.fixture(scope="module")
+def small() -> Results:
+    return compare(["mlp", "lenet"], ["cpu@reference"], batch=(1, 3), **FAST)
+
+
+def test_every_field_present(small):
+    assert len(small.rows) == 4
+    for r in small.rows:
+        d = r.to_dict()
+        assert list(d) == FIELDS
+        assert r.error is None, r.error
+        for f in ("compile_s", "first_call_ms", "p50_ms", "p90_ms", "p99_ms", "iqr_ms",
+                  "mad_ms", "throughput_per_s", "peak_mem_mb", "max_abs_err", "top1_agreement"):
+            assert d[f] is not None and d[f] >= 0, f
+        assert r.p50_ms <= r.p90_ms <= r.p99_ms
+        assert r.runs >= 3 and r.max_abs_err == 0.0 and r.top1_agreement == 1.0
+        assert r.backend == "reference" and r.device == "cpu:0@reference" and not r.simulated
+        assert r.placement == {"cpu:0@reference": {"segments": 1, "nodes": r.segments[0][1]}}
+        assert {"count", "bytes"} <= set(r.transfers) and r.mem_scope == "in-process"
+    env = small.environment
+    assert env["hal"] == hal.__version__ and env["cpu"]["logical_cores"] >= 1
+    assert env["run"]["reference"] == "cpu@reference"
+    assert "numpy" in env["frameworks"]
+
+
+def test_failing_device_keeps_the_rest(tmp_path):
+    with installed(broken_plugins(tmp_path)):  # real entry points, one compiles nothing
+        hal.register_backend(Flaky)  # and one in-process device that dies mid-run
+        res = compare(["mlp", "lenet"], ["cpu@reference", "cpu@flaky", "cpu@compileboom"],
+                      batch=(1, 2), **FAST)
+    assert len(res.rows) == 2 * 3 * 2
+    by = {(r.model, r.device, r.batch): r for r in res.rows}
+    for m in ("mlp", "lenet"):
+        assert by[m, "cpu:0@reference", 1].error is None
+        assert by[m, "cpu:0@reference", 2].error is None
+        # dies mid-run at batch 1 (its 3rd call), keeps going at batch 2
+        assert "device lost on call 3" in by[m, "cpu:0@flaky", 1].error
+        assert by[m, "cpu:0@flaky", 2].error is None
+        assert by[m, "cpu:0@flaky", 2].max_abs_err == 0.0
+        for b in (1, 2):
+            assert "kernel generator crashed" in by[m, "cpu:0@compileboom", b].error
+    table = res.table()
+    assert table.row_count == len(res.rows)
+
+
+def test_reference_failure_gives_error_rows_for_that_model(monkeypatch):
+    hal.register_backend(NeverRuns)
+    try:
+        monkeypatch.setattr(harness, "REFERENCE", "cpu@neverruns")
+        res = compare(["mlp"], ["cpu@reference"], batch=(1,), **FAST)
+    finally:
+        REGISTRY.unregister("neverruns")
+    (row,) = res.rows
+    assert "no reference for 'mlp'" in row.error and "this reference is broken" in row.error
+
+
+def test_bad_arguments_fail_before_any_work():
+    with pytest.raises(hal.DeviceNotFound, match="nosuch"):
+        compare(["mlp"], ["nosuch"])
+    with pytest.raises(hal.ModelError, match="zoo model"):
+        compare(["no_model"], ["cpu@reference"])
+    with pytest.raises(hal.OptionError, match="precision"):
+        compare(["mlp"], ["cpu@reference"], precision="fp7")
+    with pytest.raises(hal.OptionError, match="batch"):
+        compare(["mlp"], ["cpu@reference"], batch=(0,))
+
+
+def test_unsupported_precision_is_an_error_row():
+    res = compare(["mlp"], ["cpu@reference"], batch=1, precision=("fp32", "fp16"), **FAST)
+    ok, bad = res.rows
+    assert ok.precision == "fp32" and ok.error is None
+    assert bad.precision == "fp16" and "precision" in bad.error
+
+
+def test_progress_reports_every_row():
+    seen = []
+    compare(["mlp"], ["cpu@reference"], batch=(1, 2),
+            progress=lambda **kw: seen.append((kw["done"], kw["total"], kw["row"])), **FAST)
+    finished = [s for s in seen if s[2] is not None]
+    assert [d for d, _, _ in finished] == [1, 2] and all(t == 2 for _, t, _ in seen)
+
+
+def test_writers(small, tmp_path):
+    data = json.loads(small.to_json(tmp_path / "r.json"))
+    assert data["schema"] == "hal-compare/1" and len(data["rows"]) == 4
+    back = Results.from_json(tmp_path / "r.json")
+    assert [r.to_dict() for r in back.rows] == [r.to_dict() for r in small.rows]
+
+    small.to_csv(tmp_path / "r.csv")
+    lines = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert len(lines) == 4 and {"p50_ms", "transfers_count", "placement"} <= set(lines[0])
+
+    small.to_html(tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") >= 4
+    assert "http" not in html and "<script" not in html and "<link" not in html
+    for title in ("Latency per device", "Throughput vs batch", "Accuracy vs speed", "Placement"):
+        assert title in html
+
+
+def test_to_pandas(small):
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(hal.HalError, match="pip install pandas"):
+            small.to_pandas()
+        return
+    df = small.to_pandas()
+    assert len(df) == 4 and "p50_ms" in df.columns
+
+
+def test_bad_baseline_file(tmp_path):
+    with pytest.raises(hal.HalError, match="no comparison file"):
+        Results.from_json(tmp_path / "missing.json")
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(hal.HalError, match="not a `hal compare --json` file"):
+        Results.from_json(tmp_path / "x.json")
+
+
+def test_baseline_flags_slowed_row_only(small):
+    assert not [c for c in regressions(small, small) if c.regression]
+    slowed = copy.deepcopy(small)
+    target = slowed.rows[1]
+    target.p50_ms = small.rows[1].p50_ms * 3 + 10 * (small.rows[1].mad_ms or 0.0) + 1.0
+    changes = regressions(small, slowed)
+    assert [(c.kind, c.model, c.batch) for c in changes] == [("slower", target.model,
+                                                              target.batch)]
+    assert changes[0].regression and changes[0].new > changes[0].old + changes[0].threshold
+    # noise: a move within the recorded spread is not flagged
+    jitter = copy.deepcopy(small)
+    r = jitter.rows[0]
+    r.mad_ms = r.p50_ms
+    r.p50_ms *= 1.5
+    assert not [c for c in regressions(small, jitter) if c.regression]
+    # accuracy and failures
+    worse = copy.deepcopy(small)
+    worse.rows[2].max_abs_err = 0.5
+    worse.rows[3].error = "BackendError: boom"
+    kinds = {(c.kind, c.batch, c.model) for c in regressions(small, worse)}
+    assert ("less accurate", worse.rows[2].batch, worse.rows[2].model) in kinds
+    assert ("now failing", worse.rows[3].batch, worse.rows[3].model) in kinds
+
+
+def test_isolate_reference():
+    res = compare(["mlp"], ["cpu@reference"], batch=(1, 2), isolate=True, **FAST)
+    assert [r.error for r in res.rows] == [None, None]
+    for r in res.rows:
+        assert r.mem_scope.startswith("isolated") and r.max_abs_err == 0.0 and r.p50_ms > 0
+    assert res.environment["run"]["isolate"]
+    assert "numpy" in res.environment["workers"]["cpu:0@reference"]["frameworks"]
+
+
+def test_isolate_worker_failure_is_an_error_row(tmp_path, monkeypatch):
+    import sys
+
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\necho 'segfault in vendor runtime' >&2\nexit 139\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crash))  # the worker process dies at once
+    res = compare(["mlp"], ["cpu@reference"], batch=(1, 2), isolate=True, **FAST)
+    for row in res.rows:
+        assert "exited with code 139" in row.error and "segfault in vendor" in row.error
+
+
+def test_cli_files_and_baseline(tmp_path, capsys):
+    from hal.cli import main
+
+    base = tmp_path / "base.json"
+    args = ["compare", "--models", "mlp", "--devices", "cpu@reference", "--batch", "1,2",
+            "--budget", "0.01"]
+    assert main(args + ["--json", str(base), "--csv", str(tmp_path / "a.csv"),
+                        "--html", str(tmp_path / "a.html")]) == 0
+    out = capsys.readouterr().out
+    assert "mlp" in out and "cpu:0@reference" in out
+    assert (tmp_path / "a.csv").exists() and (tmp_path / "a.html").exists()
+    data = json.loads(base.read_text())
+    for r in data["rows"]:  # pretend the baseline was 10x faster
+        r["p50_ms"] /= 10
+        r["mad_ms"] = 0.0
+    base.write_text(json.dumps(data))
+    assert main(args + ["--baseline", str(base)]) == 1
+    assert "slower" in capsys.readouterr().out
+
+
+def test_scenario_needs_loadgen(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)
+    with pytest.raises(hal.HalError, match="pip install mlcommons-loadgen"):
+        compare(["mlp"], ["cpu@reference"], scenario="offline")
+    with pytest.raises(hal.OptionError, match="scenario"):
+        compare(["mlp"], ["cpu@reference"], scenario="batchy")
+
+
+@pytest.mark.parametrize("scenario,name", [("single-stream", "SingleStream"),
+                                           ("offline", "Offline"), ("server", "Server")])
+def test_mlperf_scenarios(scenario, name):
+    pytest.importorskip("mlperf_loadgen")
+    res = compare(["mlp"], ["cpu@reference"], batch=(4,), scenario=scenario,
+                  budget_s=0.05, min_runs=8, warmup=1)
+    (row,) = res.rows
+    assert row.error is None, row.error
+    assert row.scenario == name and row.mlperf["scenario"] == name
+    assert row.batch == (1 if name == "SingleStream" else 4)
+    assert row.p90_ms > 0 and row.throughput_per_s > 0 and row.runs >= 1
+    assert row.mlperf["result"] in ("VALID", "INVALID") and row.mlperf["value"] is not None
+    assert row.max_abs_err == 0.0
+
+
+def test_measure_uses_device_sync():
+    calls = []
+
+    class Fake:
+        def __call__(self, x):
+            calls.append("call")
+            return [x]
+
+        def sync(self):
+            calls.append("sync")
+
+    timing, _ = harness.measure(Fake(), [np.zeros(1)], budget_s=0.0, warmup=1, min_runs=3)
+    assert len(timing.times_ms) == 3
+    assert calls == ["call", "sync"] * 5
