@@ -212,6 +212,8 @@ class Backend(abc.ABC):
     priority: ClassVar[int] = 0
     #: ONNX op types (default domain) this backend runs; what ``supports`` answers.
     ops: ClassVar[frozenset[str]] = frozenset()
+    #: HAL's own fused ops (domain "ai.hal", e.g. FusedConv) this backend runs.
+    hal_ops: ClassVar[frozenset[str]] = frozenset()
     #: Python modules the backend needs; a missing one makes it unusable with ``install_hint``.
     requires: ClassVar[tuple[str, ...]] = ()
     install_hint: ClassVar[str] = ""
@@ -226,6 +228,9 @@ class Backend(abc.ABC):
 
     def supports(self, node: ir.Node, device: DeviceInfo) -> bool | str:
         """True if ``node`` can run on ``device``, else the reason it cannot."""
+        if node.domain == "ai.hal":
+            return True if node.op_type in self.hal_ops else \
+                f"{self.name} has no kernel for ai.hal {node.op_type}"
         if node.domain not in ("", "ai.onnx"):
             return f"op domain {node.domain!r} is not supported by {self.name}"
         if node.op_type not in self.ops:

@@ -127,7 +127,7 @@ class OpenCLBackend(Backend):
     def flow(self, options: CompileOptions):
         from hal.passes import default_flow
 
-        return default_flow(self.name, options)
+        return default_flow(self.name, options, fuse_activations=True)
 
     def compile(self, model, device: Device, options: CompileOptions):
         from hal.backends.opencl.executor import OpenCLExecutable

@@ -14,12 +14,13 @@ class ReferenceBackend(Backend):
     kinds = ("cpu",)
     priority = 0  # the oracle, never the fastest choice for a bare "cpu"
     requires = ("numpy",)
+    hal_ops = frozenset({"FusedConv", "FusedGemm"})  # so it can take fused segments as fallback
 
     @property
     def ops(self) -> frozenset[str]:  # type: ignore[override]
         from hal.backends.reference.ops import OPS
 
-        return frozenset(OPS)
+        return frozenset(OPS) - self.hal_ops
 
     def probe(self) -> list[DeviceInfo]:
         import numpy as np
@@ -29,6 +30,11 @@ class ReferenceBackend(Backend):
         ok = np.array_equal(OPS["Add"](np.ones(2, np.float32), np.ones(2, np.float32)), [2, 2])
         return [DeviceInfo("cpu", 0, self.name, name="numpy reference", usable=ok,
                            reason="" if ok else "numpy self-test failed")]
+
+    def flow(self, options: CompileOptions):
+        from hal.passes import Flow, cleanup_passes
+
+        return Flow("reference.exact", cleanup_passes())  # the oracle runs the model as written
 
     def compile(self, model, device: Device, options: CompileOptions):
         from hal.backends.reference.executor import ReferenceExecutable

@@ -153,7 +153,7 @@ class TfBackend(Backend):
         xla, _ = self.choices(options)
         passes = cleanup_passes()
         if options.opt_level >= 1:
-            passes += optimize_passes(options)
+            passes += optimize_passes(options, fuse_activations=True)
             return Flow("tf.xla" if xla else "tf.graph", passes)
         return Flow("tf.xla" if xla else "tf.plain", passes)
 

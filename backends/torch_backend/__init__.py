@@ -127,7 +127,7 @@ class TorchBackend(Backend):
     def flow(self, options: CompileOptions):
         from hal.passes import default_flow
 
-        flow = default_flow(self.name, options)
+        flow = default_flow(self.name, options, fuse_activations=True)
         flow.name = _FLOWS[options.opt_level]
         return flow
 

@@ -22,10 +22,12 @@ class PassRecord:
     ms: float
     nodes_before: int
     nodes_after: int
+    detail: str = ""
 
     def to_dict(self) -> dict:
         return {"pass": self.name, "modified": self.modified, "ms": round(self.ms, 3),
-                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after}
+                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                "detail": self.detail}
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Flow:
                                f"{type(exc).__name__}: {exc}") from exc
             model = result.model
             records.append(PassRecord(_pass_name(p), bool(result.modified),
-                                      (time.perf_counter() - t0) * 1e3, before, len(model.graph)))
+                                      (time.perf_counter() - t0) * 1e3, before, len(model.graph),
+                                      getattr(p, "detail", "")))
         return model, records
 
 
@@ -61,14 +64,21 @@ def cleanup_passes() -> list:
             common.TopologicalSortPass()]
 
 
-def optimize_passes(options) -> list:
-    """Shared graph optimizations (constant folding, BN folding, fusion) for ``opt_level`` >= 1."""
-    return []
+def optimize_passes(options, fuse_activations: bool = False) -> list:
+    """Shared graph optimizations for ``opt_level`` >= 1: constant folding, dead code, BN
+    folding, bias fusion, and (for backends that run ai.hal fused ops) activation fusion."""
+    from hal.passes.fusion import ActivationFusion, BatchNormFolding, BiasFusion, ConstantFolding
+
+    if options.opt_level < 1:
+        return []
+    passes = [common.ShapeInferencePass(), ConstantFolding(), common.RemoveUnusedNodesPass(),
+              BatchNormFolding(), BiasFusion()]
+    if fuse_activations:
+        passes.append(ActivationFusion())
+    return passes + [common.RemoveUnusedNodesPass()]
 
 
-def default_flow(backend: str, options) -> Flow:
+def default_flow(backend: str, options, fuse_activations: bool = False) -> Flow:
     """The shared flow: cleanup, then the shared optimizations when ``opt_level`` >= 1."""
-    passes = cleanup_passes()
-    if options.opt_level >= 1:
-        passes += optimize_passes(options)
+    passes = cleanup_passes() + optimize_passes(options, fuse_activations)
     return Flow(f"{backend}.default" if options.opt_level >= 1 else f"{backend}.plain", passes)

@@ -20,4 +20,4 @@ def op(*names: str):
     return register
 
 
-from hal.backends.reference.ops import elementwise, nn, tensor  # noqa: E402,F401  (registers)
+from hal.backends.reference.ops import elementwise, fused, nn, tensor  # noqa: E402,F401

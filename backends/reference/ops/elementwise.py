@@ -30,6 +30,8 @@ def div(a, b):
 
 @op("Relu")
 def relu(x): return np.maximum(x, 0).astype(x.dtype)
+@op("LeakyRelu")
+def leaky_relu(x, alpha=0.01): return np.where(x >= 0, x, x * alpha).astype(x.dtype)
 @op("Sigmoid")
 def sigmoid(x): return _same(x, 1.0 / (1.0 + np.exp(-x)))
 @op("Tanh")
