@@ -29,7 +29,7 @@ def _run_exact(model: hal.Model, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", hal.models.list())
 def test_zoo_outputs_unchanged(name):
     model = hal.models.get(name)
-    opt, records = _optimized(model)
+    opt, _ = _optimized(model)
     assert len(opt.graph) <= len(model.graph)
     for batch in (1, 5):
         x = hal.models.example_input(name, batch)
@@ -72,7 +72,7 @@ def test_constant_folding_and_bias_fusion():
     proto = make_model(nodes, [("x", ["N", 4])], [("y", None)],
                        {"a": np.ones(3, np.float32), "b": np.full(3, 2, np.float32), "w": w})
     model = hal.load(proto)
-    opt, records = _optimized(model, fuse=False)
+    opt, _ = _optimized(model, fuse=False)
     assert [n.op_type for n in opt.graph] == ["Gemm"]
     x = rand(5, 4, seed=3)
     np.testing.assert_allclose(_run_exact(opt, x), x @ w + 3, rtol=1e-6)
@@ -259,7 +259,7 @@ def test_activation_fusion_each_activation(base, act):
     model = hal.load(make_model(nodes, inputs, [("y", None)],
                                 {"w": w, "b": rand(3, seed=1), "lo": np.float32(0),
                                  "hi": np.float32(6)}))
-    opt, records = _optimized(model)
+    opt, _ = _optimized(model)
     (node,) = list(opt.graph)
     assert (node.domain, node.op_type) == ("ai.hal", "Fused" + base)
     assert node.attributes["activation"].value == act

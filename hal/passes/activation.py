@@ -13,8 +13,14 @@ import math
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.passes._graph import HAL_DOMAIN, HalPass, is_onnx, optional_const, replace_value, \
-    sole_consumer
+from hal.passes._graph import (
+    HAL_DOMAIN,
+    HalPass,
+    is_onnx,
+    optional_const,
+    replace_value,
+    sole_consumer,
+)
 
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Gelu")
 

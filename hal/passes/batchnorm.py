@@ -11,8 +11,16 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.passes._graph import (HalPass, add_initializer, const, is_onnx, optional_const,
-                               replace_value, set_input, sole_consumer)
+from hal.passes._graph import (
+    HalPass,
+    add_initializer,
+    const,
+    is_onnx,
+    optional_const,
+    replace_value,
+    set_input,
+    sole_consumer,
+)
 
 
 def _bn_factors(bn: ir.Node):

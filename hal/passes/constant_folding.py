@@ -65,7 +65,7 @@ class ConstantFolding(HalPass):
             attrs = {k: attribute_value(a) for k, a in node.attributes.items()}
             with np.errstate(all="ignore"):
                 res = OPS[node.op_type](*args, **attrs)
-        except Exception:  # e.g. an attribute the kernel rejects: leave it to run time
+        except Exception:  # noqa: BLE001  (a kernel rejecting its input: leave it to run time)
             return None
         arrays = [np.asarray(a) for a in (res if isinstance(res, (tuple, list)) else [res])]
         if len(arrays) < len([o for o in node.outputs if o.uses()]) or \
