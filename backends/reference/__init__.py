@@ -24,6 +24,7 @@ class ReferenceBackend(Backend):
 
     def probe(self) -> list[DeviceInfo]:
         import numpy as np
+
         from hal.backends.reference.ops import OPS
 
         ok = np.array_equal(OPS["Add"](np.ones(2, np.float32), np.ones(2, np.float32)), [2, 2])

@@ -6,7 +6,7 @@ plain Python values. Each kernel implements ONNX semantics at HAL's opset.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Callable
 
 OPS: dict[str, Callable] = {}
 
@@ -20,4 +20,4 @@ def op(*names: str):
     return register
 
 
-from hal.backends.reference.ops import elementwise, fused, nn, tensor  # noqa: F401
+from hal.backends.reference.ops import elementwise, fused, nn, tensor  # noqa: E402,F401

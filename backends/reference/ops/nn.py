@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from hal.backends.reference.ops import op
 from numpy.lib.stride_tricks import sliding_window_view
+
+from hal.backends.reference.ops import op
 
 
 def _conv_pads(x_spatial, k, strides, dilations, pads, auto_pad):
