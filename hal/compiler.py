@@ -49,7 +49,7 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     work = Model(ir_model, hal_model.name)
 
     fb = REGISTRY.resolve(opts.fallback) if opts.fallback is not None else None
-    candidates = [REGISTRY.resolve(d.string) for d in REGISTRY.usable()]
+    candidates = [REGISTRY.resolve(d.string) for d in REGISTRY.usable() if not d.alias_of]
     where, fallbacks = place(work.graph, dev, fb, candidates)
     segs = segments(work.graph, where)
     proto = work.to_proto()

@@ -44,7 +44,7 @@ def test_run_explain_on_toy(toy_site, tmp_path):
     r = subprocess.run([sys.executable, "-m", "hal.cli", "run", "resnet_lite", "--device", "toy",
                         "--fallback", "none"], env=_env(toy_site), capture_output=True,
                        text=True, cwd=tmp_path)
-    assert r.returncode != 0 and "BatchNormalization" not in r.stdout
+    assert r.returncode != 0
     assert "cannot run node" in r.stderr and "Devices that can run it" in r.stderr
 
 

@@ -131,6 +131,15 @@ class TfBackend(Backend):
             mode = node.inputs[2].const_value
             if mode is None or bool(mode.numpy()):
                 return "tf runs Dropout for inference only (training_mode must be a constant false)"
+        if node.op_type in ("Cast", "CastLike") and any(
+                v is not None and v.dtype is not None and v.dtype.name in _ODD_CASTS
+                for v in list(node.inputs) + list(node.outputs)):
+            return "tf's float8/int4 casts do not follow ONNX's saturation, NaN and packing rules"
+        for i in _COMPILE_TIME_INPUTS.get(node.op_type, ()):
+            if i < len(node.inputs) and node.inputs[i] is not None \
+                    and not _known_at_compile_time(node.inputs[i]):
+                return (f"tf needs input #{i} of {node.op_type} at compile time, but it is "
+                        f"computed from runtime data")
         return True
 
     def tf_device(self, device: Device) -> str:
@@ -207,3 +216,34 @@ def _describe(tf, kind: str, index: int, name: str) -> str:
         except Exception:
             pass
     return f"{label} (tensorflow {tf.__version__})"
+
+
+# Inputs the tf lowering must know while tracing (shapes, axes, sizes), by op.
+_COMPILE_TIME_INPUTS = {
+    "Expand": (1,), "Range": (0, 1, 2), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,),
+    "ConstantOfShape": (0,), "Reshape": (1,), "TopK": (1,), "OneHot": (1,), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Split": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
+    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
+    "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+}
+_SHAPE_ARITHMETIC = {"Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Add", "Sub", "Mul",
+                     "Identity", "Reshape", "Max", "Min", "Neg", "Abs"}
+_ODD_CASTS = {"FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
+              "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
+
+
+def _known_at_compile_time(v, depth: int = 0) -> bool:
+    """A constant, a static shape, or arithmetic on those (what tracing can evaluate)."""
+    if v.const_value is not None:
+        return True
+    node = v.producer()
+    if node is None or depth > 12:
+        return False
+    if node.op_type == "Constant":
+        return True
+    if node.op_type in ("Shape", "Size"):
+        x = node.inputs[0]
+        return x is not None and x.shape is not None and all(isinstance(d, int) for d in x.shape)
+    if node.op_type in _SHAPE_ARITHMETIC:
+        return all(u is None or _known_at_compile_time(u, depth + 1) for u in node.inputs)
+    return False

@@ -263,7 +263,8 @@ def _static_eval(step: Step, args: list, cx: Context):
     from hal.backends.reference.ops import OPS
 
     op = step.op
-    if op in SHAPE_ONLY:
+    if op in SHAPE_ONLY or any(isinstance(a, tf.Tensor) for a in args):
+        # a Shape of a dynamic dim is a traced tensor: what depends on it is traced too
         return KERNELS[op](cx, *args, **step.attrs)
     if op in OPS:
         return OPS[op](*args, **step.attrs)

@@ -64,6 +64,24 @@ def cleanup_passes() -> list:
             common.TopologicalSortPass()]
 
 
+class ShapeInference(common.ShapeInferencePass):
+    """onnx_ir's shape inference, without its warning traceback when ONNX's inference gives
+    up on a graph (HAL validates models itself; the passes after it cope with missing shapes)."""
+
+    hal_name = "ShapeInference"
+
+    def call(self, model):
+        import logging
+
+        log = logging.getLogger("onnx_ir.passes.common.shape_inference")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            return super().call(model)
+        finally:
+            log.setLevel(level)
+
+
 def optimize_passes(options, fuse_activations: bool = False) -> list:
     """Shared graph optimizations for ``options.opt_level``: none at 0; from 1 on constant
     folding, dead code, BN folding, bias fusion and, for backends that run ai.hal fused ops
@@ -77,8 +95,8 @@ def optimize_passes(options, fuse_activations: bool = False) -> list:
     if options.opt_level < 1:
         return []
     # shapes first: Shape folding and the 2-D check of MatMul -> Gemm read them
-    passes = [common.ShapeInferencePass(strict_mode=False), ConstantFolding(),
-              DeadCodeElimination(), BatchNormFolding(), BiasFusion()]
+    passes = [ShapeInference(strict_mode=False), ConstantFolding(), DeadCodeElimination(),
+              BatchNormFolding(), BiasFusion()]
     if fuse_activations:
         passes.append(ActivationFusion())
     return passes + [DeadCodeElimination()]  # the weights folding replaced
