@@ -206,6 +206,15 @@ def _print_regressions(con, baseline, res, path: str) -> int:
     return 1 if bad else 0
 
 
+def cmd_fpga_build(args) -> int:
+    """``hal fpga build``: the per-model hls4ml design for a board (see fpga@hls4ml)."""
+    from hal.backends.hls4ml_backend.board import fpga_build
+
+    options = {k: v for k, v in (("io_type", args.io_type), ("strategy", args.strategy),
+                                 ("reuse_factor", args.reuse_factor)) if v is not None}
+    return fpga_build(args.model, args.board, options, args.calibration)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
                                 "device HAL can reach.")
@@ -254,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-bound-ms", type=float, default=None,
                    help="MLPerf Server latency bound (default: 10x one batch's latency)")
     c.set_defaults(func=cmd_compare)
+
+    f = sub.add_parser("fpga", help="FPGA designs: build a model's hls4ml design for a board")
+    fsub = f.add_subparsers(dest="fpga_command", required=True)
+    fb = fsub.add_parser("build", help="write a model's hls4ml project (PYNQ driver, Vivado "
+                         "block design) and build its bitstream when Vivado is on PATH")
+    fb.add_argument("model", help="a zoo model name or an .onnx path")
+    fb.add_argument("--board", default="pynq-z2", choices=("pynq-z2", "zcu102"))
+    fb.add_argument("--io-type", choices=("io_parallel", "io_stream"))
+    fb.add_argument("--strategy", choices=("Latency", "Resource"))
+    fb.add_argument("--reuse-factor", type=int)
+    fb.add_argument("--calibration", metavar="X.npy", help="calibration inputs for int8 "
+                    "(zoo models bring their own)")
+    fb.set_defaults(func=cmd_fpga_build)
     return p
 
 

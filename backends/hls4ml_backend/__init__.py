@@ -28,8 +28,8 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, HostBuffer
 from hal.device import DeviceInfo
@@ -195,10 +195,11 @@ def _compiler_self_test(cxx: str) -> str:
         src.write_text(_PROBE_SRC)
         try:
             done = subprocess.run([cxx, "-std=c++11", "-I", str(inc), str(src), "-o", str(exe)],
-                                  capture_output=True, text=True, timeout=120)
+                                  check=False, capture_output=True, text=True,
+                                  timeout=120)
             if done.returncode != 0:
                 return done.stderr.strip()[-300:]
-            ran = subprocess.run([str(exe)], capture_output=True, timeout=30)
+            ran = subprocess.run([str(exe)], check=False, capture_output=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{type(exc).__name__}: {exc}"
         return "" if ran.returncode == 0 else "ap_fixed arithmetic gave a wrong answer"

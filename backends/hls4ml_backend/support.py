@@ -133,10 +133,9 @@ def _layer_reason(node: ir.Node) -> str | None:
             return "hls4ml's Conv has no dilation"
         if _attr(node, "auto_pad", "NOTSET") != "NOTSET":
             return "hls4ml's ONNX Conv takes explicit pads, not auto_pad"
-    if op == "Gemm":
-        if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or \
-                _attr(node, "beta", 1.0) != 1.0:
-            return "Gemm with transA, alpha or beta is not mapped to hls4ml"
+    if op == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
+                         or _attr(node, "beta", 1.0) != 1.0):
+        return "Gemm with transA, alpha or beta is not mapped to hls4ml"
     if op == "MatMul" and ins[0].shape is not None and len(ins[0].shape) != 2:
         return "hls4ml runs 2-D MatMul (a dense layer) only"
     return _quantized_output(node)
