@@ -98,7 +98,10 @@ class Project:
 def key(model: onnx.ModelProto, settings: Settings) -> str:
     import hls4ml
 
-    h = hashlib.sha256(model.SerializeToString(deterministic=True))
+    anonymous = onnx.ModelProto()
+    anonymous.CopyFrom(model)
+    anonymous.graph.name = ""  # the same segment of a differently named model is the same design
+    h = hashlib.sha256(anonymous.SerializeToString(deterministic=True))
     h.update(json.dumps(asdict(settings), sort_keys=True).encode())
     h.update(hls4ml.__version__.encode())
     return h.hexdigest()[:20]
@@ -118,7 +121,9 @@ def build(model: onnx.ModelProto, settings: Settings, requantized: list[str]) ->
     _set_rounding(hls_model, ROUNDING[settings.rounding])
     with _quiet():
         try:
-            hls_model.compile()
+            hls_model.write()
+            _faster_build(path)
+            hls_model._compile()  # g++ only: build_lib.sh, then load the library
         except Exception as exc:
             raise BackendError(f"hls4ml could not build the C simulation library in {path}: "
                                f"{exc}") from exc
@@ -176,6 +181,14 @@ def _convert(prep: Prepared, settings: Settings, path: Path):
         except Exception as exc:
             raise BackendError(f"hls4ml could not convert the segment: {type(exc).__name__}: "
                                f"{exc}") from exc
+
+
+def _faster_build(path: Path) -> None:
+    """-O1 instead of -O3: the C simulation builds about 3x faster, and its speed is not
+    what HAL measures (it stands in for the FPGA's arithmetic, not its throughput)."""
+    script = path / "build_lib.sh"
+    if script.exists():
+        script.write_text(script.read_text().replace('CFLAGS="-O3 ', 'CFLAGS="-O1 '))
 
 
 def _check_exact(hls_model) -> None:
