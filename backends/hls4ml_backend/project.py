@@ -153,6 +153,7 @@ def _convert(prep: Prepared, settings: Settings, path: Path):
         mw = mw.transform(ConvertToChannelsLastAndClean())
         mw = mw.transform(GemmToMatMul())
         mw = cleanup_model(mw)
+        _flat_quant_params(mw)
         constant_value_infos(mw.model)
         leftover = sorted({n.op_type for n in mw.graph.node
                            if n.op_type in ("QuantizeLinear", "DequantizeLinear")})
@@ -181,6 +182,18 @@ def _convert(prep: Prepared, settings: Settings, path: Path):
         except Exception as exc:
             raise BackendError(f"hls4ml could not convert the segment: {type(exc).__name__}: "
                                f"{exc}") from exc
+
+
+def _flat_quant_params(mw) -> None:
+    """Channels-last conversion can leave a per-tensor scale shaped [1, 1, 1, 1]; hls4ml then
+    derives an array-valued bit width and fails (numpy 2). One value is one value: [1]."""
+    for n in mw.graph.node:
+        if n.op_type != "Quant":
+            continue
+        for name in n.input[1:3]:
+            arr = mw.get_initializer(name)
+            if arr is not None and arr.size == 1 and arr.ndim > 1:
+                mw.set_initializer(name, arr.reshape(1))
 
 
 def _faster_build(path: Path) -> None:

@@ -190,6 +190,7 @@ def prepare(model: onnx.ModelProto) -> Prepared:
     inputs = [_prepare_input(g, v) for v in list(g.g.input) if v.name not in g.inits]
     outputs = [_prepare_output(g, v) for v in list(g.g.output)]
     _fold_constant_dq(g)
+    _scalar_params(g)
     _explicit_attributes(g)
     _batch_one(g)
     return Prepared(m, inputs, outputs)
@@ -209,7 +210,7 @@ def _prepare_input(g: _Graph, vi) -> Port:
         raise ModelError(f"segment input {name!r} must feed QuantizeLinear (float) or "
                          f"DequantizeLinear (int8) only; it feeds "
                          f"{sorted({u.op_type for u in users})}")
-    scales = {float(g.const(u.input[1])) for u in users}
+    scales = {float(np.ravel(g.const(u.input[1]))[0]) for u in users}
     if len(scales) != 1:
         raise ModelError(f"segment input {name!r} is quantized with several scales {scales}")
     scale = scales.pop()
@@ -233,7 +234,7 @@ def _prepare_output(g: _Graph, vi) -> Port:
         raise ModelError(f"segment output {name!r} must come from QuantizeLinear or "
                          f"DequantizeLinear (a quantized tensor), not "
                          f"{prod.op_type if prod else 'an input'}")
-    scale = float(g.const(prod.input[1]))
+    scale = float(np.ravel(g.const(prod.input[1]))[0])
     int8 = prod.op_type == "QuantizeLinear"
     if int8:  # the C simulation returns y_q * s; the host turns it back into int8
         inner = f"{name}__hal_int8"
@@ -282,6 +283,24 @@ def _fold_constant_dq(g: _Graph) -> None:
     g.g.initializer.extend(keep)
     if not any(d.domain == QUANT_DOMAIN for d in g.model.opset_import):
         g.model.opset_import.append(helper.make_opsetid(QUANT_DOMAIN, 1))
+
+
+def _scalar_params(g: _Graph) -> None:
+    """Per-tensor scales and zero points as 0-d tensors without ``axis``: QONNX reshapes an
+    axis-carrying scale to the tensor's rank, and hls4ml then computes an array bit width
+    (and fails) under numpy 2."""
+    for n in g.g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        params = [g.const(name) if name else None for name in n.input[1:3]]
+        if any(p is None or p.size != 1 for p in params):
+            continue
+        for name, arr in zip(n.input[1:3], params):
+            if arr.ndim:
+                g.set_const(name, arr.reshape(()))
+        keep = [a for a in n.attribute if a.name != "axis"]
+        del n.attribute[:]
+        n.attribute.extend(keep)
 
 
 def _explicit_attributes(g: _Graph) -> None:
