@@ -198,9 +198,8 @@ def test_int8_runs_qdq_graphs():
     c = hal.compile(qdq, "cpu@ort", precision="int8", fallback=None)
     assert c.executables[0].info["qdq_nodes"] == 3
     # the same arithmetic in numpy + the reference Conv: quantize x, dequantize both
-    from onnx import numpy_helper
-
     from hal.backends.reference.ops import OPS
+    from onnx import numpy_helper
 
     xd = np.clip(np.round(x / np.float32(0.05)), -128, 127).astype(np.float32) * np.float32(0.05)
     wq = numpy_helper.to_array(next(t for t in qdq.graph.initializer if t.name == "wq"))
@@ -236,3 +235,17 @@ def test_fp16_without_converter_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
     with pytest.raises(hal.OptionError, match="pip install onnxconverter-common"):
         hal.compile(hal.models.get("mlp"), "cpu@ort", precision="fp16")
+
+
+def test_iobinding_path_runs_on_cpu_too():
+    """The GPU executable (OrtValues bound through IOBinding), exercised on the CPU provider."""
+    from hal.backends.ort_backend import OrtBuffer, OrtDeviceExecutable
+
+    c = hal.compile(hal.models.get("mlp"), "cpu@ort")
+    host = c.executables[0]
+    exe = OrtDeviceExecutable(host.session, host.device, host.info)
+    x = np.random.default_rng(7).standard_normal((3, 784)).astype(np.float32)
+    out = exe.run([OrtBuffer.from_numpy(x, host.device)])
+    assert isinstance(out[0], OrtBuffer) and out[0].shape == (3, 10)
+    assert out[0].dtype == np.float32
+    np.testing.assert_allclose(out[0].numpy(), c(x)[0], rtol=1e-6, atol=1e-6)
