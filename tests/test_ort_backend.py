@@ -139,7 +139,7 @@ def _conv_act_model():
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from hal.passes.fusion import ActivationFusion
+    from hal.passes.activation import ActivationFusion
 
     rng = np.random.default_rng(3)
     w = numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w")
