@@ -13,6 +13,7 @@ import onnx_ir as ir
 from hal.errors import ModelError
 from hal.ir import shapes as S
 from hal.ir.model import Model
+from hal.passes._graph import HAL_DOMAIN, HAL_OPS
 
 
 def _node_name(node: ir.Node) -> str:
@@ -63,6 +64,9 @@ class _Validator:
                 raise ModelError(f"{_node_name(node)}: op {node.op_type!r} is not known to any "
                                  f"registered backend; rewrite it with supported ops or install "
                                  f"a backend plugin that provides it (see `hal devices`)")
+            if node.domain == HAL_DOMAIN and node.op_type not in HAL_OPS:
+                raise ModelError(f"{_node_name(node)}: {node.op_type!r} is not one of HAL's own "
+                                 f"{HAL_DOMAIN} ops {sorted(HAL_OPS)}; use a standard ONNX op")
             for i, v in enumerate(node.inputs):
                 if v is None or not v.name:
                     continue
@@ -119,6 +123,18 @@ class _Validator:
                 self.fail(node, f"bias {node.inputs[2].name!r} has shape {S.fmt(b)} but the weight "
                                 f"{ws} has {m_out} output channels; the bias must be [{m_out}]")
         self._check_window(node, x, tuple(w[2:]))
+
+    def check_FusedConv(self, node: ir.Node) -> None:  # ai.hal: a Conv plus an activation
+        self._check_activation(node)
+        self.check_Conv(node)
+
+    def _check_activation(self, node: ir.Node) -> None:
+        from hal.passes.activation import ACTIVATIONS
+
+        act = _attr(node, "activation", "")
+        if act not in ACTIVATIONS:
+            self.fail(node, f"attribute activation={act!r} is not one HAL fuses "
+                            f"({', '.join(ACTIVATIONS)})")
 
     def _check_window(self, node: ir.Node, x, kernel) -> None:
         if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
@@ -182,6 +198,10 @@ class _Validator:
         self._inner(node, a, b, f"input {node.inputs[0].name!r}" + (" (transA=1)" if ta else ""),
                     f"weight {node.inputs[1].name!r}" + (" (transB=1)" if tb else ""), ka, kb,
                     "features")
+
+    def check_FusedGemm(self, node: ir.Node) -> None:
+        self._check_activation(node)
+        self.check_Gemm(node)
 
     def check_Reshape(self, node: ir.Node) -> None:
         x = self.shape(node.inputs[0])

@@ -83,17 +83,23 @@ class ShapeInference(common.ShapeInferencePass):
 
 
 def optimize_passes(options, fuse_activations: bool = False) -> list:
-    """Shared graph optimizations for ``opt_level`` >= 1: constant folding, dead code, BN
-    folding, bias fusion, and (for backends that run ai.hal fused ops) activation fusion."""
-    from hal.passes.fusion import ActivationFusion, BatchNormFolding, BiasFusion, ConstantFolding
+    """Shared graph optimizations for ``options.opt_level``: none at 0; from 1 on constant
+    folding, dead code, BN folding, bias fusion and, for backends that run ai.hal fused ops
+    (``fuse_activations``), activation fusion."""
+    from hal.passes.activation import ActivationFusion
+    from hal.passes.batchnorm import BatchNormFolding
+    from hal.passes.bias import BiasFusion
+    from hal.passes.constant_folding import ConstantFolding
+    from hal.passes.dead_code import DeadCodeElimination
 
     if options.opt_level < 1:
         return []
-    passes = [ShapeInference(), ConstantFolding(), common.RemoveUnusedNodesPass(),
+    # shapes first: Shape folding and the 2-D check of MatMul -> Gemm read them
+    passes = [ShapeInference(strict_mode=False), ConstantFolding(), DeadCodeElimination(),
               BatchNormFolding(), BiasFusion()]
     if fuse_activations:
         passes.append(ActivationFusion())
-    return passes + [common.RemoveUnusedNodesPass()]
+    return passes + [DeadCodeElimination()]  # the weights folding replaced
 
 
 def default_flow(backend: str, options, fuse_activations: bool = False) -> Flow:
