@@ -164,8 +164,8 @@ def registers(manifest: dict) -> dict[str, int]:
 
 def kernel_args(manifest: dict) -> list[str]:
     """The kernel's arguments in register (= OpenCL argument) order."""
-    regs = sorted((r for r in manifest["registers"] if r["arg"]), key=lambda r: int(r["offset"], 16))
-    return [r["arg"] for r in regs]
+    regs = [r for r in manifest["registers"] if r["arg"]]
+    return [r["arg"] for r in sorted(regs, key=lambda r: int(r["offset"], 16))]
 
 
 def target(manifest: dict, name: str) -> dict:

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from hal.backends.fpga import manifest as manifest_mod
 from hal.backends.fpga import spec
 
@@ -69,11 +68,10 @@ def _case(seed, description, x, w, bias, mult, shift, op, stride=1, pad=0, group
         (n, c), (o, _) = x.shape, w.shape
         h = wd = kh = kw = stride = groups = 1
         pad = pool = 0
-    regs = dict(op=op, n=n, c=c, h=h, wd=wd, o=o, kh=kh, kw=kw, stride=stride, pad=pad,
-                groups=groups, act_min=act[0], act_max=act[1], pool=pool)
-    out = dict(x=x, w=w, bias=bias, mult=mult, shift=shift, y=y, acc=acc,
-               seed=np.int64(seed), description=np.str_(description))
-    out.update({k: np.int32(v) for k, v in regs.items()})
+    regs = (op, n, c, h, wd, o, kh, kw, stride, pad, groups, act[0], act[1], pool)
+    out = {"x": x, "w": w, "bias": bias, "mult": mult, "shift": shift, "y": y, "acc": acc,
+           "seed": np.int64(seed), "description": np.str_(description)}
+    out.update({k: np.int32(v) for k, v in zip(SCALARS, regs, strict=True)})
     return out
 
 
