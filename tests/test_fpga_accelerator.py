@@ -266,9 +266,15 @@ class OpenCLKernel:
         from hal.backends.opencl.runtime import cl
 
         self.cl = cl()
-        devices = [d for p in self.cl.get_platforms() for d in p.get_devices()]
+        # The kernel keeps its on-chip buffers in __local memory (xbuf + wbuf + obuf): CPU
+        # runtimes have room, most GPUs do not, so a CPU device is preferred.
+        need = sum(manifest.load()["parameters"]["on_chip_bytes"].values())
+        devices = sorted((d for p in self.cl.get_platforms() for d in p.get_devices()
+                          if d.local_mem_size >= need),
+                         key=lambda d: not d.type & self.cl.device_type.CPU)
         if not devices:
-            pytest.skip("no OpenCL device (pip install pyopencl[pocl] gives a CPU one)")
+            pytest.skip(f"no OpenCL device with {need} bytes of local memory (pip install "
+                        "pyopencl[pocl] gives a CPU one)")
         self.ctx = self.cl.Context(devices[:1])
         self.queue = self.cl.CommandQueue(self.ctx)
         src = (ACC / "opencl" / "hal_int8.cl").read_text()
@@ -406,6 +412,15 @@ def test_manifest_refresh_and_unbuilt_target_errors(tmp_path):
     assert manifest.refresh(tmp_path / "manifest.json") == \
         ["zcu104: zcu104/hal_int8.bit built -> unbuilt"]
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest.load()
+
+
+def test_manifest_command_line(capsys, tmp_path):
+    assert manifest.main([]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{t} " in out for t in manifest.load()["targets"]) and "unbuilt" in out
+    (tmp_path / "manifest.json").write_text("{")
+    assert manifest.main([str(tmp_path / "manifest.json")]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_manifest_validation_names_problems():
