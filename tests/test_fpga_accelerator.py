@@ -369,6 +369,7 @@ def test_manifest_parameters_match_the_kernel(sim):
         (cfg["pe_out"], cfg["pe_in"], 8 * cfg["axi_bytes"])
     assert (lim["max_k"], lim["max_wk"], lim["max_xbuf"], lim["max_ow"]) == \
         (cfg["max_k"], cfg["max_wk"], cfg["max_xbuf"], cfg["max_ow"]) and cfg["max_k"] == spec.MAX_K
+    assert p["clock_mhz"] == {name: t["clock_mhz"] for name, t in m["targets"].items()}
     assert m["cycle_model"]["parameters"] == {
         "axi_bytes": cfg["axi_bytes"], "burst_overhead": cfg["burst_overhead"],
         "pipeline_depth": cfg["pipeline_depth"]}
