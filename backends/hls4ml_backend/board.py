@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hal.errors import BackendError
+from hal.errors import BackendError, OptionError
 
 _BOARD_NAMES = {"pynq-z2": "pynq-z2", "pynqz2": "pynq-z2", "zcu102": "zcu102"}
 
@@ -98,7 +98,11 @@ def fpga_build(model: str, board: str, options: dict, calibration: str | None,
     if "power_of_two" in {f.name for f in fields(CompileOptions)}:
         kw["power_of_two"] = True
     if calibration:
-        kw["calibration"] = np.load(calibration)
+        try:
+            kw["calibration"] = np.load(calibration)
+        except (OSError, ValueError, EOFError) as exc:
+            raise OptionError(f"--calibration {calibration}: not a readable .npy array of the "
+                              f"model's inputs ({type(exc).__name__}: {exc})") from None
     compiled = hal.compile(model, "fpga@hls4ml", **kw)
     projects = [exe.project for exe in compiled.executables if isinstance(exe, Hls4mlExecutable)]
     if not projects:
