@@ -291,6 +291,64 @@ def test_unsupported_tail_falls_back_visibly(usable):
     np.testing.assert_allclose(compiled(x)[0], want, atol=1e-5)
 
 
+def _fork_and_depthwise() -> onnx.ModelProto:
+    """x -Q/DQ-> {depthwise Conv, Add}; the depthwise Conv -> Relu -Q/DQ-> Conv -Q/DQ->."""
+    nodes, inits = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    const("s", np.array(2.0 ** -4, np.float32))
+    const("z", np.array(0, np.int8))
+
+    def qdq(t, name):
+        nodes.append(helper.make_node("QuantizeLinear", [t, "s", "z"], [f"{name}_q"],
+                                      name=f"{name}_Q"))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", "s", "z"],
+                                      [f"{name}_dq"], name=f"{name}_DQ"))
+        return f"{name}_dq"
+
+    def weights(name, shape):
+        const(f"{name}_q", np.ones(shape, np.int8))
+        const(f"{name}_s", np.full(shape[0], 2.0 ** -6, np.float32))
+        const(f"{name}_z", np.zeros(shape[0], np.int8))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"],
+                                      [f"{name}_w"], axis=0, name=f"{name}_DQ"))
+        return f"{name}_w"
+
+    x = qdq("x", "in")
+    nodes.append(helper.make_node("Conv", [x, weights("dw", (2, 1, 3, 3))], ["dw"], group=2,
+                                  pads=[1, 1, 1, 1], name="dwconv"))
+    nodes.append(helper.make_node("Relu", ["dw"], ["dwr"], name="dwrelu"))
+    y = qdq("dwr", "a1")
+    nodes.append(helper.make_node("Conv", [y, weights("pw", (2, 2, 1, 1))], ["pw"],
+                                  name="pwconv"))
+    y = qdq("pw", "a2")
+    nodes.append(helper.make_node("Add", [y, x], ["out"], name="residual"))
+    g = helper.make_graph(nodes, "fork",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4, 4])],
+                          initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_segments_stay_closed_under_qdq():
+    """A depthwise Conv (not mapped) takes its Relu and weights with it; a quantized tensor
+    that forks to an op hls4ml cannot run keeps its DequantizeLinear and consumer off too."""
+    import onnx_ir as ir
+    from hal.backends.hls4ml_backend import Hls4mlBackend
+
+    backend = Hls4mlBackend()
+    model = ir.from_proto(_fork_and_depthwise())
+    ok = {n.name: backend.supports(n, None) is True for n in model.graph}
+    assert not ok["dwconv"] and not ok["dw_DQ"] and not ok["dwrelu"]
+    assert not ok["in_DQ"] and not ok["residual"]      # in_DQ feeds dwconv and the Add
+    assert ok["pwconv"] and ok["pw_DQ"] and ok["a1_DQ"] and ok["a1_Q"] and ok["in_Q"]
+    conv = next(n for n in model.graph if n.name == "dwconv")
+    assert "group" in backend.supports(conv, None)
+
+
 def test_float_model_is_not_run_as_float(usable):
     with pytest.raises(hal.HalError):  # nothing quantized: no hls4ml layer, strict mode
         hal.compile(hal.models.get("digits"), DEV, precision="int8", fallback=None)

@@ -57,7 +57,37 @@ def _quantized_output(node: ir.Node) -> str | None:
 
 
 def reason(node: ir.Node) -> str | None:
-    """None if hls4ml runs ``node`` exactly, else why not."""
+    """None if hls4ml runs ``node`` exactly, else why not.
+
+    Beyond each node's own pattern, a segment handed to hls4ml must begin at a
+    QuantizeLinear (float in) or a DequantizeLinear's int8 input and never fork across
+    devices, so: an activation DequantizeLinear runs here only when its single consumer
+    does, a layer only when its input DequantizeLinear does, and a Relu only when the layer
+    before it does."""
+    why = _local(node)
+    if why is not None or node.op_type == "QuantizeLinear":
+        return why
+    if node.op_type == "DequantizeLinear":
+        if _is_const(node.inputs[0]):
+            return None
+        users = list(node.outputs[0].consumers())
+        if len(users) != 1:
+            return (f"its output feeds {len(users)} nodes; hls4ml here takes a quantized "
+                    f"tensor with one consumer (no fork across devices)")
+        return None if _local(users[0]) is None else \
+            f"its consumer {users[0].op_type} does not run on hls4ml"
+    if node.op_type == "Relu" and _producer_op(node.inputs[0]) in LAYERS:
+        layer_why = reason(node.inputs[0].producer())
+        return None if layer_why is None else f"the {node.inputs[0].producer().op_type} " \
+                                              f"before it does not run on hls4ml"
+    dq = node.inputs[0].producer() if node.inputs else None
+    if dq is not None and dq.op_type == "DequantizeLinear" and reason(dq) is not None:
+        return f"its input DequantizeLinear does not run on hls4ml: {reason(dq)}"
+    return None
+
+
+def _local(node: ir.Node) -> str | None:
+    """The node's own pattern, without looking at whether its neighbours run here."""
     if node.domain not in ("", "ai.onnx"):
         return f"op domain {node.domain!r} is not an hls4ml layer"
     op = node.op_type
@@ -104,9 +134,13 @@ def _qdq_reason(node: ir.Node) -> str | None:
     if _is_const(ins[0]):  # weights (int8) or bias (int32): every user must run here too
         if zp not in (ir.DataType.INT8, ir.DataType.INT32):
             return f"DequantizeLinear of {zp} constants"
-        users = [c for c in node.outputs[0].consumers()]
-        if not users or any(c.op_type not in LAYERS or _layer_reason(c) for c in users):
-            return "its layer does not run on hls4ml"
+        users = list(node.outputs[0].consumers())
+        if not users:
+            return "a constant nothing here uses"
+        for c in users:
+            why = reason(c) if c.op_type in LAYERS else f"{c.op_type} is not a layer"
+            if why:
+                return f"its {c.op_type} does not run on hls4ml ({why})"
         return None
     if zp != ir.DataType.INT8:
         return f"DequantizeLinear of {zp} activations"
