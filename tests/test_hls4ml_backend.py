@@ -292,7 +292,8 @@ def test_unsupported_tail_falls_back_visibly(usable):
 
 
 def _fork_and_depthwise() -> onnx.ModelProto:
-    """x -Q/DQ-> {depthwise Conv, Add}; the depthwise Conv -> Relu -Q/DQ-> Conv -Q/DQ->."""
+    """x -Q/DQ-> {Conv pw0, Add}; pw0 -Q/DQ-> depthwise Conv -> Relu -Q/DQ-> Conv pw1
+    -Q/DQ-> Add."""
     nodes, inits = [], []
 
     def const(name, arr):
@@ -309,22 +310,20 @@ def _fork_and_depthwise() -> onnx.ModelProto:
                                       [f"{name}_dq"], name=f"{name}_DQ"))
         return f"{name}_dq"
 
-    def weights(name, shape):
+    def conv(x, name, shape, **attrs):
         const(f"{name}_q", np.ones(shape, np.int8))
         const(f"{name}_s", np.full(shape[0], 2.0 ** -6, np.float32))
         const(f"{name}_z", np.zeros(shape[0], np.int8))
         nodes.append(helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"],
                                       [f"{name}_w"], axis=0, name=f"{name}_DQ"))
-        return f"{name}_w"
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w"], [name], name=name, **attrs))
+        return name
 
     x = qdq("x", "in")
-    nodes.append(helper.make_node("Conv", [x, weights("dw", (2, 1, 3, 3))], ["dw"], group=2,
-                                  pads=[1, 1, 1, 1], name="dwconv"))
-    nodes.append(helper.make_node("Relu", ["dw"], ["dwr"], name="dwrelu"))
-    y = qdq("dwr", "a1")
-    nodes.append(helper.make_node("Conv", [y, weights("pw", (2, 2, 1, 1))], ["pw"],
-                                  name="pwconv"))
-    y = qdq("pw", "a2")
+    y = qdq(conv(x, "pw0", (2, 2, 1, 1)), "a0")
+    nodes.append(helper.make_node("Relu", [conv(y, "dw", (2, 1, 3, 3), group=2,
+                                                pads=[1, 1, 1, 1])], ["dwr"], name="dwrelu"))
+    y = qdq(conv(qdq("dwr", "a1"), "pw1", (2, 2, 1, 1)), "a2")
     nodes.append(helper.make_node("Add", [y, x], ["out"], name="residual"))
     g = helper.make_graph(nodes, "fork",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
@@ -334,18 +333,20 @@ def _fork_and_depthwise() -> onnx.ModelProto:
 
 
 def test_segments_stay_closed_under_qdq():
-    """A depthwise Conv (not mapped) takes its Relu and weights with it; a quantized tensor
-    that forks to an op hls4ml cannot run keeps its DequantizeLinear and consumer off too."""
+    """A quantized tensor that forks into hls4ml work and an op it cannot run keeps its
+    DequantizeLinear and that work off; a depthwise Conv (not mapped) takes its Relu and
+    weights with it; a DequantizeLinear ending a segment stays on."""
     import onnx_ir as ir
     from hal.backends.hls4ml_backend import Hls4mlBackend
 
     backend = Hls4mlBackend()
     model = ir.from_proto(_fork_and_depthwise())
     ok = {n.name: backend.supports(n, None) is True for n in model.graph}
-    assert not ok["dwconv"] and not ok["dw_DQ"] and not ok["dwrelu"]
-    assert not ok["in_DQ"] and not ok["residual"]      # in_DQ feeds dwconv and the Add
-    assert ok["pwconv"] and ok["pw_DQ"] and ok["a1_DQ"] and ok["a1_Q"] and ok["in_Q"]
-    conv = next(n for n in model.graph if n.name == "dwconv")
+    assert not ok["in_DQ"] and not ok["pw0"] and not ok["pw0_DQ"] and not ok["residual"]
+    assert not ok["dw"] and not ok["dw_DQ"] and not ok["dwrelu"]
+    assert ok["in_Q"] and ok["a1_Q"] and ok["a1_DQ"] and ok["pw1"] and ok["pw1_DQ"]
+    assert ok["a2_DQ"]  # feeds only the Add: the segment's float output
+    conv = next(n for n in model.graph if n.name == "dw")
     assert "group" in backend.supports(conv, None)
 
 

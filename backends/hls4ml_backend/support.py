@@ -61,9 +61,9 @@ def reason(node: ir.Node) -> str | None:
 
     Beyond each node's own pattern, a segment handed to hls4ml must begin at a
     QuantizeLinear (float in) or a DequantizeLinear's int8 input and never fork across
-    devices, so: an activation DequantizeLinear runs here only when its single consumer
-    does, a layer only when its input DequantizeLinear does, and a Relu only when the layer
-    before it does."""
+    devices, so: an activation DequantizeLinear whose output forks into hls4ml work stays
+    off, a layer runs here only when its input DequantizeLinear does, and a Relu only when
+    the layer before it does."""
     why = _local(node)
     if why is not None or node.op_type == "QuantizeLinear":
         return why
@@ -71,11 +71,10 @@ def reason(node: ir.Node) -> str | None:
         if _is_const(node.inputs[0]):
             return None
         users = list(node.outputs[0].consumers())
-        if len(users) != 1:
-            return (f"its output feeds {len(users)} nodes; hls4ml here takes a quantized "
-                    f"tensor with one consumer (no fork across devices)")
-        return None if _local(users[0]) is None else \
-            f"its consumer {users[0].op_type} does not run on hls4ml"
+        if len(users) <= 1 or all(_local(u) is not None for u in users):
+            return None  # feeds one node, or ends the segment (its consumers run elsewhere)
+        return (f"its output feeds {len(users)} nodes, some of which hls4ml runs: a quantized "
+                f"tensor may not fork between hls4ml and another device")
     if node.op_type == "Relu" and _producer_op(node.inputs[0]) in LAYERS:
         layer_why = reason(node.inputs[0].producer())
         return None if layer_why is None else f"the {node.inputs[0].producer().op_type} " \
