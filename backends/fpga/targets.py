@@ -107,7 +107,7 @@ def pick(man: dict, kind: str, wanted: str | None = None) -> str | None:
     if wanted:
         return wanted
     for name, t in targets(man).items():
-        k = str(t.get("kind") or t.get("flow") or t.get("type") or "").lower()
+        k = str(t.get("transport") or t.get("kind") or "").lower()
         binary = file_with(t, ".bit", ".xclbin", ".aocx") or ""
         if kind == "pynq" and ("pynq" in k or binary.endswith(".bit")):
             return name
