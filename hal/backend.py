@@ -6,8 +6,9 @@ Built-in backends and plugins implement exactly the same interface.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -156,7 +157,7 @@ class Buffer:
 class HostBuffer(Buffer):
     """A buffer in host memory, holding a numpy array."""
 
-    __slots__ = ("device", "array")
+    __slots__ = ("array", "device")
 
     def __init__(self, array: np.ndarray, device: Device):
         self.device = device

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from hal.backends.fpga import spec
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-
-from hal.backends.fpga import spec
 
 
 def _ranges(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
@@ -126,7 +125,6 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     """The QDQ model evaluated with the FPGA specification for its accelerator layers and
     plain numpy for the rest (QuantizeLinear: round half to even, saturate)."""
     import onnx_ir as ir
-
     from hal.backends.fpga import qdq
 
     irm = ir.from_proto(model)
@@ -154,7 +152,15 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
         if node.op_type == "QuantizeLinear":
             out = np.clip(np.rint(ins[0] / ins[1]), -128, 127).astype(np.int8)
         elif node.op_type == "DequantizeLinear":
-            out = ins[0].astype(np.float32) * ins[1]
+            scale = ins[1]
+            if scale.size > 1:
+                shape = [1] * ins[0].ndim
+                shape[a.get("axis", 1)] = -1
+                scale = scale.reshape(shape)
+            out = ins[0].astype(np.float32) * scale
+        elif node.op_type == "Gemm":
+            w = ins[1].T if a.get("transB") else ins[1]
+            out = ins[0] @ w + (ins[2] if len(ins) > 2 and ins[2] is not None else 0)
         elif node.op_type == "Flatten":
             out = ins[0].reshape(ins[0].shape[0], -1)
         elif node.op_type == "Identity":

@@ -53,7 +53,7 @@ class FpgaBackend(Backend):
         try:
             t = EmuTransport()
             _self_test(t)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe never raises
             return self._info("emu", usable=False, simulated=True,
                               reason=f"emulator self-test failed: {type(exc).__name__}: {exc}")
         engine = ("simulation library (HLS C++ kernel built for the host)" if t.engine == "simlib"
@@ -74,7 +74,7 @@ class FpgaBackend(Backend):
 
         try:
             devs = runtime.devices()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe never raises
             return [self._info("opencl", usable=False,
                                reason=f"no OpenCL platform could be listed: {exc}")]
         fpgas = [d for d in devs if is_fpga(d)]
@@ -94,7 +94,7 @@ class FpgaBackend(Backend):
             t = OpenCLTransport(d)
             t.load(_accelerator(), {}, None)
             _self_test(t)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a probe never raises
             return [self._info("opencl", usable=False, simulated=True,
                                reason=f"OpenCL stand-in self-test failed: {type(exc).__name__}: "
                                       f"{str(exc)[:300]}")]
@@ -122,7 +122,7 @@ class FpgaBackend(Backend):
         key = device.string
         with self._lock:
             if key not in self._open:
-                from . import targets
+                from . import manifest
 
                 handle = self._handles.get(key)
                 variant = device.info.backend
@@ -142,7 +142,7 @@ class FpgaBackend(Backend):
                 else:
                     raise BackendError(f"{key}: no transport named {variant!r}")
                 acc = _accelerator()
-                t.load(acc, targets.manifest(acc), target)
+                t.load(acc, manifest.load(acc / "manifest.json"), target)
                 if variant == "opencl":
                     engine = f"OpenCL kernel {t.program_source}"
                 self._open[key] = (t, engine)
@@ -171,7 +171,7 @@ class FpgaBackend(Backend):
     def compile(self, model, device: Device, options: CompileOptions) -> Executable:
         from hal.passes import ShapeInference
 
-        from . import qdq, targets
+        from . import manifest, qdq
         from .executable import FpgaExecutable
 
         model = ShapeInference(strict_mode=False)(model).model  # a segment has bare values
@@ -185,7 +185,7 @@ class FpgaBackend(Backend):
         inputs = [v.name for v in model.graph.inputs]
         outputs = [v.name for v in model.graph.outputs]
         return FpgaExecutable(device, transport, found.layers, inputs, outputs,
-                              targets.manifest(_accelerator()), engine)
+                              manifest.load(_accelerator() / "manifest.json"), engine)
 
     def put(self, array: np.ndarray, device: Device):
         from .executable import put

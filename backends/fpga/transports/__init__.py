@@ -14,6 +14,18 @@ TRANSPORTS = {"emu": "emu:EmuTransport", "opencl": "opencl:OpenCLTransport",
               "pynq": "pynq:PynqTransport"}
 
 
+def pick_target(manifest: dict, transport: str, wanted: str | None = None) -> str:
+    """The manifest target for ``transport`` ("pynq", "opencl"): ``wanted``, else the first."""
+    from hal.errors import BackendError
+
+    found = [n for n, t in manifest.get("targets", {}).items() if t.get("transport") == transport]
+    if wanted:
+        return wanted
+    if not found:
+        raise BackendError(f"the accelerator manifest lists no {transport} target; use fpga@emu")
+    return found[0]
+
+
 def transport_class(name: str):
     module, cls = TRANSPORTS[name].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)

@@ -15,8 +15,9 @@ import numpy as np
 
 from hal.errors import BackendError
 
-from .. import targets as TG
+from .. import manifest as M
 from ..transport import Memory, Transport
+from . import pick_target
 from .model import Call, RegisterFile
 
 BASE = 0x2_0000_0000
@@ -88,11 +89,11 @@ class OpenCLTransport(Transport):
             program = lib.Program(self.context, src.read_text()).build()
             self.program_source = f"{src.name} built for {self.cl_device.name} (CPU runtime)"
         else:
-            name = TG.pick(manifest, "opencl", target)
-            if name is None:
-                raise BackendError(f"{accelerator.name}'s manifest lists no OpenCL FPGA target;"
-                                   " add one (see bitstreams/README) or use fpga@emu")
-            binary = TG.require_built(accelerator, manifest, name, ".xclbin", ".aocx")
+            kind = "aocx" if "intel" in self.cl_device.platform.name.lower() else "xclbin"
+            name = target or next((n for n, t in manifest.get("targets", {}).items()
+                                   if t.get("transport") == "opencl" and t.get("kind") == kind),
+                                  None) or pick_target(manifest, "opencl")
+            binary = M.target_file(manifest, name, kind, accelerator)
             program = lib.Program(self.context, [self.cl_device.device],
                                   [binary.read_bytes()]).build()
             self.program_source = f"{binary.name} (target {name})"
