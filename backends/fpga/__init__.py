@@ -33,7 +33,10 @@ class FpgaBackend(Backend):
     default_precision = "int8"
     ops = frozenset({"Conv", "Gemm", "MatMul", "QuantizeLinear", "DequantizeLinear", "Relu",
                      "Clip", "MaxPool"})
-    options = frozenset({"target"})
+    #: target: a manifest target (board or OpenCL platform) instead of the default one;
+    #: bitfile: (fpga@pynq) a .bit to program instead of the target's, or the .hwh of a design
+    #: that is already programmed
+    options = frozenset({"target", "bitfile"})
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -117,36 +120,43 @@ class FpgaBackend(Backend):
                                   details={"tag": d.tag}))
         return out
 
-    def transport(self, device: Device, target: str | None = None):
-        """The opened transport of ``device`` (programmed / built on first use)."""
-        key = device.string
+    def transport(self, device: Device, target: str | None = None, bitfile: str | None = None):
+        """(transport, engine text) of ``device``, programmed / built on first use; asking for
+        another target or bitfile reopens it (a device holds one design at a time)."""
+        key, config = device.string, (target, bitfile)
+        if bitfile is not None and device.info.backend != "pynq":
+            raise BackendError(f"{device.string}: the bitfile option is for fpga@pynq")
         with self._lock:
-            if key not in self._open:
-                from . import manifest
+            opened = self._open.get(key)
+            if opened is None or (config != (None, None) and opened[2] != config):
+                opened = (*self._open_transport(device, target, bitfile), config)
+                self._open[key] = opened
+            return opened[0], opened[1]
 
-                handle = self._handles.get(key)
-                variant = device.info.backend
-                if variant == "emu":
-                    t = handle()
-                    engine = ("simulation library" if t.engine == "simlib"
-                              else "numpy specification")
-                elif variant == "opencl":
-                    cls, cl_device = handle
-                    t = cls(cl_device)
-                    engine = "OpenCL kernel"
-                elif variant == "pynq":
-                    from .transports.pynq import PynqTransport
+    def _open_transport(self, device: Device, target: str | None, bitfile: str | None):
+        from . import manifest
 
-                    t = PynqTransport(handle)
-                    engine = "board" if not t.simulated else "pynq stand-in device"
-                else:
-                    raise BackendError(f"{key}: no transport named {variant!r}")
-                acc = _accelerator()
-                t.load(acc, manifest.load(acc / "manifest.json"), target)
-                if variant == "opencl":
-                    engine = f"OpenCL kernel {t.program_source}"
-                self._open[key] = (t, engine)
-            return self._open[key]
+        handle = self._handles.get(device.string)
+        variant = device.info.backend
+        if variant == "emu":
+            t = handle()
+            engine = "simulation library" if t.engine == "simlib" else "numpy specification"
+        elif variant == "opencl":
+            cls, cl_device = handle
+            t = cls(cl_device)
+        elif variant == "pynq":
+            from .transports.pynq import PynqTransport
+
+            t = PynqTransport(handle, bitfile=bitfile,
+                              download=not str(bitfile or "").endswith(".hwh"))
+            engine = "board" if not t.simulated else "pynq stand-in device"
+        else:
+            raise BackendError(f"{device.string}: no transport named {variant!r}")
+        acc = _accelerator()
+        t.load(acc, manifest.load(acc / "manifest.json"), target)
+        if variant == "opencl":
+            engine = f"OpenCL kernel {t.program_source}"
+        return t, engine
 
     # -- capability and compilation -------------------------------------------------------
     def supports(self, node, device: DeviceInfo) -> bool | str:
@@ -181,7 +191,8 @@ class FpgaBackend(Backend):
             why = "; ".join(dict.fromkeys(found.refused.values()))
             raise BackendError(f"{device.string} got nodes that are not accelerator layers: "
                                f"{stray}" + (f" ({why})" if why else ""))
-        transport, engine = self.transport(device, options.extra.get("target"))
+        transport, engine = self.transport(device, options.extra.get("target"),
+                                           options.extra.get("bitfile"))
         inputs = [v.name for v in model.graph.inputs]
         outputs = [v.name for v in model.graph.outputs]
         return FpgaExecutable(device, transport, found.layers, inputs, outputs,

@@ -19,9 +19,10 @@ from .transport import Memory, Transport
 class FpgaBuffer(Buffer):
     """An array in memory the accelerator reaches (a board's DDR, a cl.Buffer, the emulator's)."""
 
-    def __init__(self, device: Device, memory: Memory, shape: tuple, dtype):
+    def __init__(self, device: Device, memory: Memory, shape: tuple, dtype,
+                 transport: Transport | None = None):
         super().__init__(device, shape, dtype)
-        self.memory = memory
+        self.memory, self.transport = memory, transport
         weakref.finalize(self, memory.free)
 
     def _to_host(self) -> np.ndarray:
@@ -33,7 +34,7 @@ def put(device: Device, transport: Transport, array: np.ndarray) -> FpgaBuffer:
     mem = transport.allocate(max(array.nbytes, 1))
     if array.nbytes:
         mem.write(array)
-    return FpgaBuffer(device, mem, array.shape, array.dtype)
+    return FpgaBuffer(device, mem, array.shape, array.dtype, transport)
 
 
 class FpgaExecutable(Executable):
@@ -62,8 +63,8 @@ class FpgaExecutable(Executable):
             if buf.dtype != np.int8:
                 raise InputError(f"{self.device.string}: segment input {name!r} must be int8, "
                                  f"got {buf.dtype}")
-            if not isinstance(buf, FpgaBuffer) or buf.device is not self.device:
-                buf = self.device.put(buf.numpy())
+            if not isinstance(buf, FpgaBuffer) or buf.transport is not self.transport:
+                buf = put(self.device, self.transport, np.ascontiguousarray(buf.numpy()))
             values[name] = buf
         t0 = time.perf_counter()
         cycles = []
@@ -76,7 +77,7 @@ class FpgaExecutable(Executable):
             n = int(x.shape[0])
             shape = output_shape(layer, n)
             mem = self.transport.allocate(max(int(np.prod(shape)), 1))
-            out = FpgaBuffer(self.device, mem, shape, np.int8)
+            out = FpgaBuffer(self.device, mem, shape, np.int8, self.transport)
             if n:
                 cycles.append(self.driver.run(loaded, x.memory, mem, n))
             values[layer.y] = out  # intermediates are freed with their buffers after the call
