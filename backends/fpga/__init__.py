@@ -20,7 +20,7 @@ from hal.errors import BackendError
 from .transports import TRANSPORTS
 
 GENERIC_REASON = ("not part of a quantized Conv/Gemm/MatMul layer (QDQ form: compile with "
-                  "precision='int8'); hal_int8 runs only those, with Relu/Clip and 2×2-style "
+                  "precision='int8'); hal_int8 runs only those, with Relu/Clip and a k×k stride-k "
                   "max-pool fused")
 
 

@@ -55,7 +55,8 @@ class FpgaExecutable(Executable):
         self.last_wall_s = 0.0
         sim = "simulated, " if transport.simulated else ""
         self.info["accelerator"] = f"hal_int8 on {device.string} ({sim}{engine})"
-        self.info["layers"] = "; ".join(layer.describe() for layer in layers)
+        self.info["layers"] = "; ".join(layer.describe() for layer in layers) + \
+            (" (simulated)" if transport.simulated else "")
 
     def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
         values: dict[str, FpgaBuffer] = {}
@@ -92,10 +93,13 @@ class FpgaExecutable(Executable):
 
     def _report(self, n: int) -> None:
         sim = "simulated " if self.transport.simulated else ""
+        tag = " (simulated)" if self.transport.simulated else ""
         total = sum(self.last_cycles)
-        self.info["cycles"] = (f"{total:,} for batch {n} ("
-                               + ", ".join(f"{c:,}" for c in self.last_cycles)
-                               + f" per layer; from the {sim}accelerator's cycles register)")
+        self.info["layers"] = "; ".join(
+            f"{layer.describe()}: {c:,} cycles" for layer, c in zip(self.layers, self.last_cycles)
+        ) + tag
+        self.info["cycles"] = (f"{total:,} for batch {n}, from the {sim}accelerator's cycles "
+                               f"register")
         what = {"emu": "emulator", "opencl": "OpenCL runtime", "pynq": "pynq device"}.get(
             self.transport.name, self.transport.name)
         self.info["wall_ms"] = (f"{self.last_wall_s * 1e3:.3f} ms measured on the {sim}{what} "
@@ -105,8 +109,8 @@ class FpgaExecutable(Executable):
             for name, mhz in self.boards:
                 s = total / (mhz * 1e6)
                 est.append(f"{name} @ {mhz:g} MHz: {s * 1e3:.3f} ms/call, {n / s:,.0f} frames/s")
-            self.info["estimate"] = ("ESTIMATED from the cycle count and the manifest clock, not "
-                                     "measured: " + "; ".join(est))
+            self.info["estimate"] = (f"ESTIMATED from the {sim}cycle count and the manifest "
+                                     f"clock, not measured: " + "; ".join(est))
         elif not total:
             self.info["estimate"] = (f"no estimate: the {sim}accelerator reported no cycles "
                                      f"(numpy specification engine)")
