@@ -309,9 +309,10 @@ def test_digits_int8_accuracy_and_agreement():
     x, y = digits.dataset("test")
     model = hal.models.get("digits")
     fp32 = hal.compile(model, "cpu@reference")(x)[0].argmax(1)
-    outs = {}
+    outs, compiled = {}, {}
     for dev in SIM_DEVICES:
-        outs[dev] = _compile(model, dev, calibration=xtr[:256])(x)[0]
+        compiled[dev] = _compile(model, dev, calibration=xtr[:256])
+        outs[dev] = compiled[dev](x)[0]
     q = outs["fpga@emu"].argmax(1)
     acc32, acc8 = (fp32 == y).mean() * 100, (q == y).mean() * 100
     agree = (q == fp32).mean() * 100
@@ -320,6 +321,9 @@ def test_digits_int8_accuracy_and_agreement():
     assert acc32 - acc8 <= 1.0 and agree >= 98.0
     for dev, out in outs.items():
         np.testing.assert_array_equal(out, outs["fpga@emu"], err_msg=dev)
+    # the quantized graph the flow produced, evaluated with the specification
+    spec_out = evaluate(compiled["fpga@emu"].model.to_proto(), x)[0]
+    np.testing.assert_array_equal(outs["fpga@emu"], spec_out)
 
 
 def test_cli_explain_shows_segments_and_simulated():
