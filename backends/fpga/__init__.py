@@ -45,79 +45,22 @@ class FpgaBackend(Backend):
 
     # -- devices --------------------------------------------------------------------------
     def probe(self) -> list[DeviceInfo]:
-        return [self._probe_emu(), *self._probe_opencl(), *self._probe_pynq()]
+        from .transports import Found, module
 
-    def _info(self, variant: str, index: int = 0, **kw) -> DeviceInfo:
-        return DeviceInfo(kind="fpga", index=index, backend=variant, host_memory=False, **kw)
-
-    def _probe_emu(self) -> DeviceInfo:
-        from .transports.emu import EmuTransport
-
-        try:
-            t = EmuTransport()
-            _self_test(t)
-        except Exception as exc:  # noqa: BLE001 - a probe never raises
-            return self._info("emu", usable=False, simulated=True,
-                              reason=f"emulator self-test failed: {type(exc).__name__}: {exc}")
-        engine = ("simulation library (HLS C++ kernel built for the host)" if t.engine == "simlib"
-                  else f"numpy specification ({t.core.engine_note})")
-        self._handles["fpga:0@emu"] = EmuTransport
-        return self._info("emu", name=f"hal_int8 emulator: {engine}", simulated=True,
-                          details={"engine": t.engine})
-
-    def _probe_opencl(self) -> list[DeviceInfo]:
-        import importlib.util
-
-        if importlib.util.find_spec("pyopencl") is None:
-            return [self._info("opencl", usable=False,
-                               reason="pyopencl not installed: pip install hal-accel[opencl]")]
-        from hal.backends.opencl import runtime
-
-        from .transports.opencl import OpenCLTransport, is_fpga
-
-        try:
-            devs = runtime.devices()
-        except Exception as exc:  # noqa: BLE001 - a probe never raises
-            return [self._info("opencl", usable=False,
-                               reason=f"no OpenCL platform could be listed: {exc}")]
-        fpgas = [d for d in devs if is_fpga(d)]
-        if fpgas:
-            out = []
-            for i, d in enumerate(fpgas):
-                self._handles[f"fpga:{i}@opencl"] = (OpenCLTransport, d)
-                out.append(self._info("opencl", i, name=f"{d.name} ({d.platform.name.strip()})",
-                                      details={"platform": d.platform.name.strip()}))
-            return out
-        cpus = [d for d in devs if d.type_kind == "cpu"]
-        if not cpus:
-            return [self._info("opencl", usable=False,
-                               reason="no FPGA OpenCL platform and no CPU runtime to stand in")]
-        d = cpus[0]
-        try:
-            t = OpenCLTransport(d)
-            t.load(_accelerator(), {}, None)
-            _self_test(t)
-        except Exception as exc:  # noqa: BLE001 - a probe never raises
-            return [self._info("opencl", usable=False, simulated=True,
-                               reason=f"OpenCL stand-in self-test failed: {type(exc).__name__}: "
-                                      f"{str(exc)[:300]}")]
-        self._handles["fpga:0@opencl"] = (OpenCLTransport, d)
-        return [self._info("opencl", name=f"hal_int8.cl on {d.name} (CPU OpenCL runtime "
-                                          f"standing in for an FPGA platform)", simulated=True,
-                           details={"platform": d.platform.name.strip()})]
-
-    def _probe_pynq(self) -> list[DeviceInfo]:
-        from .transports.pynq import board_devices
-
-        devs, why = board_devices()
-        if not devs:
-            return [self._info("pynq", usable=False, reason=why)]
         out = []
-        for i, d in enumerate(devs):
-            sim = bool(getattr(d, "hal_simulated", False))
-            self._handles[f"fpga:{i}@pynq"] = d
-            out.append(self._info("pynq", i, name=str(getattr(d, "name", d.tag)), simulated=sim,
-                                  details={"tag": d.tag}))
+        for variant in TRANSPORTS:
+            try:
+                found = module(variant).discover()
+            except Exception as exc:  # noqa: BLE001 - one transport must not hide the others
+                found = [Found(usable=False, reason=f"the {variant} transport failed to list its "
+                                                    f"devices: {type(exc).__name__}: {exc}")]
+            for f in found:
+                info = DeviceInfo(kind="fpga", index=f.index, backend=variant, name=f.name,
+                                  usable=f.usable, reason=f.reason, simulated=f.simulated,
+                                  host_memory=False, details=dict(f.details))
+                if f.usable:
+                    self._handles[info.string] = f.handle
+                out.append(info)
         return out
 
     def transport(self, device: Device, target: str | None = None, bitfile: str | None = None):
@@ -135,28 +78,12 @@ class FpgaBackend(Backend):
 
     def _open_transport(self, device: Device, target: str | None, bitfile: str | None):
         from . import manifest
+        from .transports import module
 
-        handle = self._handles.get(device.string)
-        variant = device.info.backend
-        if variant == "emu":
-            t = handle()
-            engine = "simulation library" if t.engine == "simlib" else "numpy specification"
-        elif variant == "opencl":
-            cls, cl_device = handle
-            t = cls(cl_device)
-        elif variant == "pynq":
-            from .transports.pynq import PynqTransport
-
-            t = PynqTransport(handle, bitfile=bitfile,
-                              download=not str(bitfile or "").endswith(".hwh"))
-            engine = "board" if not t.simulated else "pynq stand-in device"
-        else:
-            raise BackendError(f"{device.string}: no transport named {variant!r}")
+        t = module(device.info.backend).connect(self._handles.get(device.string), bitfile=bitfile)
         acc = _accelerator()
         t.load(acc, manifest.load(acc / "manifest.json"), target)
-        if variant == "opencl":
-            engine = f"OpenCL kernel {t.program_source}"
-        return t, engine
+        return t, t.describe()
 
     # -- capability and compilation -------------------------------------------------------
     def supports(self, node, device: DeviceInfo) -> bool | str:
@@ -208,27 +135,3 @@ def _accelerator():
     from .files import accelerator_dir
 
     return accelerator_dir()
-
-
-def _self_test(transport) -> None:
-    """One small gemm through the driver, checked against the specification."""
-    from . import qdq, spec
-    from .driver import Driver
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(-128, 128, (2, 5), dtype=np.int8)
-    w = rng.integers(-128, 128, (3, 5), dtype=np.int8)
-    b = np.array([100, -7, 3], np.int32)
-    m, s = np.full(3, 1 << 30, np.int32), np.full(3, 37, np.int32)
-    layer = qdq.Layer(op="gemm", nodes=[], x="x", y="y", w=w, bias=b, m=m, s=s, in_shape=(5,))
-    drv = Driver(transport)
-    loaded = drv.load(layer)
-    xm, ym = drv.upload(x), transport.allocate(6)
-    drv.run(loaded, xm, ym, 2, timeout_s=30)
-    got = ym.read(np.int8, 6).reshape(2, 3)
-    want = spec.gemm(x, w, b, m, s)
-    for mem in (xm, ym):
-        mem.free()
-    loaded.free()
-    if not np.array_equal(got, want):
-        raise BackendError(f"self-test gemm gave {got.tolist()}, the spec {want.tolist()}")

@@ -113,6 +113,9 @@ class PynqTransport(Transport):
         self.ip = getattr(self.overlay, names[0].replace("/", "."))
         self.ip_name = names[0]
 
+    def describe(self) -> str:
+        return "pynq stand-in device" if self.simulated else "board"
+
     def read_reg(self, offset: int) -> int:
         return int(self.ip.mmio.read(offset))
 
@@ -123,3 +126,19 @@ class PynqTransport(Transport):
         if nbytes < 1:
             raise BackendError(f"cannot allocate {nbytes} bytes")
         return PynqMemory(self.pynq.allocate((nbytes,), np.uint8, target=self.device))
+
+
+def discover() -> list:
+    from . import Found
+
+    devs, why = board_devices()
+    if not devs:
+        return [Found(usable=False, reason=why)]
+    return [Found(i, str(getattr(d, "name", d.tag)), simulated=bool(getattr(d, "hal_simulated",
+                                                                          False)),
+                  details={"tag": d.tag}, handle=d) for i, d in enumerate(devs)]
+
+
+def connect(handle, bitfile=None, **options) -> PynqTransport:
+    return PynqTransport(handle, bitfile=bitfile,
+                         download=not str(bitfile or "").endswith(".hwh"))
