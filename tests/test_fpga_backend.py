@@ -5,6 +5,9 @@ register protocol, status errors and limits; device resolution; unbuilt targets.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -341,3 +344,29 @@ def test_model_is_not_modified(digits_qdq):
     _compile(digits_qdq, "fpga@emu")
     assert digits_qdq.SerializeToString() == before
     assert isinstance(onnx.load_from_string(before), onnx.ModelProto)
+
+
+def test_opencl_fpga_platform_loads_the_target_binary_or_names_its_build():
+    if "fpga@opencl" not in SIM_DEVICES:
+        pytest.skip("no OpenCL runtime here")
+    from hal.backends.fpga.files import accelerator_dir
+    from hal.backends.fpga.transports.opencl import OpenCLTransport
+
+    t = OpenCLTransport(_transport("fpga@opencl").cl_device)
+    t.simulated = False  # as on a Xilinx platform: the program must be the built .xclbin
+    with pytest.raises(BackendError, match=r"make -C bitstreams/hal_int8 alveo-u50"):
+        t.load(accelerator_dir(), manifest.load(), None)
+
+
+def test_emulator_without_a_cpp_compiler_computes_through_the_spec(tmp_path):
+    code = ("import numpy as np, hal\n"
+            "from hal.backends.fpga.transports import self_test\n"
+            "d = hal.device('fpga@emu')\n"
+            "t = d.backend.transport(d)[0]\n"
+            "self_test(t)\n"
+            "print(t.engine, '|', d.info.name)\n")
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "HAL_CACHE_DIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith("spec |") and "no-such-compiler" in res.stdout
