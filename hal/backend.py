@@ -6,9 +6,8 @@ Built-in backends and plugins implement exactly the same interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -157,7 +156,7 @@ class Buffer:
 class HostBuffer(Buffer):
     """A buffer in host memory, holding a numpy array."""
 
-    __slots__ = ("array", "device")
+    __slots__ = ("device", "array")
 
     def __init__(self, array: np.ndarray, device: Device):
         self.device = device
