@@ -1,1 +1,137 @@
-"""FPGA support: the int8 specification every FPGA path matches bit for bit."""
+"""The FPGA backend: quantized conv/gemm layers on the hal_int8 accelerator.
+
+Devices (one backend, one driver, a transport each): ``fpga@emu`` (register and memory
+model, always there, simulated), ``fpga@opencl`` (an FPGA OpenCL platform; on a CPU OpenCL
+runtime a simulated stand-in), ``fpga@pynq`` (a PYNQ board). A plain ``fpga`` is only ever a
+real one. The backend runs the layers of QDQ.md's int8 form (``precision="int8"``); every other
+node goes to the CPU fallback, and the integers match ``spec`` bit for bit on every transport.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from hal.backend import Backend, CompileOptions, Device, Executable
+from hal.device import DeviceInfo
+from hal.errors import BackendError
+
+from .transports import TRANSPORTS
+
+GENERIC_REASON = ("not part of a quantized Conv/Gemm/MatMul layer (QDQ form: compile with "
+                  "precision='int8'); hal_int8 runs only those, with Relu/Clip and a k×k stride-k "
+                  "max-pool fused")
+
+
+class FpgaBackend(Backend):
+    name = "fpga"
+    kinds = ("fpga",)
+    priority = 10
+    variants = tuple(TRANSPORTS)
+    precisions = ("int8",)
+    default_precision = "int8"
+    ops = frozenset({"Conv", "Gemm", "MatMul", "QuantizeLinear", "DequantizeLinear", "Relu",
+                     "Clip", "MaxPool"})
+    #: target: a manifest target (board or OpenCL platform) instead of the default one;
+    #: bitfile: (fpga@pynq) a .bit to program instead of the target's, or the .hwh of a design
+    #: that is already programmed
+    options = frozenset({"target", "bitfile"})
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handles: dict[str, object] = {}  # device string -> what opens its transport
+        self._open: dict[str, tuple] = {}  # device string -> (transport, engine text)
+
+    # -- devices --------------------------------------------------------------------------
+    def probe(self) -> list[DeviceInfo]:
+        from .transports import Found, module
+
+        out = []
+        for variant in TRANSPORTS:
+            try:
+                found = module(variant).discover()
+            except Exception as exc:  # noqa: BLE001 - one transport must not hide the others
+                found = [Found(usable=False, reason=f"the {variant} transport failed to list its "
+                                                    f"devices: {type(exc).__name__}: {exc}")]
+            for f in found:
+                info = DeviceInfo(kind="fpga", index=f.index, backend=variant, name=f.name,
+                                  usable=f.usable, reason=f.reason, simulated=f.simulated,
+                                  host_memory=False, details=dict(f.details))
+                if f.usable:
+                    self._handles[info.string] = f.handle
+                out.append(info)
+        return out
+
+    def transport(self, device: Device, target: str | None = None, bitfile: str | None = None):
+        """(transport, engine text) of ``device``, programmed / built on first use; asking for
+        another target or bitfile reopens it (a device holds one design at a time)."""
+        key, config = device.string, (target, bitfile)
+        if bitfile is not None and device.info.backend != "pynq":
+            raise BackendError(f"{device.string}: the bitfile option is for fpga@pynq")
+        with self._lock:
+            opened = self._open.get(key)
+            if opened is None or (config != (None, None) and opened[2] != config):
+                opened = (*self._open_transport(device, target, bitfile), config)
+                self._open[key] = opened
+            return opened[0], opened[1]
+
+    def _open_transport(self, device: Device, target: str | None, bitfile: str | None):
+        from . import manifest
+        from .transports import module
+
+        t = module(device.info.backend).connect(self._handles.get(device.string), bitfile=bitfile)
+        acc = _accelerator()
+        t.load(acc, manifest.load(acc / "manifest.json"), target)
+        return t, t.describe()
+
+    # -- capability and compilation -------------------------------------------------------
+    def supports(self, node, device: DeviceInfo) -> bool | str:
+        from . import qdq
+
+        graph = node.graph
+        if graph is None:
+            return f"{node.op_type}: {GENERIC_REASON}"
+        found = qdq.analysis(graph)
+        if id(node) in found.owner:
+            return True
+        return found.refused.get(id(node)) or f"{node.op_type} is {GENERIC_REASON}"
+
+    def flow(self, options: CompileOptions):
+        from hal.passes import Flow, ShapeInference, cleanup_passes
+
+        from .passes import GroupLayers
+
+        return Flow("fpga.int8", cleanup_passes() + [ShapeInference(strict_mode=False),
+                                                     GroupLayers()])
+
+    def compile(self, model, device: Device, options: CompileOptions) -> Executable:
+        from hal.passes import ShapeInference
+
+        from . import manifest, qdq
+        from .executable import FpgaExecutable
+
+        model = ShapeInference(strict_mode=False)(model).model  # a segment has bare values
+        found = qdq.analyse(model.graph)
+        stray = [f"{n.op_type} {n.name!r}" for n in model.graph if id(n) not in found.owner]
+        if stray:
+            why = "; ".join(dict.fromkeys(found.refused.values()))
+            raise BackendError(f"{device.string} got nodes that are not accelerator layers: "
+                               f"{stray}" + (f" ({why})" if why else ""))
+        transport, engine = self.transport(device, options.extra.get("target"),
+                                           options.extra.get("bitfile"))
+        inputs = [v.name for v in model.graph.inputs]
+        outputs = [v.name for v in model.graph.outputs]
+        return FpgaExecutable(device, transport, found.layers, inputs, outputs,
+                              manifest.load(_accelerator() / "manifest.json"), engine)
+
+    def put(self, array: np.ndarray, device: Device):
+        from .executable import put
+
+        return put(device, self.transport(device)[0], np.ascontiguousarray(array))
+
+
+def _accelerator():
+    from .files import accelerator_dir
+
+    return accelerator_dir()
