@@ -94,9 +94,13 @@ def fpga_build(model: str, board: str, options: dict, calibration: str | None,
     from . import Hls4mlExecutable
     from .project import run_board_build, vivado_tools
 
+    from hal.frontends import to_model
+
     kw = dict(options, board=board, precision="int8")
-    if "power_of_two" in {f.name for f in fields(CompileOptions)}:
-        kw["power_of_two"] = True
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                    for n in to_model(model).graph)
+    if not quantized and "power_of_two" in {f.name for f in fields(CompileOptions)}:
+        kw["power_of_two"] = True  # hls4ml computes power-of-two scales exactly
     if calibration:
         try:
             kw["calibration"] = np.load(calibration)
