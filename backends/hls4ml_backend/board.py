@@ -90,11 +90,10 @@ def fpga_build(model: str, board: str, options: dict, calibration: str | None,
 
     import hal
     from hal.backend import CompileOptions
+    from hal.frontends import to_model
 
     from . import Hls4mlExecutable
     from .project import run_board_build, vivado_tools
-
-    from hal.frontends import to_model
 
     kw = dict(options, board=board, precision="int8")
     quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
