@@ -116,6 +116,13 @@ class OrtBackend(Backend):
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
+        int8_note = ""
+        qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
+        if qdq and device.info.kind == "cpu" and options.opt_level >= 2 and _int8_saturates():
+            # keep QDQ as float math: ORT's integer kernels would give wrong numbers here
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
+            int8_note = ("QDQ evaluated in float (this x86 CPU has no VNNI: ORT's u8s8 integer "
+                         "kernels saturate 16-bit pair sums with full-range int8 weights)")
         provider = _PROVIDERS[device.info.kind]
         data = ir.to_proto(model).SerializeToString()
         try:
@@ -123,7 +130,10 @@ class OrtBackend(Backend):
         except Exception as exc:
             raise BackendError(f"onnxruntime could not build a session for {device.string}: "
                                f"{str(exc).strip()[:500]}") from None
-        return OrtExecutable(session, device, _LEVELS[options.opt_level])
+        exe = OrtExecutable(session, device, _LEVELS[options.opt_level])
+        if int8_note:
+            exe.info["int8"] = int8_note
+        return exe
 
     def put(self, array: np.ndarray, device: Device) -> Buffer:
         if device.info.host_memory:
@@ -174,6 +184,23 @@ class OrtExecutable(Executable):
         feeds = {n: b.value for n, b in zip(self.input_names, buffers)}
         outs = self.session.run_with_ort_values(self.output_names, feeds)
         return [OrtBuffer(v, device) for v in outs]
+
+
+def _int8_saturates() -> bool:
+    """True on x86 CPUs without VNNI, where ORT multiplies u8 x s8 with vpmaddubsw whose
+    int16 pair sums saturate (ORT's quantizer works around it with 7-bit weights,
+    ``reduce_range``; HAL's int8 contract uses the full int8 range)."""
+    import platform
+    import re
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True  # cannot tell: stay exact
+    return re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags) is None
 
 
 def _self_test(provider: str) -> None:

@@ -106,7 +106,7 @@ def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[li
     if opts.calibration is not None:
         batches = calibration_batches(hal_model.inputs, opts.calibration)
         return batches, "calibration= arrays"
-    if isinstance(model, str) and model in models.list():
+    if _zoo_name(model):
         data = models.calibration_data(model)
         return calibration_batches(hal_model.inputs, data), models.calibration_source(model)
     specs = ", ".join(str(s) for s in hal_model.inputs)
@@ -115,6 +115,15 @@ def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[li
     raise OptionError(f"precision='int8' needs calibration data to choose its scales: pass "
                       f"calibration= arrays of the model's inputs ({specs}), e.g. a batch of "
                       f"100 or more representative samples{hint}")
+
+
+def _zoo_name(model: Any) -> bool:
+    """``model`` names a zoo model the way ``to_model`` reads it (a file of that name wins)."""
+    import os
+
+    from hal import models
+
+    return isinstance(model, str) and model in models.list() and not os.path.exists(model)
 
 
 def _options(dev: Device, options: dict) -> CompileOptions:
