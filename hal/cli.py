@@ -131,7 +131,7 @@ def load_calibration(path: str, model):
                          f"(arrays named by input: {', '.join(str(s) for s in model.inputs)})")
     try:
         data = np.load(path, allow_pickle=False)
-    except Exception as exc:
+    except (OSError, ValueError) as exc:
         raise InputError(f"cannot read calibration file {path!r}: {exc}") from None
     if isinstance(data, np.ndarray):
         return data

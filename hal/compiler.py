@@ -160,8 +160,8 @@ def _options(dev: Device, options: dict) -> CompileOptions:
 def _check_int8_options(opts: CompileOptions, given: dict) -> None:
     if opts.precision != "int8":
         defaults = CompileOptions()
-        stray = [k for k in CompileOptions.INT8_OPTIONS
-                 if k in given and given[k] is not None and given[k] != getattr(defaults, k)]
+        stray = [k for k in CompileOptions.INT8_OPTIONS if k in given and given[k] is not None
+                 and (k == "calibration" or given[k] != getattr(defaults, k))]
         if stray:
             raise OptionError(f"{', '.join(stray)} only apply to precision='int8' (this compile "
                               f"is {opts.precision!r}); add precision='int8' or leave them out")

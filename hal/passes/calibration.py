@@ -122,6 +122,12 @@ class TensorStats:
         frac = (target - below) / self.counts[i] if self.counts[i] else 1.0
         return min(self.absmax, (i + frac) * self.hi / BINS)
 
+    def squared_error(self, scale: float, qmax: int = 127) -> float:
+        """The histogram's estimate of sum (dequant(quant(|x|)) - |x|)^2 at ``scale``."""
+        centers = (np.arange(BINS) + 0.5) * (self.hi / BINS)
+        q = np.minimum(np.rint(centers / scale), qmax) * scale
+        return float(np.sum(self.counts * (q - centers) ** 2))
+
     def range(self, method: str, p: float) -> float:
         return self.absmax if method == "minmax" else self.percentile(p)
 

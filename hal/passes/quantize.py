@@ -10,7 +10,9 @@
   where a quantized op consumes it.
 
 Symmetric: every zero point is 0, activations per tensor (|x| range / 127), weights per
-output channel. ``power_of_two`` rounds every scale up to a power of two.
+output channel. ``power_of_two`` makes every scale a power of two: of the two around the
+calibrated scale, the one with the smaller squared quantization error (weights: on the
+weights; activations: on the calibration histogram), as shift-only hardware needs.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _activation(node: ir.Node) -> ir.Node | None:
 
 
 def pow2(scale: np.ndarray) -> np.ndarray:
-    """Each scale rounded up (so nothing calibrated saturates) to a power of two."""
+    """Each scale rounded up to a power of two."""
     return np.exp2(np.ceil(np.log2(scale.astype(np.float64)))).astype(np.float32)
 
 
@@ -108,14 +110,29 @@ class Quantize(HalPass):
     # -- scales -------------------------------------------------------------------------
     def _act_scale(self, s: TensorStats) -> np.float32:
         r = s.range(self.method, self.percentile)
-        scale = np.array([r / QMAX if r > 0 else 1.0], np.float32)
-        return (pow2(scale) if self.power_of_two else scale)[0]
+        scale = np.float32(r / QMAX if r > 0 else 1.0)
+        if not self.power_of_two or r == 0:
+            return scale
+        up = pow2(np.array([scale]))[0]
+        down = up / np.float32(2)  # more resolution, clips the top of the range
+        return down if s.squared_error(down) < s.squared_error(up) else up
 
     def _weight_scale(self, w: np.ndarray, axis: int) -> np.ndarray:
         other = tuple(i for i in range(w.ndim) if i != axis)
         absmax = np.abs(w).max(axis=other).astype(np.float32)
-        scale = np.where(absmax > 0, absmax / np.float32(QMAX), np.float32(1.0))
-        return pow2(scale) if self.power_of_two else scale.astype(np.float32)
+        scale = np.where(absmax > 0, absmax / np.float32(QMAX), np.float32(1.0)).astype(np.float32)
+        if not self.power_of_two:
+            return scale
+        shape = [1] * w.ndim
+        shape[axis] = -1
+
+        def error(s):
+            s = s.reshape(shape)
+            return ((np.clip(np.rint(w / s), -QMAX, QMAX) * s - w) ** 2).sum(axis=other)
+
+        up = pow2(scale)
+        down = up / np.float32(2)
+        return np.where(error(down) < error(up), down, up).astype(np.float32)
 
     # -- the rewrite --------------------------------------------------------------------
     def call(self, model: ir.Model) -> PassResult:
