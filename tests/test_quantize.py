@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
+from hal.backends.reference import ReferenceBackend
 from onnx import TensorProto, helper
 
 import hal
-from hal.backends.reference import ReferenceBackend
 from hal.device import DeviceInfo
 from hal.errors import InputError, OptionError
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def producer(g, v):
-    return v.producer()
-
-
 def init(v) -> np.ndarray:
     assert v.const_value is not None, f"{v.name} is not a constant"
     return v.const_value.numpy()
@@ -68,7 +65,7 @@ def test_lenet_qdq_structure(lenet_int8):
         if node.op_type == "QuantizeLinear":
             s, zp = init(node.inputs[1]), init(node.inputs[2])
             assert s.shape == () and zp.dtype == np.int8 and zp == 0
-            assert node.outputs[0].dtype == hal_int8()
+            assert node.outputs[0].dtype == ir.DataType.INT8
             (dq,) = node.outputs[0].consumers()
             assert dq.op_type == "DequantizeLinear" and dq.inputs[1] is node.inputs[1]
         if node.op_type in ("MaxPool", "Flatten"):  # DQ -> op -> Q with the input's scale
@@ -80,19 +77,13 @@ def test_lenet_qdq_structure(lenet_int8):
             assert node.inputs[0].producer().op_type == "Gemm"
             assert [c.op_type for c in node.outputs[0].consumers()] == ["QuantizeLinear"]
     # the float tail stays float, reading the last DequantizeLinear
-    tail = [n for n in g if n.op_type == "LogSoftmax"][0]
+    tail = next(n for n in g if n.op_type == "LogSoftmax")
     assert tail.inputs[0].producer().op_type == "DequantizeLinear"
     report = lenet_int8.report()
     assert report["flow"].startswith("int8.quantize+")
     passes = [p["pass"] for p in report["passes"]]
     assert passes.index("BatchNormFolding") < passes.index("Quantize")
     assert "FusedConv" not in ops and "FusedGemm" not in ops
-
-
-def hal_int8():
-    import onnx_ir as ir
-
-    return ir.DataType.INT8
 
 
 def _gemm_clip_model(trans_b: int) -> hal.Model:
@@ -120,13 +111,13 @@ def test_gemm_axes_clip_and_matmul(trans_b):
     x = np.random.default_rng(4).uniform(-2, 2, (64, 8)).astype(np.float32)
     cm = hal.compile(model, "cpu@reference", precision="int8", calibration=x)
     g = cm.model.graph
-    gemm = [n for n in g if n.op_type == "Gemm"][0]
+    gemm = next(n for n in g if n.op_type == "Gemm")
     assert attr(gemm, "alpha", 1.0) == 1.0 and attr(gemm, "beta", 1.0) == 1.0
     check_weight_dq(gemm, 1 - trans_b, 6)
     clip = gemm.outputs[0].consumers()[0]
     assert clip.op_type == "Clip"
     assert [c.op_type for c in clip.outputs[0].consumers()] == ["QuantizeLinear"]
-    check_weight_dq([n for n in g if n.op_type == "MatMul"][0], 1, 4)
+    check_weight_dq(next(n for n in g if n.op_type == "MatMul"), 1, 4)
     fp = hal.compile(model, "cpu@reference")(x)[0]
     y = cm(x)[0]
     last_scale = init([n for n in g if n.op_type == "QuantizeLinear"][-1].inputs[1])
