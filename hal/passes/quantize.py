@@ -142,7 +142,11 @@ class Quantize(HalPass):
         compute = [n for n in nodes if weight_layout(n) is not None and
                    _bias(n, weight_layout(n)[0].shape[weight_layout(n)[1]])[0]]
         if not compute:
+            import warnings
+
             self.detail = "nothing to quantize (no Conv/Gemm/MatMul with constant float weights)"
+            warnings.warn(f"precision='int8': {self.detail}; the model runs in float",
+                          stacklevel=2)
             return PassResult(model, False)
         acts = {id(n): _activation(n) for n in compute}
         chain_out = {id(n): (acts[id(n)] or n).outputs[0] for n in compute}
