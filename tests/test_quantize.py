@@ -292,3 +292,17 @@ def test_cli_int8_zoo_and_calibration_file(tmp_path, capsys):
     assert main(["run", str(path), "--device", "cpu@reference", "--precision", "int8",
                  "--calibration", str(cal), "--json", "--repeat", "1"]) == 0
     assert '"calibration"' in capsys.readouterr().out
+
+
+def test_percentile_histogram_matches_numpy_across_batches():
+    from hal.passes.calibration import TensorStats
+
+    a = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
+    parts = [a[:1000] * 0.1, a[1000:]]  # the second batch widens the histogram's range
+    stats = TensorStats()
+    for p in parts:
+        stats.update(p)
+    every = np.abs(np.concatenate(parts))
+    assert stats.absmax == every.max()
+    for p in (99.0, 99.99):
+        assert abs(stats.percentile(p) - np.percentile(every, p)) < 2e-3
