@@ -73,6 +73,11 @@ def _bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
     return True, b.astype(np.float32)
 
 
+def _quantizable(node: ir.Node) -> bool:
+    layout = weight_layout(node)
+    return layout is not None and _bias(node, layout[0].shape[layout[1]])[0]
+
+
 def _activation(node: ir.Node) -> ir.Node | None:
     """The Relu or Clip(0, 6) right after ``node``, kept between it and its QuantizeLinear."""
     act = sole_consumer(node.outputs[0])
@@ -139,8 +144,7 @@ class Quantize(HalPass):
         g = model.graph
         _name_values(g)
         nodes = list(g)
-        compute = [n for n in nodes if weight_layout(n) is not None and
-                   _bias(n, weight_layout(n)[0].shape[weight_layout(n)[1]])[0]]
+        compute = [n for n in nodes if _quantizable(n)]
         if not compute:
             import warnings
 
@@ -153,7 +157,7 @@ class Quantize(HalPass):
         wanted = [n.inputs[0].name for n in compute] + [v.name for v in chain_out.values()]
         stats = collect(model, wanted, self.batches)
 
-        self.g, self.scales, self.made = g, {}, []
+        self.g, self.scales = g, {}
         self.zp8 = add_initializer(g, np.array(0, np.int8), "zero_point_int8")
         is_compute = {id(n) for n in compute}
         kept_acts = {id(a) for a in acts.values() if a is not None}
