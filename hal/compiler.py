@@ -97,12 +97,19 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     return compiled
 
 
-def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[list, str]:
+def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[list | None, str]:
     """(batches, where they came from) for int8: the caller's arrays, checked, or a zoo
-    model's own calibration data when the model was given by its zoo name."""
+    model's own calibration data when the model was given by its zoo name; (None, ...) for
+    a model already in QDQ form, which runs as given."""
     from hal import models
     from hal.passes.calibration import calibration_batches
 
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in hal_model.graph):
+        if opts.calibration is not None:
+            raise OptionError(f"{hal_model.name!r} is already quantized (it has QuantizeLinear/"
+                              f"DequantizeLinear nodes) and runs as given: leave out "
+                              f"calibration=")
+        return None, "the model's own QDQ nodes"
     if opts.calibration is not None:
         batches = calibration_batches(hal_model.inputs, opts.calibration)
         return batches, "calibration= arrays"

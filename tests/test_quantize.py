@@ -306,3 +306,19 @@ def test_percentile_histogram_matches_numpy_across_batches():
     assert stats.absmax == every.max()
     for p in (99.0, 99.99):
         assert abs(stats.percentile(p) - np.percentile(every, p)) < 2e-3
+
+
+def test_an_already_quantized_model_runs_as_given(lenet_int8, tmp_path):
+    path = tmp_path / "lenet_int8.onnx"
+    hal.save(lenet_int8.model, path)  # the QDQ graph round-trips through a file
+    again = hal.compile(str(path), "cpu@reference", precision="int8")
+    x = hal.models.example_input("lenet", 2)
+    np.testing.assert_array_equal(again(x)[0], lenet_int8(x)[0])
+    ops = [n.op_type for n in again.model.graph]
+    assert ops.count("DequantizeLinear") == [n.op_type for n in lenet_int8.model.graph].count(
+        "DequantizeLinear")
+    detail = next(p["detail"] for p in again.report()["passes"] if p["pass"] == "Quantize")
+    assert "already quantized" in detail
+    with pytest.raises(OptionError, match="already quantized"):
+        hal.compile(str(path), "cpu@reference", precision="int8",
+                    calibration=hal.models.calibration_data("lenet", 2))

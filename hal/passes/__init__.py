@@ -110,7 +110,8 @@ def optimize_passes(options, fuse_activations: bool = False) -> list:
 def quantize_flow(options, batches: list, source: str = "") -> Flow:
     """What ``hal.compile`` runs for ``precision="int8"`` before the backend's own flow:
     cleanup, constant folding, BatchNorm folding, then ``Quantize`` (calibrated on
-    ``batches`` through cpu@reference) into the QDQ form of HAL's int8 contract."""
+    ``batches`` through cpu@reference) into the QDQ form of HAL's int8 contract.
+    ``batches`` None: the model is already QDQ and ``Quantize`` keeps it as given."""
     from hal.passes.batchnorm import BatchNormFolding
     from hal.passes.constant_folding import ConstantFolding
     from hal.passes.dead_code import DeadCodeElimination
@@ -119,8 +120,8 @@ def quantize_flow(options, batches: list, source: str = "") -> Flow:
     quantize = Quantize(batches, options.calibration_method, options.calibration_percentile,
                         options.power_of_two, source)
     return Flow("int8.quantize", cleanup_passes() + [
-        ShapeInference(strict_mode=False), ConstantFolding(), DeadCodeElimination(),
-        BatchNormFolding(), DeadCodeElimination(), quantize])
+        ShapeInference(strict_mode=False), ConstantFolding(keep_dequantize=True),
+        DeadCodeElimination(), BatchNormFolding(), DeadCodeElimination(), quantize])
 
 
 def default_flow(backend: str, options, fuse_activations: bool = False) -> Flow:

@@ -142,6 +142,10 @@ class Quantize(HalPass):
     # -- the rewrite --------------------------------------------------------------------
     def call(self, model: ir.Model) -> PassResult:
         g = model.graph
+        if self.batches is None:
+            n = sum(is_onnx(n, "QuantizeLinear", "DequantizeLinear") for n in g)
+            self.detail = f"already quantized ({n} QuantizeLinear/DequantizeLinear): kept as given"
+            return PassResult(model, False)
         _name_values(g)
         nodes = list(g)
         compute = [n for n in nodes if _quantizable(n)]
