@@ -264,7 +264,7 @@ def test_default_precision_and_backends_without_int8(npus):
 
 # -- accuracy on a trained model --------------------------------------------------------------
 @pytest.mark.parametrize("method,power_of_two", [("minmax", False), ("percentile", False),
-                                                 ("minmax", True)])
+                                                 ("minmax", True), ("percentile", True)])
 def test_digits_accuracy(method, power_of_two, capsys):
     from hal.models import digits
 
