@@ -153,7 +153,8 @@ class OrtBackend(Backend):
         so.log_severity_level = 3
         int8_note = ""
         qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
-        if qdq and device.info.kind == "cpu" and options.opt_level >= 2 and _int8_saturates():
+        fuses_qdq = _LEVELS[options.opt_level] in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+        if qdq and fuses_qdq and device.info.kind == "cpu" and _int8_saturates():
             # keep QDQ as float math: ORT's integer kernels would give wrong numbers here
             so.add_session_config_entry("session.disable_quant_qdq", "1")
             int8_note = ("QDQ evaluated in float (this x86 CPU has no VNNI: ORT's u8s8 integer "
