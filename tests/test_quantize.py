@@ -329,3 +329,33 @@ def test_an_already_quantized_model_runs_as_given(lenet_int8, tmp_path):
     with pytest.raises(OptionError, match="already quantized"):
         hal.compile(str(path), "cpu@reference", precision="int8",
                     calibration=hal.models.calibration_data("lenet", 2))
+
+
+@pytest.mark.parametrize("power_of_two", [False, True])
+def test_first_digits_layer_matches_the_fpga_integer_spec(power_of_two):
+    """The QDQ layer, evaluated in float, equals the FPGA integer spec within one LSB."""
+    from hal.backends.fpga import spec
+    from hal.backends.reference.ops import OPS
+
+    cm = hal.compile("digits", "cpu@reference", precision="int8", power_of_two=power_of_two)
+    conv = next(n for n in cm.model.graph if n.op_type == "Conv")
+    relu = conv.outputs[0].consumers()[0]
+    (q_out,) = relu.outputs[0].consumers()
+    s_x = init(conv.inputs[0].producer().inputs[1])
+    w_q, s_w, _ = (init(v) for v in conv.inputs[1].producer().inputs)
+    b_q, s_b, _ = (init(v) for v in conv.inputs[2].producer().inputs)
+    s_y = init(q_out.inputs[1])
+    x, _ = hal.models.digits.dataset("test")
+    x_q = OPS["QuantizeLinear"](x[:64], s_x, np.int8(0))
+    # the QDQ form, as ONNX evaluates it
+    y = OPS["Conv"](x_q * s_x, w_q * s_w[:, None, None, None], b_q * s_b, pads=[1, 1, 1, 1])
+    qdq = OPS["MaxPool"](OPS["QuantizeLinear"](np.maximum(y, 0), s_y, np.int8(0)),
+                         kernel_shape=[2, 2], strides=[2, 2])
+    qdq = qdq[0] if isinstance(qdq, tuple) else qdq  # (values, indices)
+    # the accelerator's integers
+    ms = [spec.quantize_multiplier(float(s_x * sw / s_y), power_of_two) for sw in s_w]
+    m, s = np.array([a for a, _ in ms]), np.array([b for _, b in ms])
+    fpga = spec.conv2d(x_q, w_q, b_q, m, s, pad=1, act_min=0, pool=2)
+    diff = np.abs(fpga.astype(int) - qdq.astype(int))
+    print(f"\nfpga spec vs QDQ: max {diff.max()} LSB, equal {(diff == 0).mean():.4%}")
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
