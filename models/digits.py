@@ -7,6 +7,7 @@ from hal import nn
 INPUT_SHAPE = (None, 1, 8, 8)
 CLASSES = 10
 WEIGHTS = Path(__file__).with_name("weights") / "digits.npz"
+CALIBRATION_SOURCE = "images of the digits training split"
 
 
 def architecture() -> nn.Module:
@@ -37,3 +38,9 @@ def dataset(split: str = "test"):
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.3, random_state=0,
                                           stratify=d.target)
     return (xtr, ytr) if split == "train" else (xte, yte)
+
+
+def calibration_data(batch: int | None = None):
+    """int8 calibration inputs: the training split (never the test split accuracy is read on)."""
+    x, _ = dataset("train")
+    return x[:batch] if batch else x

@@ -157,7 +157,7 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
         base = mem.start_mb
         t0 = time.perf_counter()
         try:
-            compiled = hal.compile(model, device, precision=prec)
+            compiled = hal.compile(model, device, precision=prec, **_int8(rows[0].model, prec))
         except Exception as exc:  # a broken backend must not abort the comparison
             return None, _why(exc, f"compile on {device}"), base, None
         compile_s = time.perf_counter() - t0
@@ -168,6 +168,14 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
         row.device_name = dev.info.name
         row.placement, row.segments = _placement(compiled)
     return compiled, None, base, compile_s
+
+
+def _int8(name: str, prec: str) -> dict:
+    """A zoo model's own calibration data for int8 (an .onnx file has none: its rows say so)."""
+    from hal.compiler import _zoo_name
+
+    return {"calibration": hal.models.calibration_data(name)} \
+        if prec == "int8" and _zoo_name(name) else {}
 
 
 def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -> None:
