@@ -13,7 +13,9 @@ Options (``hal.compile(..., io_type=...)``): ``io_type`` ("io_parallel" | "io_st
 ("pynq-z2" | "zcu102"), ``clock_period`` (ns), ``rounding`` ("half_up", HAL's FPGA
 specification, default | "half_even", ONNX QuantizeLinear) and ``float_scales``
 ("requantize", default: round scales up to powers of two first, as ``power_of_two=True``
-would, and say so in the report | "refuse": raise FloatScaleError).
+would, and say so in the report | "refuse": raise FloatScaleError). HAL's ``opt_level``
+(0-3) is the g++ -O level of the C simulation library (hls4ml's own default is -O3, which
+takes minutes for a conv net; 1 by default here, 0 builds fastest).
 
 On a PYNQ board with a bitstream built by ``hal fpga build``, the same device runs the
 design through pynq (``board.BoardRunner``); without one it is the C simulation, marked
@@ -86,7 +88,7 @@ class Hls4mlBackend(Backend):
         from . import project as P
         from .qdq import FloatScaleError, requantize_pow2, scale_problems
 
-        settings = _settings(options.extra)
+        settings = _settings(options.extra, options.opt_level)
         float_scales = options.extra.get("float_scales", "requantize")
         proto = ir.to_proto(model)
         problems = scale_problems(proto)
@@ -115,7 +117,7 @@ class Hls4mlBackend(Backend):
         return Hls4mlExecutable(device, proj, run)
 
 
-def _settings(extra: dict):
+def _settings(extra: dict, opt_level: int = 1):
     from .project import BOARDS, ROUNDING, Settings
 
     s = Settings()
@@ -141,7 +143,8 @@ def _settings(extra: dict):
     fs = extra.get("float_scales", "requantize")
     if fs not in ("requantize", "refuse"):
         raise OptionError(f"float_scales must be 'requantize' or 'refuse', got {fs!r}")
-    return Settings(io_type, strategy.capitalize(), reuse, board, rounding, float(clock))
+    return Settings(io_type, strategy.capitalize(), reuse, board, rounding, float(clock),
+                    opt_level)
 
 
 class Hls4mlExecutable(Executable):
@@ -157,7 +160,8 @@ class Hls4mlExecutable(Executable):
             "hls4ml": f"{project.hls4ml_version}, VivadoAccelerator backend, board "
                       f"{s['board']}, {s['io_type']}, strategy {s['strategy']}, reuse factor "
                       f"{s['reuse_factor']}, clock {s['clock_period']} ns",
-            "runs on": ("C simulation library (g++), one call per sample"
+            "runs on": (f"C simulation library (g++ -O{s.get('cxx_opt', 1)}), one call per "
+                        f"sample"
                         if device.simulated else f"{s['board']} through pynq"),
             "rounding": ("half up (HAL's FPGA specification)" if s["rounding"] == "half_up"
                          else "half to even (ONNX QuantizeLinear)") + ", saturating",

@@ -95,7 +95,8 @@ def fpga_build(model: str, board: str, options: dict, calibration: str | None,
     from . import Hls4mlExecutable
     from .project import run_board_build, vivado_tools
 
-    kw = dict(options, board=board, precision="int8")
+    # opt_level 0: the C simulation library built along the way only needs to exist
+    kw = dict(options, board=board, precision="int8", opt_level=0)
     quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                     for n in to_model(model).graph)
     if not quantized and "power_of_two" in {f.name for f in fields(CompileOptions)}:
