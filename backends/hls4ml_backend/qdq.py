@@ -121,8 +121,10 @@ def scale_problems(model: onnx.ModelProto) -> list[str]:
 
 
 def requantize_pow2(model: onnx.ModelProto) -> list[str]:
-    """Round every activation and weight scale up to a power of two, re-rounding the int8
-    weights and int32 biases onto the new scales, in place. Returns what changed."""
+    """Every scale to a power of two, in place: activations rounded up (nothing calibrated
+    saturates; their statistics are gone), weights per channel to the power of two above or
+    below that reconstructs them better, int8 weights and int32 biases re-rounded onto the
+    new scales. Returns the scales that changed."""
     g = _Graph(model)
     changed = []
     new_scale: dict[str, np.ndarray] = {}
@@ -143,13 +145,18 @@ def requantize_pow2(model: onnx.ModelProto) -> list[str]:
         if is_pow2(s) or q is None:
             continue
         if q.dtype == np.int8:
-            s2 = pow2_up(s).astype(np.float64)
             axis = _attr(n, "axis", 1)
             shp = [1] * q.ndim
             if s.ndim:
                 shp[axis % q.ndim] = -1
             w = q * s.reshape(shp)
-            q2 = np.clip(np.rint(w / s2.reshape(shp)), -127, 127).astype(np.int8)
+            other = tuple(i for i in range(q.ndim) if i != axis % q.ndim) if s.ndim else None
+            # the weights are known: per channel, the power of two above or below, whichever
+            # reconstructs them better (as power_of_two=True calibration does)
+            up = pow2_up(s).astype(np.float64)
+            s2 = np.where(_weight_error(w, up / 2, shp, other) < _weight_error(w, up, shp, other),
+                          up / 2, up)
+            q2 = _snap(w, s2, shp).astype(np.int8)
             g.set_const(n.input[0], q2)
             g.set_const(n.input[1], s2.astype(np.float32))
             changed.append(n.input[1])
@@ -169,6 +176,14 @@ def requantize_pow2(model: onnx.ModelProto) -> list[str]:
         g.set_const(n.input[1], s2.astype(np.float32))
         changed.append(n.input[1])
     return changed
+
+
+def _snap(w: np.ndarray, scale: np.ndarray, shape: list) -> np.ndarray:
+    return np.clip(np.rint(w / scale.reshape(shape)), -127, 127)
+
+
+def _weight_error(w: np.ndarray, scale: np.ndarray, shape: list, axes) -> np.ndarray:
+    return ((_snap(w, scale, shape) * scale.reshape(shape) - w) ** 2).sum(axis=axes)
 
 
 def _bias_scale(g: _Graph, layer) -> np.ndarray | None:
