@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--devices", help="comma-separated devices (default: every usable one, "
                    "simulated ones included and labelled)")
     c.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
-    c.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16,bf16,int8")
+    c.add_argument("--precision", default=None,
+                   help="comma-separated: fp32,fp16,bf16,int8 (default: each device's own, "
+                        "fp32 except on int8-only accelerators)")
     c.add_argument("--budget", type=float, default=DEFAULT_COMPARE_BUDGET_S,
                    help="seconds of timed calls per row after warm-up (at least 5 calls; "
                    f"default {DEFAULT_COMPARE_BUDGET_S})")

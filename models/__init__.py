@@ -56,8 +56,12 @@ def get(name: str, seed: int = 0):
 
 
 def example_input(name: str, batch: int = 1, seed: int = 0) -> np.ndarray:
-    """A deterministic input batch of the right shape and dtype."""
-    shape = (batch, *_module(name).INPUT_SHAPE[1:])
+    """A deterministic input batch of the right shape and dtype (real data where the model
+    has a data set, e.g. digits' held-out images; seeded noise otherwise)."""
+    mod = _module(name)
+    if hasattr(mod, "example_input"):
+        return mod.example_input(batch, seed)
+    shape = (batch, *mod.INPUT_SHAPE[1:])
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 

@@ -40,6 +40,15 @@ def dataset(split: str = "test"):
     return (xtr, ytr) if split == "train" else (xte, yte)
 
 
+def example_input(batch: int = 1, seed: int = 0):
+    """``batch`` held-out images, picked with a seeded generator (repeats when batch > 540)."""
+    import numpy as np
+
+    x, _ = dataset("test")
+    idx = np.random.default_rng(seed).choice(len(x), size=batch, replace=batch > len(x))
+    return x[idx]
+
+
 def calibration_data(batch: int | None = None):
     """int8 calibration inputs: the training split (never the test split accuracy is read on)."""
     x, _ = dataset("train")
