@@ -236,6 +236,10 @@ class Backend(abc.ABC):
     variants: ClassVar[tuple[str, ...]] = ()
     #: The precision used when the caller gives none (an int8-only accelerator sets "int8").
     default_precision: ClassVar[str] = "fp32"
+    #: Why this backend's devices stay out of ``hal compare``'s default device set (e.g. a
+    #: C or cycle-accurate simulation that takes minutes per model); None: they are in it.
+    #: Named in ``--devices`` they always run.
+    not_in_default_compare: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

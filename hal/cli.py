@@ -203,6 +203,8 @@ def cmd_compare(args) -> int:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    from rich.markup import escape
+
     from hal.compare import Results, compare
 
     con = Console()
@@ -226,6 +228,9 @@ def cmd_compare(args) -> int:
     con.print(f"{len(res.rows)} rows ({failed} failed) in {run['wall_s']:.1f} s; peak memory "
               f"is host RSS above the pre-compile level "
               f"({'one process per device' if args.isolate else 'in this process'})")
+    for dev, why in run.get("left_out", {}).items():
+        con.print(f"not compared by default: {escape(dev)}: {escape(why)}; name it in --devices "
+                  "to include it")
     for flag, write in (("json", res.to_json), ("csv", res.to_csv), ("html", res.to_html)):
         path = getattr(args, flag)
         if path:

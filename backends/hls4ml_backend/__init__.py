@@ -53,6 +53,8 @@ class Hls4mlBackend(Backend):
                          "rounding", "float_scales"})
     precisions = ("int8",)
     default_precision = "int8"
+    not_in_default_compare = ("its C simulation compiles for 15-100 s per model at first and "
+                              "runs one sample at a time")
 
     def probe(self) -> list[DeviceInfo]:
         import hls4ml

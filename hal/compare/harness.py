@@ -93,6 +93,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             batch = [1]  # MLPerf SingleStream: one sample per query
     if not isinstance(budget_s, (int, float)) or budget_s < 0:
         raise OptionError(f"budget_s must be a number of seconds >= 0, got {budget_s!r}")
+    devices_asked = devices
     devices = _devices(devices)
     loaded = {name: _load(name) for name in models}
 
@@ -120,7 +121,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     env["run"] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                   "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
                   "isolate": bool(isolate), "scenario": scenario, "reference": REFERENCE,
-                  "memory": PeakMemory().method}
+                  "memory": PeakMemory().method,
+                  "left_out": left_out_by_default() if devices_asked is None else {}}
     env["devices"] = _device_info(devices)
     if isolate:
         env["workers"] = worker_envs
@@ -311,11 +313,23 @@ def _precisions(precision: Any) -> list[str]:
 
 def _devices(devices: Any) -> list[str]:
     if devices is None:
-        return [d.string for d in hal.devices() if d.usable and not d.alias_of]
+        return [d.string for d in hal.devices()
+                if d.usable and not d.alias_of and not _left_out(d.string)]
     out = [hal.device(d).string for d in _as_list(devices)]  # DeviceNotFound says why
     if not out:
         raise OptionError("devices is empty; leave it out to use every usable device")
     return list(dict.fromkeys(out))
+
+
+def _left_out(device: str) -> str | None:
+    """Why ``device`` is not in the default comparison (its backend's own words), or None."""
+    return hal.device(device).backend.not_in_default_compare
+
+
+def left_out_by_default() -> dict[str, str]:
+    """Usable devices the default comparison skips, with the reason."""
+    return {d.string: why for d in hal.devices() if d.usable and not d.alias_of
+            for why in [_left_out(d.string)] if why}
 
 
 def _load(name: str):
