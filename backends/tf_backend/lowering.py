@@ -268,8 +268,13 @@ def _static_eval(step: Step, args: list, cx: Context):
         return KERNELS[op](cx, *args, **step.attrs)
     if op in OPS:
         return OPS[op](*args, **step.attrs)
-    res = KERNELS[op](cx, *args, **step.attrs)
-    return res
+    with tf.init_scope():  # eager, outside the trace: the result stays a numpy value
+        res = KERNELS[op](cx, *args, **step.attrs)
+        return tuple(_numpy(r) for r in res) if isinstance(res, (tuple, list)) else _numpy(res)
+
+
+def _numpy(value):
+    return value.numpy() if isinstance(value, tf.Tensor) else value
 
 
 def _out(value, dtype):
