@@ -65,7 +65,8 @@ module hal_int8 #(
 );
     wire rst = !ap_rst_n;
     reg [31:0] regs [0:63];  // word-addressed register file: offset >> 2
-    reg        ap_start, ap_done, gie;
+    reg        ap_start, gie;
+    reg        ap_done /* verilator public_flat_rd */;  // the co-simulation waits on it
     reg [1:0]  ier, isr;
     reg [63:0] cycles;
     wire       busy, done;
