@@ -221,6 +221,11 @@ class Backend(abc.ABC):
     options: ClassVar[frozenset[str]] = frozenset()
     #: Precisions this backend can compile for.
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    #: Names other than ``name`` that this backend's devices may carry after "@": the FPGA
+    #: backend serves fpga@emu, fpga@opencl and fpga@pynq (one backend, several transports).
+    #: A device string naming a variant goes to the backend declaring it, before a backend
+    #: that happens to be called the same (the "opencl" backend serves no fpga devices).
+    variants: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

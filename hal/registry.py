@@ -125,7 +125,8 @@ class Registry:
                 for d in found:
                     if not isinstance(d, DeviceInfo):
                         raise TypeError(f"probe() returned {type(d).__name__}, not DeviceInfo")
-                    d.backend = b.name
+                    if d.backend not in b.variants:
+                        d.backend = b.name
                 rec.devices = found
             except Exception as exc:
                 rec.error = f"probe failed: {type(exc).__name__}: {exc}"
@@ -187,32 +188,43 @@ class Registry:
     def _resolve(self, spec: DeviceSpec, text: str) -> Device:
         index = spec.index or 0
         if spec.backend:
+            # "fpga@emu": a backend whose devices carry the variant "emu" serves it; else the
+            # backend named "emu"
+            serving = [r for r in self.records() if not r.broken
+                       and spec.backend in r.backend.variants and spec.kind in r.backend.kinds]
             rec = self._discover().get(spec.backend)
-            if rec is None:
+            if serving:
+                candidates = serving
+            elif rec is None:
                 raise self._not_found(text, f"no backend named {spec.backend!r} is registered")
-            if rec.broken:
+            elif rec.broken:
                 raise self._not_found(text, f"backend {spec.backend!r} is broken: {rec.error}")
-            candidates = [rec]
+            else:
+                candidates = [rec]
         else:
             candidates = [r for r in self._order() if spec.kind in r.backend.kinds]
             if not candidates:
                 raise self._not_found(text, f"no registered backend serves kind {spec.kind!r}")
         reasons = []
         for rec in candidates:
-            devs = [d for d in self._probe(rec) if d.kind == spec.kind]
+            devs = [d for d in self._probe(rec) if d.kind == spec.kind
+                    and (not spec.backend or d.backend == spec.backend)]
             if rec.error:
                 reasons.append(f"{rec.name}: {rec.error}")
                 continue
             match = [d for d in devs if d.index == index]
             usable = [d for d in match if d.usable]
-            if usable and (spec.backend or not usable[0].simulated):
+            real = [d for d in usable if not d.simulated]
+            if usable and spec.backend:
                 return Device(rec.backend, usable[0])
-            if usable:
-                reasons.append(f"{usable[0].string} is simulated and never serves a bare "
-                               f"{spec.kind!r}; ask for it by name")
-            elif match:
-                reasons.append(f"{match[0].string}: {match[0].reason}")
-            elif devs:
+            if real:
+                return Device(rec.backend, real[0])
+            reasons += [f"{d.string} is simulated and never serves a bare {spec.kind!r}; ask for "
+                        f"it by name ({spec.kind}@{d.backend})" for d in usable]
+            reasons += [f"{d.string}: {d.reason}" for d in match if not d.usable]
+            if match:
+                continue
+            if devs:
                 reasons.append(f"{rec.name}: no {spec.kind} device with index {index} "
                                f"(has {sorted(d.index for d in devs)})")
             else:

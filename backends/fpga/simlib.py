@@ -75,7 +75,7 @@ def build(force: bool = False) -> Path:
     os.close(fd)
     try:
         res = subprocess.run([cxx, *FLAGS, f"-I{src}", str(cpp), "-o", tmp],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
         if res.returncode:
             raise BackendError(f"building the FPGA simulation library with {cxx} failed:\n"
                                f"{res.stderr.strip()[-2000:]}")
@@ -165,7 +165,7 @@ def run_layer(x: np.ndarray, w: np.ndarray, bias, m, s, *, op: str = "conv", str
     ints = (stride, pad, groups, act_min, act_max, pool)
     if not all(isinstance(v, (int, np.integer)) and -2**31 <= v < 2**31 for v in ints):
         raise InputError(f"stride, pad, groups, act_min, act_max, pool must be int32, got {ints}")
-    pk = pool if pool > 1 else 1
+    pk = max(1, pool)
     oh = (h + 2 * pad - kh) // stride + 1 if stride >= 1 else 0
     ow = (wd + 2 * pad - kw) // stride + 1 if stride >= 1 else 0
     shape = (n, o, max(oh // pk, 0), max(ow // pk, 0)) if op == "conv" else (n, o)

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import onnx_ir as ir
-
 from hal.backends.jax_backend.kernels import KERNELS, STATIC_INPUTS, Context
 from hal.backends.reference.executor import attribute_value
+
 from hal.errors import BackendError
+from hal.ir.static import needed_static, value_dtypes
 
 #: ops whose result depends only on shapes and attributes, never on runtime data
 SHAPE_ONLY = frozenset({"Shape", "Size", "Constant"})
@@ -87,7 +88,7 @@ def lower(model: ir.Model) -> Lowered:
             raise BackendError(f"jax has no kernel for {node.domain or 'ai.onnx'}::"
                                f"{node.op_type} (node {node.name!r})")
 
-    need = _needed_static(nodes)
+    need = needed_static(nodes, STATIC_INPUTS, SHAPE_ONLY)
     static_inputs = [i for i, n in enumerate(input_names) if n in need]
     consts = {n: a for n, a in inits.items()
               if n in need or a.dtype.type not in FLOAT_TYPES}
@@ -106,45 +107,13 @@ def lower(model: ir.Model) -> Lowered:
             attrs["with_indices"] = True  # computed only when asked for
         steps.append(Step(node, KERNELS[node.op_type], ins, outs, attrs, is_static))
 
-    dtypes = _value_dtypes(model)
+    dtypes = value_dtypes(model)
     out_dtypes = [dtypes.get(v.name) for v in g.outputs]
     traced = [n for n in dtypes if n not in known] + [v.name for v in g.outputs]
     x64 = any(dtypes.get(n) is not None and np.dtype(dtypes[n]).itemsize == 8
               and np.dtype(dtypes[n]).kind in "iuf" for n in traced)
     return Lowered(input_names, [v.name for v in g.outputs], out_dtypes, static_inputs, consts,
                    params, [inits[n] for n in params], steps, x64, dtypes)
-
-
-def _needed_static(nodes: list[ir.Node]) -> set[str]:
-    """Names whose values must be known when tracing: shape-deciding inputs and their sources."""
-    producer = {v.name: n for n in nodes for v in n.outputs if v is not None}
-    work = [n.inputs[i].name for n in nodes for i in STATIC_INPUTS.get(n.op_type, ())
-            if i < len(n.inputs) and n.inputs[i] is not None]
-    need: set[str] = set()
-    while work:
-        name = work.pop()
-        if name in need:
-            continue
-        need.add(name)
-        node = producer.get(name)
-        if node is not None and node.op_type not in SHAPE_ONLY:
-            work.extend(v.name for v in node.inputs if v is not None)
-    return need
-
-
-def _value_dtypes(model: ir.Model) -> dict[str, Any]:
-    """The ONNX dtype of every value, from ONNX shape inference where the IR lacks it."""
-    from hal.ir.shapes import infer
-
-    try:
-        info = infer(ir.serde.serialize_model(model))
-    except Exception:
-        info = {}
-    out = {name: dt for name, (_, dt) in info.items() if dt is not None}
-    for v in list(model.graph.inputs) + list(model.graph.outputs):
-        if v.dtype is not None:
-            out[v.name] = v.dtype.numpy()
-    return out
 
 
 def _eval(step: Step, env: dict, cx: Context, dtypes: dict) -> None:

@@ -30,6 +30,7 @@ from hal.backends.tf_backend.kernels.elementwise import LAYOUT_FREE, LAYOUT_FREE
 from hal.backends.tf_backend.kernels.nn import to_first, to_last
 
 from hal.errors import BackendError
+from hal.ir.static import needed_static, value_dtypes
 
 #: ops whose result depends only on shapes and attributes, never on runtime data
 SHAPE_ONLY = frozenset({"Shape", "Size", "Constant"})
@@ -101,7 +102,7 @@ def lower(model: ir.Model) -> Lowered:
             raise BackendError(f"tf has no kernel for {node.domain or 'ai.onnx'}::"
                                f"{node.op_type} (node {node.name!r})")
 
-    need = _needed_static(nodes)
+    need = needed_static(nodes, STATIC_INPUTS, SHAPE_ONLY)
     static_inputs = [i for i, n in enumerate(input_names) if n in need]
     known = set(inits) | {input_names[i] for i in static_inputs}
     steps = []
@@ -114,7 +115,7 @@ def lower(model: ir.Model) -> Lowered:
         attrs = {k: attribute_value(a) for k, a in node.attributes.items()}
         steps.append(Step(node, node.op_type, ins, outs, attrs, is_static))
 
-    dtypes = _value_dtypes(model)
+    dtypes = value_dtypes(model)
     specs = []
     for v in inputs:
         shape = None if v.shape is None else [d if isinstance(d, int) else None for d in v.shape]
@@ -123,38 +124,6 @@ def lower(model: ir.Model) -> Lowered:
     out_dtypes = [dtypes.get(v.name) for v in g.outputs]
     return Lowered(input_names, specs, [v.name for v in g.outputs], out_dtypes, static_inputs,
                    inits, steps, dtypes)
-
-
-def _needed_static(nodes: list[ir.Node]) -> set[str]:
-    """Names whose values must be known when tracing: shape-deciding inputs and their sources."""
-    producer = {v.name: n for n in nodes for v in n.outputs if v is not None}
-    work = [n.inputs[i].name for n in nodes for i in STATIC_INPUTS.get(n.op_type, ())
-            if i < len(n.inputs) and n.inputs[i] is not None]
-    need: set[str] = set()
-    while work:
-        name = work.pop()
-        if name in need:
-            continue
-        need.add(name)
-        node = producer.get(name)
-        if node is not None and node.op_type not in SHAPE_ONLY:
-            work.extend(v.name for v in node.inputs if v is not None)
-    return need
-
-
-def _value_dtypes(model: ir.Model) -> dict[str, Any]:
-    """The ONNX dtype of every value, from ONNX shape inference where the IR lacks it."""
-    from hal.ir.shapes import infer
-
-    try:
-        info = infer(ir.serde.serialize_model(model))
-    except Exception:
-        info = {}
-    out = {name: dt for name, (_, dt) in info.items() if dt is not None}
-    for v in list(model.graph.inputs) + list(model.graph.outputs):
-        if v.dtype is not None:
-            out[v.name] = v.dtype.numpy()
-    return out
 
 
 # -- evaluation (at trace time) -------------------------------------------------------------

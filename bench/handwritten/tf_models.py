@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-NAMES = ("lenet", "mobilenet_lite", "resnet_lite", "tiny_transformer")
+MODELS = ("lenet", "mobilenet_lite", "resnet_lite", "tiny_transformer")
 
 
 def build(name: str, hal_module, jit_compile: bool = True) -> Callable[[np.ndarray], np.ndarray]:
@@ -22,8 +22,8 @@ def build(name: str, hal_module, jit_compile: bool = True) -> Callable[[np.ndarr
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    if name not in NAMES:
-        raise ValueError(f"no hand-written TF model {name!r}; have {NAMES}")
+    if name not in MODELS:
+        raise ValueError(f"no hand-written TF model {name!r}; have {MODELS}")
     sd = {k: np.asarray(v, np.float32) for k, v in hal_module.state_dict().items()}
     forward, shape = {"lenet": _lenet, "mobilenet_lite": _mobilenet, "resnet_lite": _resnet,
                       "tiny_transformer": _transformer}[name](tf, sd)

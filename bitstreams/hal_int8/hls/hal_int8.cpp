@@ -68,30 +68,35 @@ void hal_int8_layer(const int8_t *x, const int8_t *w, const int32_t *bias, const
         h = wd = kh = kw = stride = groups = 1;
         pad = pool = 0;
     }
-    const int32_t pk = pool > 1 ? pool : 1;
     if (n < 1 || c < 1 || h < 1 || wd < 1 || o < 1 || kh < 1 || kw < 1 || stride < 1 ||
-        pad < 0 || pool < 0 || groups < 1 || c % groups || o % groups ||
-        (int64_t)h + 2 * (int64_t)pad < kh || (int64_t)wd + 2 * (int64_t)pad < kw) {
+        pad < 0 || pool < 0 || groups < 1 || c % groups || o % groups) {
         status = HAL_ERR_SHAPE;
+        return;
+    }
+    // Sizes in 64 bits: the registers are any int32, and h + 2*pad alone can overflow 32 bits.
+    const int32_t pk = pool > 1 ? pool : 1;
+    const int64_t hp = (int64_t)h + 2 * (int64_t)pad, wp64 = (int64_t)wd + 2 * (int64_t)pad;
+    const int64_t oh64 = hp < kh ? 0 : (hp - kh) / stride + 1;
+    const int64_t ow64 = wp64 < kw ? 0 : (wp64 - kw) / stride + 1;
+    if (oh64 / pk < 1 || ow64 / pk < 1) {
+        status = HAL_ERR_SHAPE;  // the (pooled) output would be empty
         return;
     }
     const int32_t cg = c / groups, og = o / groups;
-    const int32_t oh = (h + 2 * pad - kh) / stride + 1, ow = (wd + 2 * pad - kw) / stride + 1;
-    const int32_t ph = oh / pk, pw = ow / pk;  // pooled output (pk = 1: the conv output)
-    const int32_t ohc = ph * pk, owc = pw * pk;  // conv rows/cols that reach the output
-    const int32_t wp = wd + 2 * pad;
-    const int64_t kk = (int64_t)cg * kh * kw;
     const int32_t span = (HAL_PE_OUT - 1) / og + 2;  // groups one lane tile can touch
     const int64_t cr_max = (int64_t)cg * (span < groups ? span : groups);
-    if (ph < 1 || pw < 1) {
-        status = HAL_ERR_SHAPE;
-        return;
-    }
-    if (kk > HAL_MAX_K || kk > HAL_MAX_WK || pw > HAL_MAX_OW ||
-        (int64_t)kh * wp * cr_max > HAL_MAX_XBUF) {
+    // Every factor is bounded before it enters a product, so none of these overflows.
+    if (hp > 2147483647 || kh > HAL_MAX_WK || kw > HAL_MAX_WK || cg > HAL_MAX_WK ||
+        wp64 > HAL_MAX_XBUF || (int64_t)cg * kh * kw > HAL_MAX_K ||
+        (int64_t)cg * kh * kw > HAL_MAX_WK || ow64 / pk > HAL_MAX_OW ||
+        kh * wp64 * cr_max > HAL_MAX_XBUF) {
         status = HAL_ERR_LIMIT;
         return;
     }
+    const int32_t wp = (int32_t)wp64;
+    const int32_t ph = (int32_t)(oh64 / pk), pw = (int32_t)(ow64 / pk);  // pooled output
+    const int32_t ohc = ph * pk, owc = pw * pk;  // conv rows/cols that reach the output
+    const int64_t kk = (int64_t)cg * kh * kw;
     const int32_t lo = act_min > -128 ? act_min : -128, hi = act_max < 127 ? act_max : 127;
 
     int8_t xbuf[HAL_MAX_XBUF];  // ring of kh rows, each [wp][channels of the tile], channel-last
@@ -214,7 +219,7 @@ TILES:
 #pragma HLS PIPELINE II=1
                             y[(((int64_t)b * o + oc0 + p) * ph + py) * pw + q] = obuf[p][q];
                         }
-                    if (ph * pw == 1)  // one value per channel: the lanes are contiguous
+                    if (ph == 1 && pw == 1)  // one value per channel: the lanes are contiguous
                         cyc += burst(lanes);
                     else
                         cyc += lanes * burst(pw);

@@ -1,7 +1,7 @@
 # C synthesis of hal_int8_layer and export as a Vivado IP (ip_catalog zip).
 # Usage (from bitstreams/hal_int8/hls; `make kv260` does this):
 #   vitis_hls -f run_hls.tcl -tclargs <part> <clock_mhz> <out_dir>
-# The C testbench is HAL's test suite: tests/test_fpga_hw.py runs this same file, compiled
+# The C testbench is HAL's test suite: tests/test_fpga_accelerator.py runs this same file, compiled
 # with g++, against hal.backends.fpga.spec; csim is therefore not repeated here.
 set part  [expr {[llength $argv] > 0 ? [lindex $argv 0] : "xck26-sfvc784-2LV-c"}]
 set mhz   [expr {[llength $argv] > 1 ? [lindex $argv 1] : 200}]

@@ -79,30 +79,34 @@ __kernel void hal_int8_layer(__global const char *restrict x, __global const cha
         h = wd = kh = kw = stride = groups = 1;
         pad = pool = 0;
     }
-    const int pk = pool > 1 ? pool : 1;
     if (n < 1 || c < 1 || h < 1 || wd < 1 || o < 1 || kh < 1 || kw < 1 || stride < 1 ||
-        pad < 0 || pool < 0 || groups < 1 || c % groups || o % groups ||
-        (long)h + 2 * (long)pad < kh || (long)wd + 2 * (long)pad < kw) {
+        pad < 0 || pool < 0 || groups < 1 || c % groups || o % groups) {
+        status[0] = HAL_ERR_SHAPE;
+        return;
+    }
+    // Sizes in 64 bits: the registers are any int32, and h + 2*pad alone can overflow 32 bits.
+    const int pk = pool > 1 ? pool : 1;
+    const long hp = (long)h + 2 * (long)pad, wp64 = (long)wd + 2 * (long)pad;
+    const long oh64 = hp < kh ? 0 : (hp - kh) / stride + 1;
+    const long ow64 = wp64 < kw ? 0 : (wp64 - kw) / stride + 1;
+    if (oh64 / pk < 1 || ow64 / pk < 1) {
         status[0] = HAL_ERR_SHAPE;
         return;
     }
     const int cg = c / groups, og = o / groups;
-    const int oh = (h + 2 * pad - kh) / stride + 1, ow = (wd + 2 * pad - kw) / stride + 1;
-    const int ph = oh / pk, pw = ow / pk;
-    const int ohc = ph * pk, owc = pw * pk;
-    const int wp = wd + 2 * pad;
-    const long kk = (long)cg * kh * kw;
     const int span = (HAL_PE_OUT - 1) / og + 2;
     const long cr_max = (long)cg * (span < groups ? span : groups);
-    if (ph < 1 || pw < 1) {
-        status[0] = HAL_ERR_SHAPE;
-        return;
-    }
-    if (kk > HAL_MAX_K || kk > HAL_MAX_WK || pw > HAL_MAX_OW ||
-        (long)kh * wp * cr_max > HAL_MAX_XBUF) {
+    if (hp > 2147483647L || kh > HAL_MAX_WK || kw > HAL_MAX_WK || cg > HAL_MAX_WK ||
+        wp64 > HAL_MAX_XBUF || (long)cg * kh * kw > HAL_MAX_K ||
+        (long)cg * kh * kw > HAL_MAX_WK || ow64 / pk > HAL_MAX_OW ||
+        kh * wp64 * cr_max > HAL_MAX_XBUF) {
         status[0] = HAL_ERR_LIMIT;
         return;
     }
+    const int wp = (int)wp64;
+    const int ph = (int)(oh64 / pk), pw = (int)(ow64 / pk);
+    const int ohc = ph * pk, owc = pw * pk;
+    const long kk = (long)cg * kh * kw;
     const int lo = act_min > -128 ? act_min : -128, hi = act_max < 127 ? act_max : 127;
 
     long cyc = 0;
@@ -192,7 +196,7 @@ __kernel void hal_int8_layer(__global const char *restrict x, __global const cha
                     for (int p = 0; p < lanes; ++p)
                         for (int q = 0; q < pw; ++q)
                             y[(((long)b * o + oc0 + p) * ph + py) * pw + q] = obuf[p][q];
-                    if (ph * pw == 1)
+                    if (ph == 1 && pw == 1)
                         cyc += burst(lanes);
                     else
                         cyc += lanes * burst(pw);

@@ -1,0 +1,111 @@
+"""The hal_int8 driver, written once against ``Transport`` (registers, memory, wait).
+
+Per compiled layer the constant operands (weights, bias, multipliers, shifts) go into device
+memory once; per call the driver writes the buffer addresses and the layer's sizes into the
+AXI-lite registers, sets ``ap_start``, waits for ``ap_done``, checks ``status`` and reads the
+``cycles`` counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hal.errors import BackendError
+
+from . import transport as T
+from .qdq import Layer, check_limits
+from .transport import Memory, Transport
+
+OP_CODES = {"conv": 0, "gemm": 1}
+STATUS_BITS = {
+    1: "op is neither conv (0) nor gemm (1)",
+    2: "a size is < 1, groups do not divide the channels, or the output is empty",
+    4: "the layer exceeds MAX_K or an on-chip buffer",
+    8: "a multiplier is negative or a shift is outside 1..62",
+}
+
+
+@dataclass
+class LoadedLayer:
+    """A layer whose constant operands are in device memory."""
+
+    layer: Layer
+    w: Memory
+    bias: Memory
+    mult: Memory
+    shift: Memory
+
+    def free(self) -> None:
+        for mem in (self.w, self.bias, self.mult, self.shift):
+            mem.free()
+
+
+def output_shape(layer: Layer, n: int) -> tuple[int, ...]:
+    o = layer.out_channels
+    if layer.op == "gemm":
+        return (n, o)
+    _, h, wd = layer.in_shape
+    kh, kw = layer.w.shape[2:]
+    pk = max(layer.pool, 1)
+    oh = (h + 2 * layer.pad - kh) // layer.stride + 1
+    ow = (wd + 2 * layer.pad - kw) // layer.stride + 1
+    return (n, o, oh // pk, ow // pk)
+
+
+class Driver:
+    """Runs layers on one accelerator instance reached through ``transport``."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+
+    def upload(self, array: np.ndarray) -> Memory:
+        array = np.ascontiguousarray(array)
+        mem = self.transport.allocate(max(array.nbytes, 1))
+        mem.write(array)
+        return mem
+
+    def load(self, layer: Layer) -> LoadedLayer:
+        """Check the layer against the accelerator's limits and put its constants in memory."""
+        c = layer.in_shape[0]
+        h, wd = layer.in_shape[1:] if layer.op == "conv" else (1, 1)
+        kh, kw = layer.w.shape[2:] if layer.op == "conv" else (1, 1)
+        why = check_limits(layer.op, c, h, wd, layer.out_channels, kh, kw, layer.stride,
+                           layer.pad, layer.groups, layer.pool)
+        if why:
+            raise BackendError(f"hal_int8 cannot run {layer.describe()}: {why}")
+        return LoadedLayer(layer, self.upload(layer.w.astype(np.int8)),
+                           self.upload(layer.bias.astype(np.int32)),
+                           self.upload(layer.m.astype(np.int32)),
+                           self.upload(layer.s.astype(np.int32)))
+
+    def run(self, loaded: LoadedLayer, x: Memory, y: Memory, n: int,
+            timeout_s: float = 60.0) -> int:
+        """One start of the accelerator: ``y`` = layer(``x``) for a batch of ``n``; the cycles."""
+        t, layer = self.transport, loaded.layer
+        if layer.op == "conv":
+            (c, h, wd), (kh, kw) = layer.in_shape, layer.w.shape[2:]
+        else:
+            (c,), h, wd, kh, kw = layer.in_shape, 1, 1, 1, 1
+        for name, mem in (("x", x), ("w", loaded.w), ("bias", loaded.bias),
+                          ("mult", loaded.mult), ("shift", loaded.shift), ("y", y)):
+            off = T.ADDRESS_REGS[name]
+            t.write_reg(off, mem.address & 0xFFFFFFFF)
+            t.write_reg(off + 4, mem.address >> 32)
+        scalars = {"op": OP_CODES[layer.op], "n": n, "c": c, "h": h, "wd": wd,
+                   "o": layer.out_channels, "kh": kh, "kw": kw, "stride": layer.stride,
+                   "pad": layer.pad, "groups": layer.groups, "act_min": layer.act_min,
+                   "act_max": layer.act_max, "pool": layer.pool}
+        for name, value in scalars.items():
+            t.write_reg(T.SCALAR_REGS[name], int(value) & 0xFFFFFFFF)
+        t.write_reg(T.CTRL, T.AP_START)
+        t.wait(timeout_s)
+        status = t.read_reg(T.STATUS)
+        cycles = t.read_reg(T.CYCLES_LO) | (t.read_reg(T.CYCLES_HI) << 32)
+        if status:
+            why = "; ".join(text for bit, text in STATUS_BITS.items() if status & bit) or \
+                "unknown error bits"
+            raise BackendError(f"fpga@{t.name}: hal_int8 refused {layer.describe()} "
+                               f"(status 0x{status:x}): {why}")
+        return cycles

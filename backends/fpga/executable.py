@@ -1,0 +1,112 @@
+"""Buffers in accelerator memory and the Executable of one FPGA segment."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Sequence
+
+import numpy as np
+
+from hal.backend import Buffer, Device, Executable
+from hal.errors import BackendError, InputError
+
+from . import targets as TG
+from .driver import Driver, LoadedLayer, output_shape
+from .qdq import Layer
+from .transport import Memory, Transport
+
+
+class FpgaBuffer(Buffer):
+    """An array in memory the accelerator reaches (a board's DDR, a cl.Buffer, the emulator's)."""
+
+    def __init__(self, device: Device, memory: Memory, shape: tuple, dtype):
+        super().__init__(device, shape, dtype)
+        self.memory = memory
+        weakref.finalize(self, memory.free)
+
+    def _to_host(self) -> np.ndarray:
+        count = int(np.prod(self.shape, dtype=np.int64))
+        return self.memory.read(self.dtype, count).reshape(self.shape)
+
+
+def put(device: Device, transport: Transport, array: np.ndarray) -> FpgaBuffer:
+    mem = transport.allocate(max(array.nbytes, 1))
+    if array.nbytes:
+        mem.write(array)
+    return FpgaBuffer(device, mem, array.shape, array.dtype)
+
+
+class FpgaExecutable(Executable):
+    """The accelerator layers of one segment, run one start each, activations kept on the
+    device between them. Per-layer cycles (the accelerator's ``cycles`` register) and the
+    wall time of the last call go into ``info`` for the placement report."""
+
+    def __init__(self, device: Device, transport: Transport, layers: list[Layer],
+                 input_names: Sequence[str], output_names: Sequence[str], manifest: dict,
+                 engine: str):
+        super().__init__(device, input_names, output_names)
+        self.transport, self.driver = transport, Driver(transport)
+        self.layers = layers
+        self.loaded: list[LoadedLayer] = [self.driver.load(layer) for layer in layers]
+        self.boards = [(name, TG.clock_mhz(t)) for name, t in TG.targets(manifest).items()
+                       if TG.clock_mhz(t)]
+        self.last_cycles: list[int] = []
+        self.last_wall_s = 0.0
+        sim = "simulated, " if transport.simulated else ""
+        self.info["accelerator"] = f"hal_int8 on {device.string} ({sim}{engine})"
+        self.info["layers"] = "; ".join(layer.describe() for layer in layers)
+
+    def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
+        values: dict[str, FpgaBuffer] = {}
+        for name, buf in zip(self.input_names, buffers):
+            if buf.dtype != np.int8:
+                raise InputError(f"{self.device.string}: segment input {name!r} must be int8, "
+                                 f"got {buf.dtype}")
+            if not isinstance(buf, FpgaBuffer) or buf.device is not self.device:
+                buf = self.device.put(buf.numpy())
+            values[name] = buf
+        t0 = time.perf_counter()
+        cycles = []
+        for layer, loaded in zip(self.layers, self.loaded):
+            x = values[layer.x]
+            if tuple(x.shape[1:]) != tuple(layer.in_shape):
+                raise InputError(f"{self.device.string}: {layer.describe()} expects input "
+                                 f"[N, {', '.join(map(str, layer.in_shape))}], got "
+                                 f"{list(x.shape)}")
+            n = int(x.shape[0])
+            shape = output_shape(layer, n)
+            mem = self.transport.allocate(max(int(np.prod(shape)), 1))
+            out = FpgaBuffer(self.device, mem, shape, np.int8)
+            if n:
+                cycles.append(self.driver.run(loaded, x.memory, mem, n))
+            values[layer.y] = out  # intermediates are freed with their buffers after the call
+        self.last_wall_s = time.perf_counter() - t0
+        self.last_cycles = cycles
+        self._report(int(x.shape[0]) if self.layers else 0)
+        missing = [o for o in self.output_names if o not in values]
+        if missing:
+            raise BackendError(f"{self.device.string}: segment outputs {missing} are not "
+                               f"produced by its layers")
+        return [values[o] for o in self.output_names]
+
+    def _report(self, n: int) -> None:
+        sim = "simulated " if self.transport.simulated else ""
+        total = sum(self.last_cycles)
+        self.info["cycles"] = (f"{total:,} for batch {n} ("
+                               + ", ".join(f"{c:,}" for c in self.last_cycles)
+                               + f" per layer; from the {sim}accelerator's cycles register)")
+        what = {"emu": "emulator", "opencl": "OpenCL runtime", "pynq": "pynq device"}.get(
+            self.transport.name, self.transport.name)
+        self.info["wall_ms"] = (f"{self.last_wall_s * 1e3:.3f} ms measured on the {sim}{what} "
+                                f"(wall time of the last call)")
+        if total and self.boards:
+            est = []
+            for name, mhz in self.boards:
+                s = total / (mhz * 1e6)
+                est.append(f"{name} @ {mhz:g} MHz: {s * 1e3:.3f} ms/call, {n / s:,.0f} frames/s")
+            self.info["estimate"] = ("ESTIMATED from the cycle count and the manifest clock, not "
+                                     "measured: " + "; ".join(est))
+        elif not total:
+            self.info["estimate"] = (f"no estimate: the {sim}accelerator reported no cycles "
+                                     f"(numpy specification engine)")
