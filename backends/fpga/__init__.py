@@ -2,7 +2,8 @@
 
 Devices (one backend, one driver, a transport each): ``fpga@emu`` (register and memory
 model, always there, simulated), ``fpga@opencl`` (an FPGA OpenCL platform; on a CPU OpenCL
-runtime a simulated stand-in), ``fpga@pynq`` (a PYNQ board). A plain ``fpga`` is only ever a
+runtime a simulated stand-in), ``fpga@pynq`` (a PYNQ board), ``fpga@rtl`` (the Verilog core in
+cycle-accurate simulation). A plain ``fpga`` is only ever a
 real one. The backend runs the layers of QDQ.md's int8 form (``precision="int8"``); every other
 node goes to the CPU fallback, and the integers match ``spec`` bit for bit on every transport.
 """
@@ -42,7 +43,7 @@ class FpgaBackend(Backend):
 
     # -- devices --------------------------------------------------------------------------
     def probe(self) -> list[DeviceInfo]:
-        return [self._probe_emu(), *self._probe_opencl(), *self._probe_pynq()]
+        return [self._probe_emu(), *self._probe_opencl(), *self._probe_pynq(), self._probe_rtl()]
 
     def _info(self, variant: str, index: int = 0, **kw) -> DeviceInfo:
         return DeviceInfo(kind="fpga", index=index, backend=variant, host_memory=False, **kw)
@@ -117,6 +118,19 @@ class FpgaBackend(Backend):
                                   details={"tag": d.tag}))
         return out
 
+    def _probe_rtl(self) -> DeviceInfo:
+        from .simlib import compiler
+        from .transports.rtl import RtlTransport, find_verilator
+
+        try:
+            find_verilator()
+            compiler()
+        except BackendError as exc:
+            return self._info("rtl", usable=False, simulated=True, reason=str(exc))
+        self._handles["fpga:0@rtl"] = RtlTransport
+        return self._info("rtl", name="hal_int8 Verilog RTL, Verilated (cycle-accurate; built on "
+                                      "first use)", simulated=True)
+
     def transport(self, device: Device, target: str | None = None):
         """The opened transport of ``device`` (programmed / built on first use)."""
         key = device.string
@@ -139,6 +153,9 @@ class FpgaBackend(Backend):
 
                     t = PynqTransport(handle)
                     engine = "board" if not t.simulated else "pynq stand-in device"
+                elif variant == "rtl":
+                    t = handle()
+                    engine = "Verilated RTL, cycle-accurate"
                 else:
                     raise BackendError(f"{key}: no transport named {variant!r}")
                 acc = _accelerator()

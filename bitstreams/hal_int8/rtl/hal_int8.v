@@ -168,9 +168,15 @@ module hal_int8 #(
     end
     assign interrupt = gie && isr != 2'd0;
 
+    /* verilator lint_off UNUSEDSIGNAL */  // AW < 64 keeps the low AW bits
     function automatic [AW-1:0] addr64(input [31:0] lo, input [31:0] hi);
-        addr64 = {hi, lo} >> 0;  // AW < 64 keeps the low AW bits
+        reg [63:0] t;
+        begin
+            t = {hi, lo};
+            addr64 = t[AW-1:0];
+        end
     endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
 
     hal_int8_core #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
                     .OW_MAX(OW_MAX), .AW(AW)) core (

@@ -168,6 +168,7 @@ module hal_int8_core #(
     wire [OAW-1:0] o_ra = state == S_ST0 || state == S_ST1 ? qq[OAW-1:0] : px[OAW-1:0];
     wire o_first = rsub == 20'd0 && csub == 20'd0;
 
+    /* verilator lint_off UNUSEDSIGNAL */
     function automatic [AW-1:0] ext(input [47:0] v);  // zero-extend or cut to AW bits
         reg [63:0] t;
         begin
@@ -175,6 +176,7 @@ module hal_int8_core #(
             ext = t[AW-1:0];
         end
     endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
 
     genvar gp, gq;
     generate
