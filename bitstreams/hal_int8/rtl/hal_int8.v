@@ -64,7 +64,11 @@ module hal_int8 #(
     output wire          m_axi_gmem_bready
 );
     wire rst = !ap_rst_n;
-    reg [31:0] regs [0:63];  // word-addressed register file: offset >> 2
+    // word-addressed argument registers (offset >> 2); only the implemented words are flip-flops,
+    // high address words only when AW > 32
+    localparam [63:0] HI = AW > 32 ? 64'h0000_0000_0012_4920 : 64'd0;
+    localparam [63:0] PRESENT = 64'h0001_5555_5540_0000 | 64'h0000_0000_0009_2490 | HI;
+    wire [31:0] regs [0:63];
     reg        ap_start, gie;
     reg        ap_done /* verilator public_flat_rd */;  // the co-simulation waits on it
     reg [1:0]  ier, isr;
@@ -143,7 +147,7 @@ module hal_int8 #(
                     6'h01: if (wstb[0]) gie <= wdat[0];
                     6'h02: if (wstb[0]) ier <= wdat[1:0];
                     6'h03: if (wstb[0]) isr <= isr ^ (isr & wdat[1:0]);  // toggle-on-write
-                    default: regs[wa] <= (regs[wa] & ~wmask) | (wdat & wmask);
+                    default: ;  // argument registers: below
                 endcase
             end
             if (s_axi_control_rvalid && s_axi_control_rready) s_axi_control_rvalid <= 1'b0;
@@ -167,6 +171,21 @@ module hal_int8 #(
         end
     end
     assign interrupt = gie && isr != 2'd0;
+
+    genvar k;
+    generate
+        for (k = 0; k < 64; k = k + 1) begin : arg
+            if (PRESENT[k]) begin : q
+                reg [31:0] v;
+                always @(posedge ap_clk)
+                    if (rst) v <= 32'd0;
+                    else if (wr_now && wa == k) v <= (v & ~wmask) | (wdat & wmask);
+                assign regs[k] = v;
+            end else begin : none
+                assign regs[k] = 32'd0;
+            end
+        end
+    endgenerate
 
     /* verilator lint_off UNUSEDSIGNAL */  // AW < 64 keeps the low AW bits
     function automatic [AW-1:0] addr64(input [31:0] lo, input [31:0] hi);

@@ -64,6 +64,7 @@ module hal_int8_core #(
     localparam [47:0] WD = {16'd0, WDEPTH[31:0]};
     localparam [19:0] OM = OW_MAX[19:0];
     localparam integer LW = PE_OUT > 1 ? $clog2(PE_OUT) : 1;
+    localparam integer OFW = AW < 48 ? AW : 48;  // byte offsets into buffers
     localparam [47:0] MAX_K = 48'd131071;
     localparam [3:0] ERR_OP = 4'd1, ERR_SHAPE = 4'd2, ERR_LIMIT = 4'd4, ERR_QPARAM = 4'd8;
     localparam [2:0] K_BIAS = 3'd0, K_MULT = 3'd1, K_SHIFT = 3'd2, K_W = 3'd3, K_X = 3'd4;
@@ -79,8 +80,14 @@ module hal_int8_core #(
     reg [4:0] state;
 
     // ---- layer registers (latched at start; gemm is a 1x1 conv of N 1x1 images) ----
-    reg [31:0] n, c, h, wd, o, kh, kw, stride, pad, groups, pool;
-    reg [31:0] lo, hi;
+    wire        gemm = r_op == 32'd1;
+    wire [31:0] n = r_n, c = r_c, o = r_o;
+    wire [31:0] h = gemm ? 32'd1 : r_h, wd = gemm ? 32'd1 : r_wd;
+    wire [31:0] kh = gemm ? 32'd1 : r_kh, kw = gemm ? 32'd1 : r_kw;
+    wire [31:0] stride = gemm ? 32'd1 : r_stride, groups = gemm ? 32'd1 : r_groups;
+    wire [31:0] pad = gemm ? 32'd0 : r_pad, pool = gemm ? 32'd0 : r_pool;
+    wire [31:0] lo = $signed(r_act_min) > -32'sd128 ? r_act_min : -32'sd128;
+    wire [31:0] hi = $signed(r_act_max) < 32'sd127 ? r_act_max : 32'sd127;
     /* verilator lint_off UNUSEDSIGNAL */  // pk <= 65535 once checked
     wire [31:0] pk = $signed(pool) > 32'sd1 ? pool : 32'd1;
     /* verilator lint_on UNUSEDSIGNAL */
@@ -92,7 +99,8 @@ module hal_int8_core #(
     reg [19:0] oh, ow, ph, pw, ohc, owc;
     reg [31:0] khw, kk, hw, ychan;
     reg        big_kk, big_w, big_x;
-    reg [47:0] xgrp, ximg, yimg, woff, yoff;
+    reg [47:0] xgrp;
+    reg [OFW-1:0] ximg, yimg, woff, yoff;
     reg [SAW-1:0] rs, srs, prs, scw, pcw;
 
     reg         m_start, m_div;
@@ -107,7 +115,7 @@ module hal_int8_core #(
     // ---- loop state ----
     reg [15:0] g, ocg, goc, oc0, b, st_p;
     reg [15:0] lanes;
-    reg [47:0] xg_off, xb_off, yb_off, ylane_off;
+    reg [OFW-1:0] xg_off, xb_off, yb_off, ylane_off;
     reg [31:0] yrow_off;
     reg        xv;
     reg [15:0] xkb, xkg;
@@ -175,6 +183,20 @@ module hal_int8_core #(
             t = {16'd0, v};
             ext = t[AW-1:0];
         end
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
+
+    /* verilator lint_off UNUSEDSIGNAL */
+    function automatic [AW-1:0] wid(input [OFW-1:0] v);  // an offset as an address
+        reg [63:0] t;
+        begin
+            t = {{(64-OFW){1'b0}}, v};
+            wid = t[AW-1:0];
+        end
+    endfunction
+
+    function automatic [OFW-1:0] ofs(input [47:0] v);  // a size as an offset
+        ofs = v[OFW-1:0];
     endfunction
     /* verilator lint_on UNUSEDSIGNAL */
 
@@ -294,18 +316,6 @@ module hal_int8_core #(
             case (state)
                 S_IDLE: if (start) begin
                     busy <= 1'b1;
-                    n <= r_n;
-                    c <= r_c;
-                    o <= r_o;
-                    if (r_op == 32'd1) begin
-                        h <= 32'd1; wd <= 32'd1; kh <= 32'd1; kw <= 32'd1; stride <= 32'd1;
-                        groups <= 32'd1; pad <= 32'd0; pool <= 32'd0;
-                    end else begin
-                        h <= r_h; wd <= r_wd; kh <= r_kh; kw <= r_kw; stride <= r_stride;
-                        groups <= r_groups; pad <= r_pad; pool <= r_pool;
-                    end
-                    lo <= $signed(r_act_min) > -32'sd128 ? r_act_min : -32'sd128;
-                    hi <= $signed(r_act_max) < 32'sd127 ? r_act_max : 32'sd127;
                     status <= r_op > 32'd1 ? ERR_OP : 4'd0;
                     state <= r_op > 32'd1 ? S_FINISH : S_CHECK;
                 end
@@ -346,16 +356,16 @@ module hal_int8_core #(
                         5'd12: hw <= m_q[31:0];
                         5'd13: big_x <= m_q > XD;
                         5'd14: xgrp <= m_q;
-                        5'd15: ximg <= m_q;
+                        5'd15: ximg <= m_q[OFW-1:0];
                         5'd16: rs <= m_q[SAW-1:0];
                         5'd17: srs <= m_q[SAW-1:0];
                         5'd18: scw <= m_q[SAW-1:0];
                         5'd19: prs <= m_q[SAW-1:0];
                         5'd20: pcw <= m_q[SAW-1:0];
                         5'd21: ychan <= m_q[31:0];
-                        5'd22: yimg <= m_q;
-                        5'd23: woff <= m_q;
-                        default: yoff <= m_q;
+                        5'd22: yimg <= m_q[OFW-1:0];
+                        5'd23: woff <= m_q[OFW-1:0];
+                        default: yoff <= m_q[OFW-1:0];
                     endcase
                     step <= step + 5'd1;
                     state <= step == SETUP_LAST ? S_CHECK2 :
@@ -373,7 +383,7 @@ module hal_int8_core #(
                         ocg <= 16'd0;
                         goc <= 16'd0;
                         oc0 <= 16'd0;
-                        xg_off <= 48'd0;
+                        xg_off <= {OFW{1'b0}};
                         xv <= 1'b0;
                         lanes <= og < PO ? og : PO;
                         step <= TILE_FIRST;
@@ -455,15 +465,15 @@ module hal_int8_core #(
                         status <= ERR_QPARAM;
                         state <= S_FINISH;
                     end else begin
-                        rc_addr <= a_w + ext((woff));
+                        rc_addr <= a_w + wid(woff);
                         rc_len <= kk;
                         kind <= K_W;
                         li <= 16'd0;
                         state <= S_RD;
                     end
                     b <= 16'd0;
-                    xb_off <= 48'd0;
-                    yb_off <= 48'd0;
+                    xb_off <= {OFW{1'b0}};
+                    yb_off <= {OFW{1'b0}};
                 end
                 S_IMG: begin
                     oy <= 20'd0;
@@ -477,7 +487,7 @@ module hal_int8_core #(
                     end else if (xv && xkb == b && xkg == g) begin
                         state <= S_ROW;
                     end else begin
-                        rc_addr <= a_x + ext((xb_off)) + ext((xg_off));
+                        rc_addr <= a_x + wid(xb_off) + wid(xg_off);
                         rc_len <= xgrp[31:0];
                         kind <= K_X;
                         state <= S_RD;
@@ -510,7 +520,7 @@ module hal_int8_core #(
                     ix <= ix0;
                     if (ox == owc) begin
                         st_p <= 16'd0;
-                        ylane_off <= 48'd0;
+                        ylane_off <= {OFW{1'b0}};
                         state <= rsub == pk[19:0] - 20'd1 ? S_STORE : S_NEXTROW;
                     end else begin
                         state <= S_MAC;
@@ -557,7 +567,7 @@ module hal_int8_core #(
                     if (st_p == lanes) begin
                         state <= S_NEXTROW;
                     end else begin
-                        wc_addr <= a_y + ext((yb_off)) + ext((yoff)) + ext((ylane_off)) +
+                        wc_addr <= a_y + wid(yb_off) + wid(yoff) + wid(ylane_off) +
                                    ext({16'd0, yrow_off});
                         wc_len <= {12'd0, pw};
                         qq <= 20'd0;
@@ -572,7 +582,7 @@ module hal_int8_core #(
                 end
                 S_STW: if (!wr_busy) begin
                     st_p <= st_p + 16'd1;
-                    ylane_off <= ylane_off + {16'd0, ychan};
+                    ylane_off <= ylane_off + ofs({16'd0, ychan});
                     state <= S_STORE;
                 end
                 S_NEXTROW: begin
@@ -601,7 +611,7 @@ module hal_int8_core #(
                         ocg <= 16'd0;
                         goc <= goc + og;
                         oc0 <= goc + og;
-                        xg_off <= xg_off + xgrp;
+                        xg_off <= xg_off + ofs(xgrp);
                         lanes <= og < PO ? og : PO;
                         step <= TILE_FIRST;
                         state <= S_MATH;

@@ -18,12 +18,13 @@ module hal_int8_requant (
     localparam [1:0] IDLE = 2'd0, MUL = 2'd1, SHIFT = 2'd2, ROUND = 2'd3;
     reg [1:0]  state;
     reg [63:0] p;
-    reg [63:0] a1, a3;  // acc and 3 * acc, sign-extended
-    reg [31:0] mm;
-    reg [3:0]  digit;
+    reg [3:0]  digit;  // acc, m and s stay put while the lane requantizes
     reg [5:0]  sh;
-    wire [63:0] addend = mm[31:30] == 2'd0 ? 64'd0 : mm[31:30] == 2'd1 ? a1 :
-                         mm[31:30] == 2'd2 ? {a1[62:0], 1'b0} : a3;
+    wire [31:0] mm = {1'b0, m};
+    wire [1:0]  d = mm[{digit, 1'b0} +: 2];
+    wire [63:0] a1 = {{32{acc[31]}}, acc};
+    wire [63:0] addend = d == 2'd0 ? 64'd0 : d == 2'd1 ? a1 : d == 2'd2 ? {a1[62:0], 1'b0} :
+                         a1 + {a1[62:0], 1'b0};
     wire [63:0] v = ($signed(p) + 64'sd1) >>> 1;
     wire [63:0] lo64 = {{32{lo[31]}}, lo};
     wire [63:0] hi64 = {{32{hi[31]}}, hi};
@@ -31,7 +32,6 @@ module hal_int8_requant (
     /* verilator lint_off UNUSEDSIGNAL */  // clamped to int8 unless lo/hi are out of range
     wire [63:0] vhi = $signed(vlo) > $signed(hi64) ? hi64 : vlo;
     /* verilator lint_on UNUSEDSIGNAL */
-    wire [63:0] acc64 = {{32{acc[31]}}, acc};
     assign busy = state != IDLE;
     always @(posedge clk) begin
         if (rst) begin
@@ -39,9 +39,6 @@ module hal_int8_requant (
         end else begin
             case (state)
                 IDLE: if (start) begin
-                    a1 <= acc64;
-                    a3 <= acc64 + {acc64[62:0], 1'b0};
-                    mm <= {1'b0, m};
                     sh <= s - 6'd1;
                     p <= 64'd0;
                     digit <= 4'd15;
@@ -49,7 +46,6 @@ module hal_int8_requant (
                 end
                 MUL: begin
                     p <= {p[61:0], 2'b00} + addend;
-                    mm <= {mm[29:0], 2'b00};
                     digit <= digit - 4'd1;
                     if (digit == 4'd0) state <= SHIFT;
                 end
