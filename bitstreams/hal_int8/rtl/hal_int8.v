@@ -10,6 +10,7 @@ module hal_int8 #(
     parameter integer PE_IN = 8,
     parameter integer XDEPTH = 8192,
     parameter integer WDEPTH = 1024,
+    parameter integer RQ = 0,          // requantizers: 0 = one per lane, else shared by the lanes
     parameter integer OW_MAX = 256,
     parameter integer AW = 64
 ) (
@@ -93,7 +94,6 @@ module hal_int8 #(
     wire [31:0] wdat = w_have ? w_data : s_axi_control_wdata;
     wire [3:0] wstb = w_have ? w_strb : s_axi_control_wstrb;
     wire       wr_now = aw_ok && w_ok && !s_axi_control_bvalid;
-    wire [31:0] wmask = {{8{wstb[3]}}, {8{wstb[2]}}, {8{wstb[1]}}, {8{wstb[0]}}};
 
     // ---- AXI-lite read ----
     assign s_axi_control_arready = !s_axi_control_rvalid;
@@ -177,9 +177,11 @@ module hal_int8 #(
         for (k = 0; k < 64; k = k + 1) begin : arg
             if (PRESENT[k]) begin : q
                 reg [31:0] v;
+                integer i;
                 always @(posedge ap_clk)
-                    if (rst) v <= 32'd0;
-                    else if (wr_now && wa == k) v <= (v & ~wmask) | (wdat & wmask);
+                    for (i = 0; i < 4; i = i + 1)  // byte enables: no merge logic per bit
+                        if (rst) v[8 * i +: 8] <= 8'd0;
+                        else if (wr_now && wa == k && wstb[i]) v[8 * i +: 8] <= wdat[8 * i +: 8];
                 assign regs[k] = v;
             end else begin : none
                 assign regs[k] = 32'd0;
@@ -198,7 +200,7 @@ module hal_int8 #(
     /* verilator lint_on UNUSEDSIGNAL */
 
     hal_int8_core #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
-                    .OW_MAX(OW_MAX), .AW(AW)) core (
+                    .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW)) core (
         .clk(ap_clk), .rst(rst), .start(ap_start && !busy), .busy(busy), .done(done),
         .status(status),
         .a_x(addr64(regs[6'h04], regs[6'h05])), .a_w(addr64(regs[6'h07], regs[6'h08])),

@@ -18,6 +18,7 @@ module hal_int8_core #(
     parameter integer XDEPTH = 8192,   // words of PE_IN bytes in the input banks
     parameter integer WDEPTH = 1024,   // words of PE_IN bytes per lane in the weight banks
     parameter integer OW_MAX = 256,    // pooled output columns of the row buffer
+    parameter integer RQ = 0,          // requantizers: 0 = one per lane, N = N shared in turns
     parameter integer AW = 64          // AXI address bits
 ) (
     input  wire          clk,
@@ -57,7 +58,7 @@ module hal_int8_core #(
     localparam integer XAW = $clog2(XDEPTH);
     localparam integer WAW = $clog2(WDEPTH);
     localparam integer OAW = $clog2(OW_MAX);
-    localparam integer SAW = 40;                // signed input-bank address arithmetic
+    localparam integer SAW = XAW + 20;          // signed input-bank address arithmetic
     localparam [15:0] PO = PE_OUT[15:0];
     localparam [15:0] PI = PE_IN[15:0];
     localparam [47:0] XD = {16'd0, XDEPTH[31:0]};
@@ -120,17 +121,21 @@ module hal_int8_core #(
     reg        xv;
     reg [15:0] xkb, xkg;
     reg [19:0] oy, ox, rsub, csub, py, px, qq;
-    reg signed [35:0] iy0, ix0, iy, ix;
+    reg signed [19:0] iy0, ix0, iy, ix;      // |.| < 2**18 once sizes are <= 65535
     reg signed [SAW-1:0] rowbase, colbase, kyoff, kxoff;
-    reg [31:0] ky, kx, icw, ic0, wk;
+    reg [15:0] ky, kx, icw;
+    reg [23:0] ic0, wk;
 
     // ---- per-lane parameters, accumulators, requantizers ----
     reg [31:0] p_bias [0:PE_OUT-1];
     reg [31:0] p_mult [0:PE_OUT-1];
     reg [31:0] p_shift [0:PE_OUT-1];
     reg [31:0] acc [0:PE_OUT-1];
-    wire [7:0] rq_y [0:PE_OUT-1];
-    wire [PE_OUT-1:0] rq_busy;
+    localparam integer NRQ = RQ == 0 || RQ > PE_OUT ? PE_OUT : RQ;
+    reg  [15:0] rq_base;                  // first lane of the requantizers' current turn
+    reg  [7:0]  rq_y [0:PE_OUT-1];        // requantized lanes
+    wire [7:0]  rq_out [0:NRQ-1];
+    wire [NRQ-1:0] rq_busy;
 
     // ---- AXI read / write engines ----
     reg  [AW-1:0] rc_addr, wc_addr;
@@ -144,7 +149,10 @@ module hal_int8_core #(
     /* verilator lint_on UNUSEDSIGNAL */
     reg  [1:0]    bi;
     reg  [15:0]   li;     // lane being loaded
-    reg  [31:0]   ld_q, ld_w, ld_pos, ld_a;  // channel in word, channel word, position, bank address
+    reg  [7:0]    ld_q;    // channel in the word being loaded
+    reg  [15:0]   ld_w;    // channel word
+    reg  [31:0]   ld_pos;  // position (pixel or kernel tap)
+    reg  [23:0]   ld_a;    // bank address
 
     hal_int8_axi_rd #(.AW(AW)) rd (
         .clk(clk), .rst(rst), .cmd_valid(state == S_RD), .cmd_addr(rc_addr), .cmd_len(rc_len),
@@ -164,11 +172,11 @@ module hal_int8_core #(
 
     // ---- banks ----
     /* verilator lint_off UNUSEDSIGNAL */  // inside the image it is < XDEPTH
-    wire signed [SAW-1:0] x_addr_s = rowbase + colbase + kyoff + kxoff + $signed({8'd0, icw});
+    wire signed [SAW-1:0] x_addr_s = rowbase + colbase + kyoff + kxoff + $signed({{(SAW-16){1'b0}}, icw});
     /* verilator lint_on UNUSEDSIGNAL */
     wire [XAW-1:0] x_ra = x_addr_s[XAW-1:0];
     wire [WAW-1:0] w_ra = wk[WAW-1:0] + icw[WAW-1:0];
-    wire in_img = iy >= 0 && iy < $signed({4'd0, h}) && ix >= 0 && ix < $signed({4'd0, wd});
+    wire in_img = iy >= 0 && iy < $signed({4'd0, h[15:0]}) && ix >= 0 && ix < $signed({4'd0, wd[15:0]});
     wire mac_issue = state == S_MAC;
     wire [7:0] xd [0:PE_IN-1];
     wire [7:0] wdat [0:PE_OUT*PE_IN-1];
@@ -218,10 +226,21 @@ module hal_int8_core #(
             hal_int8_ram #(.WIDTH(8), .DEPTH(OW_MAX), .AW(OAW)) obuf (
                 .clk(clk), .we(state == S_UPD1), .wa(px[OAW-1:0]),
                 .wd(o_first || nxt > cur ? rq_y[gp] : od[gp]), .ra(o_ra), .rd(od[gp]));
+        end
+        for (gp = 0; gp < NRQ; gp = gp + 1) begin : rqu
+            wire [LW-1:0] l;
+            if (NRQ == PE_OUT) begin : own
+                assign l = gp;
+            end else begin : shared
+                /* verilator lint_off UNUSEDSIGNAL */  // below PE_OUT
+                wire [15:0] rl = rq_base + gp;
+                /* verilator lint_on UNUSEDSIGNAL */
+                assign l = rl[LW-1:0];
+            end
             hal_int8_requant rq (
-                .clk(clk), .rst(rst), .start(state == S_RQ), .acc(acc[gp]),
-                .m(p_mult[gp][30:0]), .s(p_shift[gp][5:0]), .lo(lo), .hi(hi),
-                .y(rq_y[gp]), .busy(rq_busy[gp]));
+                .clk(clk), .rst(rst), .start(state == S_RQ), .acc(acc[l]),
+                .m(p_mult[l][30:0]), .s(p_shift[l][5:0]), .lo(lo), .hi(hi),
+                .y(rq_out[gp]), .busy(rq_busy[gp]));
         end
     endgenerate
     assign st_byte = od[st_p[LW-1:0]];
@@ -230,13 +249,13 @@ module hal_int8_core #(
     reg               v1, v2, in1;
     reg [PE_IN-1:0]   qok1;
     reg signed [15:0] prod [0:PE_OUT*PE_IN-1];
-    wire [31:0] cg_rem = {16'd0, cg} - ic0;
+    wire [23:0] cg_rem = {8'd0, cg} - ic0;
     integer i, j;
     always @(posedge clk) begin
         v1 <= mac_issue;
         in1 <= in_img;
         for (j = 0; j < PE_IN; j = j + 1)
-            qok1[j] <= $signed(cg_rem) > j;
+            qok1[j] <= $signed({{8{cg_rem[23]}}, cg_rem}) > j;
         v2 <= v1;
         for (i = 0; i < PE_OUT; i = i + 1)
             for (j = 0; j < PE_IN; j = j + 1)
@@ -316,6 +335,7 @@ module hal_int8_core #(
             case (state)
                 S_IDLE: if (start) begin
                     busy <= 1'b1;
+                    rq_base <= 16'd0;
                     status <= r_op > 32'd1 ? ERR_OP : 4'd0;
                     state <= r_op > 32'd1 ? S_FINISH : S_CHECK;
                 end
@@ -403,17 +423,17 @@ module hal_int8_core #(
                     if (rd_valid) begin
                         if (kind == K_W || kind == K_X) begin
                             // next (channel, position): position runs fastest
-                            ld_a <= ld_a + {16'd0, cw};
+                            ld_a <= ld_a + {8'd0, cw};
                             ld_pos <= ld_pos + 32'd1;
                             if (ld_pos == (kind == K_W ? khw : hw) - 32'd1) begin
                                 ld_pos <= 32'd0;
-                                if (ld_q == PE_IN - 1) begin
-                                    ld_q <= 32'd0;
-                                    ld_w <= ld_w + 32'd1;
-                                    ld_a <= ld_w + 32'd1;
+                                if (ld_q == PI[7:0] - 8'd1) begin
+                                    ld_q <= 8'd0;
+                                    ld_w <= ld_w + 16'd1;
+                                    ld_a <= {8'd0, ld_w} + 24'd1;
                                 end else begin
-                                    ld_q <= ld_q + 32'd1;
-                                    ld_a <= ld_w;
+                                    ld_q <= ld_q + 8'd1;
+                                    ld_a <= {8'd0, ld_w};
                                 end
                             end
                         end else begin
@@ -430,10 +450,10 @@ module hal_int8_core #(
                             end
                         end
                     end else if (!rd_busy) begin
-                        ld_q <= 32'd0;
-                        ld_w <= 32'd0;
+                        ld_q <= 8'd0;
+                        ld_w <= 16'd0;
                         ld_pos <= 32'd0;
-                        ld_a <= 32'd0;
+                        ld_a <= 24'd0;
                         li <= kind == K_W ? li + 16'd1 : 16'd0;
                         case (kind)
                             K_BIAS: begin
@@ -480,7 +500,7 @@ module hal_int8_core #(
                     rsub <= 20'd0;
                     py <= 20'd0;
                     yrow_off <= 32'd0;
-                    iy0 <= -$signed({4'd0, pad});
+                    iy0 <= -$signed({4'd0, pad[15:0]});
                     rowbase <= -$signed(prs);
                     if ({16'd0, b} == n) begin
                         state <= S_NEXTTILE;
@@ -497,7 +517,7 @@ module hal_int8_core #(
                     ox <= 20'd0;
                     csub <= 20'd0;
                     px <= 20'd0;
-                    ix0 <= -$signed({4'd0, pad});
+                    ix0 <= -$signed({4'd0, pad[15:0]});
                     colbase <= -$signed(pcw);
                     if (oy == ohc) begin
                         b <= b + 16'd1;
@@ -509,11 +529,11 @@ module hal_int8_core #(
                     end
                 end
                 S_PIX: begin
-                    ky <= 32'd0;
-                    kx <= 32'd0;
-                    icw <= 32'd0;
-                    ic0 <= 32'd0;
-                    wk <= 32'd0;
+                    ky <= 16'd0;
+                    kx <= 16'd0;
+                    icw <= 16'd0;
+                    ic0 <= 24'd0;
+                    wk <= 24'd0;
                     kyoff <= {SAW{1'b0}};
                     kxoff <= {SAW{1'b0}};
                     iy <= iy0;
@@ -527,34 +547,45 @@ module hal_int8_core #(
                     end
                 end
                 S_MAC: begin
-                    icw <= icw + 32'd1;
-                    ic0 <= ic0 + {16'd0, PI};
-                    if (icw == {16'd0, cw} - 32'd1) begin
-                        icw <= 32'd0;
-                        ic0 <= 32'd0;
-                        kx <= kx + 32'd1;
+                    icw <= icw + 16'd1;
+                    ic0 <= ic0 + {8'd0, PI};
+                    if (icw == cw - 16'd1) begin
+                        icw <= 16'd0;
+                        ic0 <= 24'd0;
+                        kx <= kx + 16'd1;
                         kxoff <= kxoff + $signed({{(SAW-16){1'b0}}, cw});
-                        wk <= wk + {16'd0, cw};
-                        ix <= ix + 36'sd1;
-                        if (kx == kw - 32'd1) begin
-                            kx <= 32'd0;
+                        wk <= wk + {8'd0, cw};
+                        ix <= ix + 20'sd1;
+                        if (kx == kw[15:0] - 16'd1) begin
+                            kx <= 16'd0;
                             kxoff <= {SAW{1'b0}};
                             ix <= ix0;
-                            ky <= ky + 32'd1;
+                            ky <= ky + 16'd1;
                             kyoff <= kyoff + rs;
-                            iy <= iy + 36'sd1;
-                            if (ky == kh - 32'd1) state <= S_D1;
+                            iy <= iy + 20'sd1;
+                            if (ky == kh[15:0] - 16'd1) state <= S_D1;
                         end
                     end
                 end
                 S_D1: state <= S_D2;
                 S_D2: state <= S_RQ;
                 S_RQ: state <= S_RQW;
-                S_RQW: if (rq_busy == {PE_OUT{1'b0}}) state <= S_UPD0;
+                S_RQW: if (rq_busy == {NRQ{1'b0}}) begin
+                    for (i = 0; i < PE_OUT; i = i + 1)
+                        for (j = 0; j < NRQ; j = j + 1)
+                            if ({16'd0, rq_base} + j == i) rq_y[i] <= rq_out[j];
+                    if (rq_base + NRQ[15:0] >= lanes) begin
+                        rq_base <= 16'd0;
+                        state <= S_UPD0;
+                    end else begin
+                        rq_base <= rq_base + NRQ[15:0];
+                        state <= S_RQ;
+                    end
+                end
                 S_UPD0: state <= S_UPD1;
                 S_UPD1: begin
                     ox <= ox + 20'd1;
-                    ix0 <= ix0 + $signed({4'd0, stride});
+                    ix0 <= ix0 + $signed({4'd0, stride[15:0]});
                     colbase <= colbase + scw;
                     csub <= csub + 20'd1;
                     if (csub == pk[19:0] - 20'd1) begin
@@ -587,7 +618,7 @@ module hal_int8_core #(
                 end
                 S_NEXTROW: begin
                     oy <= oy + 20'd1;
-                    iy0 <= iy0 + $signed({4'd0, stride});
+                    iy0 <= iy0 + $signed({4'd0, stride[15:0]});
                     rowbase <= rowbase + srs;
                     rsub <= rsub + 20'd1;
                     if (rsub == pk[19:0] - 20'd1) begin
