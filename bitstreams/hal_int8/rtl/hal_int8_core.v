@@ -250,7 +250,7 @@ module hal_int8_core #(
     reg [PE_IN-1:0]   qok1;
     reg signed [15:0] prod [0:PE_OUT*PE_IN-1];
     wire [23:0] cg_rem = {8'd0, cg} - ic0;
-    integer i, j;
+    integer i, j, i1, j1, i2, i3, j3;  // loop indices, one set per always block
     always @(posedge clk) begin
         v1 <= mac_issue;
         in1 <= in_img;
@@ -264,10 +264,10 @@ module hal_int8_core #(
     end
     reg [31:0] psum [0:PE_OUT-1];
     always @* begin
-        for (i = 0; i < PE_OUT; i = i + 1) begin
-            psum[i] = 32'd0;
-            for (j = 0; j < PE_IN; j = j + 1)
-                psum[i] = psum[i] + {{16{prod[i * PE_IN + j][15]}}, prod[i * PE_IN + j]};
+        for (i1 = 0; i1 < PE_OUT; i1 = i1 + 1) begin
+            psum[i1] = 32'd0;
+            for (j1 = 0; j1 < PE_IN; j1 = j1 + 1)
+                psum[i1] = psum[i1] + {{16{prod[i1 * PE_IN + j1][15]}}, prod[i1 * PE_IN + j1]};
         end
     end
 
@@ -314,8 +314,8 @@ module hal_int8_core #(
     reg  qbad;
     always @* begin
         qbad = 1'b0;
-        for (i = 0; i < PE_OUT; i = i + 1)
-            if (i < lanes && (p_mult[i][31] || p_shift[i] < 32'd1 || p_shift[i] > 32'd62))
+        for (i2 = 0; i2 < PE_OUT; i2 = i2 + 1)
+            if (i2 < lanes && (p_mult[i2][31] || p_shift[i2] < 32'd1 || p_shift[i2] > 32'd62))
                 qbad = 1'b1;
     end
 
@@ -329,9 +329,9 @@ module hal_int8_core #(
         end else begin
             // accumulators: bias at the start of a pixel, products once they arrive
             if (state == S_PIX && ox != owc)
-                for (i = 0; i < PE_OUT; i = i + 1) acc[i] <= p_bias[i];
+                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= p_bias[i3];
             else if (v2)
-                for (i = 0; i < PE_OUT; i = i + 1) acc[i] <= acc[i] + psum[i];
+                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= acc[i3] + psum[i3];
             case (state)
                 S_IDLE: if (start) begin
                     busy <= 1'b1;
@@ -441,11 +441,11 @@ module hal_int8_core #(
                             bi <= bi + 2'd1;
                             if (bi == 2'd3) begin
                                 li <= li + 16'd1;
-                                for (i = 0; i < PE_OUT; i = i + 1)
-                                    if ({16'd0, li} == i) begin
-                                        if (kind == K_BIAS) p_bias[i] <= {rd_data, word[31:8]};
-                                        if (kind == K_MULT) p_mult[i] <= {rd_data, word[31:8]};
-                                        if (kind == K_SHIFT) p_shift[i] <= {rd_data, word[31:8]};
+                                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
+                                    if ({16'd0, li} == i3) begin
+                                        if (kind == K_BIAS) p_bias[i3] <= {rd_data, word[31:8]};
+                                        if (kind == K_MULT) p_mult[i3] <= {rd_data, word[31:8]};
+                                        if (kind == K_SHIFT) p_shift[i3] <= {rd_data, word[31:8]};
                                     end
                             end
                         end
@@ -571,9 +571,9 @@ module hal_int8_core #(
                 S_D2: state <= S_RQ;
                 S_RQ: state <= S_RQW;
                 S_RQW: if (rq_busy == {NRQ{1'b0}}) begin
-                    for (i = 0; i < PE_OUT; i = i + 1)
-                        for (j = 0; j < NRQ; j = j + 1)
-                            if ({16'd0, rq_base} + j == i) rq_y[i] <= rq_out[j];
+                    for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
+                        for (j3 = 0; j3 < NRQ; j3 = j3 + 1)
+                            if ({16'd0, rq_base} + j3 == i3) rq_y[i3] <= rq_out[j3];
                     if (rq_base + NRQ[15:0] >= lanes) begin
                         rq_base <= 16'd0;
                         state <= S_UPD0;
