@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from hal.backends.fpga import spec
 from hal.backends.fpga import transport as T
+
 from hal.errors import BackendError
 
 rtl = pytest.importorskip("hal.backends.fpga.transports.rtl")
@@ -28,9 +28,9 @@ try:
 except BackendError as exc:
     pytest.skip(f"fpga@rtl cannot build here: {exc}", allow_module_level=True)
 
-from hal.backends.fpga.driver import Driver  # noqa: E402
-from hal.backends.fpga.files import accelerator_dir  # noqa: E402
-from hal.backends.fpga.qdq import Layer  # noqa: E402
+from hal.backends.fpga.driver import Driver
+from hal.backends.fpga.files import accelerator_dir
+from hal.backends.fpga.qdq import Layer
 
 ACC = accelerator_dir()
 GOLDEN = sorted(p.stem for p in (ACC / "golden").glob("*.npz"))
@@ -198,3 +198,16 @@ def test_rtl_sources_are_packaged():
     names = {p.name for p in (ACC / "rtl").iterdir()}
     assert set(rtl.SOURCES) | {"harness.cpp", "hal_int8_fabric.v", "build.py"} <= names
     assert Path(rtl.__file__).is_file()
+
+
+@pytest.mark.slow
+def test_quantized_lenet_matches_the_emulator():
+    """fpga@rtl runs LeNet's accelerator segments in the RTL, bit-identical to fpga@emu."""
+    pytest.importorskip("hal.passes.quantize", reason="the int8 quantization pass is not here yet")
+    import hal
+
+    model, x = hal.models.get("lenet"), hal.models.example_input("lenet", 2)
+    calib = hal.models.calibration_data("lenet")
+    outs = [hal.compile(model, dev, precision="int8", calibration=calib)(x)[0]
+            for dev in ("fpga@emu", "fpga@rtl")]
+    np.testing.assert_array_equal(outs[0], outs[1])

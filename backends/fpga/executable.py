@@ -51,6 +51,9 @@ class FpgaExecutable(Executable):
         self.loaded: list[LoadedLayer] = [self.driver.load(layer) for layer in layers]
         self.boards = [(name, TG.clock_mhz(t)) for name, t in TG.targets(manifest).items()
                        if TG.clock_mhz(t)]
+        if transport.name == "rtl":  # only bitstreams of the simulated core's PE array
+            self.boards = [(name, mhz) for name, mhz in self.boards
+                           if transport.matches(TG.targets(manifest)[name])]
         self.last_cycles: list[int] = []
         self.last_wall_s = 0.0
         sim = "simulated, " if transport.simulated else ""
@@ -105,8 +108,10 @@ class FpgaExecutable(Executable):
             for name, mhz in self.boards:
                 s = total / (mhz * 1e6)
                 est.append(f"{name} @ {mhz:g} MHz: {s * 1e3:.3f} ms/call, {n / s:,.0f} frames/s")
-            self.info["estimate"] = ("ESTIMATED from the cycle count and the manifest clock, not "
-                                     "measured: " + "; ".join(est))
+            how = ("estimated: cycle-accurate simulation x Fmax nextpnr reported, not measured: "
+                   if self.transport.name == "rtl" else
+                   "ESTIMATED from the cycle count and the manifest clock, not measured: ")
+            self.info["estimate"] = how + "; ".join(est)
         elif not total:
             self.info["estimate"] = (f"no estimate: the {sim}accelerator reported no cycles "
                                      f"(numpy specification engine)")

