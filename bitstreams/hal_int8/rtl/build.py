@@ -229,19 +229,45 @@ def build_target(name: str, out: Path) -> dict:
     }
 
 
+def record(path: Path, results: dict) -> None:
+    """Put ``results`` into the manifest's targets, touching no other line of the file."""
+    text = path.read_text()
+    man = json.loads(text)
+    for name, entry in results.items():
+        body = json.dumps(entry, indent=2).replace("\n", "\n    ")
+        block = f'    "{name}": {body}'
+        start = re.search(rf'^    "{re.escape(name)}": {{$', text, re.MULTILINE)
+        if start:  # replace the entry, up to its closing brace at the same indent
+            end = re.compile(r"^    }", re.MULTILINE).search(text, start.end())
+            text = text[:start.start()] + block + text[end.end():]
+        else:
+            head = re.search(r'^  "targets": \{\n', text, re.MULTILINE)
+            if head is None:
+                raise SystemExit(f"build.py: {path} has no targets object to record into")
+            empty = text[head.end():].lstrip().startswith("}")
+            text = text[:head.end()] + block + ("\n" if empty else ",\n") + text[head.end():]
+    man.setdefault("targets", {}).update(results)
+    if json.loads(text) != man:
+        raise SystemExit(f"build.py: recording into {path} went wrong; the file is unchanged")
+    path.write_text(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", action="append", choices=sorted(TARGETS))
     ap.add_argument("--out", type=Path, default=HERE.parent / "build" / "rtl")
     ap.add_argument("--manifest", type=Path, default=HERE.parent / "manifest.json")
     ap.add_argument("--no-manifest", action="store_true")
+    ap.add_argument("--record-only", action="store_true",
+                    help="record the last build's report.json in the manifest, build nothing")
     args = ap.parse_args(argv)
-    results = {name: build_target(name, args.out) for name in (args.target or list(TARGETS))}
-    (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.record_only:
+        results = json.loads((args.out / "report.json").read_text())
+    else:
+        results = {name: build_target(name, args.out) for name in (args.target or list(TARGETS))}
+        (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     if not args.no_manifest:
-        man = json.loads(args.manifest.read_text())
-        man.setdefault("targets", {}).update(results)
-        args.manifest.write_text(json.dumps(man, indent=2) + "\n")
+        record(args.manifest, results)
         log(f"recorded {', '.join(results)} in {args.manifest}")
     return 0
 
