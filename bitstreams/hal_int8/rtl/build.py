@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+BUILD = "make -C bitstreams/hal_int8 -f rtl/Makefile bitstreams"  # or `make bitstreams` at the top
 SOURCES = ["hal_int8_fabric.v", "hal_int8.v", "hal_int8_core.v", "hal_int8_ram.v",
            "hal_int8_seqmath.v", "hal_int8_requant.v", "hal_int8_axi_rd.v", "hal_int8_axi_wr.v"]
 
@@ -203,7 +204,7 @@ def build_target(name: str, out: Path) -> dict:
             f"{rep['fmax_mhz']} MHz, {rep['resources']}")
         return {
             "kind": "open-toolchain", "part": t["device"], "transport": "rtl",
-            "build": "make bitstreams", "status": "built",
+            "build": BUILD, "status": "built",
             "rtl": {"top": "hal_int8_fabric", "params": {k.lower(): v for k, v in params.items()},
                     "macs_per_cycle": params["PE_OUT"] * params["PE_IN"]},
             "resources": rep["resources"], "fmax_mhz": rep["fmax_mhz"],
@@ -217,7 +218,7 @@ def build_target(name: str, out: Path) -> dict:
     log(f"{name}: no candidate PE array fits the part")
     return {
         "kind": "open-toolchain", "part": t["device"], "transport": "rtl",
-        "build": "make bitstreams", "status": "unbuilt",
+        "build": BUILD, "status": "unbuilt",
         "reason": f"does not fit: smallest array tried {last['params']['PE_OUT']}x"
                   f"{last['params']['PE_IN']}: {last['error']}",
         "rtl": {"top": "hal_int8_fabric", "params": {k.lower(): v for k, v in last["params"].items()},
