@@ -211,3 +211,24 @@ def test_quantized_lenet_matches_the_emulator():
     outs = [hal.compile(model, dev, precision="int8", calibration=calib)(x)[0]
             for dev in ("fpga@emu", "fpga@rtl")]
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_manifest_records_the_current_rtl_build():
+    """Built RTL targets name the sources they were built from; a present bitstream matches."""
+    import hashlib
+
+    man = json.loads((ACC / "manifest.json").read_text())
+    built = {k: t for k, t in man["targets"].items()
+             if isinstance(t.get("rtl"), dict) and t.get("status") == "built"}
+    if not built:
+        pytest.skip("no RTL target built yet (make bitstreams)")
+    for name, t in built.items():
+        for src, digest in t["sources_sha256"].items():
+            have = hashlib.sha256((ACC / "rtl" / src).read_bytes()).hexdigest()
+            assert have == digest, f"{name}: rtl/{src} changed since its bitstream was built; " \
+                                   "rerun make bitstreams"
+        assert t["fmax_mhz"] > 0 and t["resources"]["luts"]["used"] > 0
+        for f in t["files"]:
+            path = ACC / f["path"]
+            if path.is_file():  # build outputs are not committed
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == f["sha256"]
