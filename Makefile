@@ -5,13 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hal-installed
 EXTRAS ?= all,dev
 
-.PHONY: demo test venv lint clean bitstreams rtl-lint
+.PHONY: demo test venv lint clean pynq-env bitstreams rtl-lint
 
 demo: $(STAMP)
 	$(BIN)/hal compare
 
+# The pynq environment is built first when it can be (tests/test_pynq_env.py runs the pynq
+# transport's tests in it, or skips saying why); -rs prints every skip reason.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory pynq-env || echo "make test: .venv-pynq could not be built;" \
+	    "the pynq-environment test (tests/test_pynq_env.py) will be skipped"
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 venv: $(STAMP)
 
@@ -20,6 +24,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# A second environment for the real pynq classes: pynq 4 pins numpy<2, and its grpcio-tools
+# protobuf<6, hence onnx 1.18 (the last on protobuf 5). HAL core only: no jax/tf/torch/ort.
+PYNQ_VENV  := .venv-pynq
+PYNQ_STAMP := $(PYNQ_VENV)/.hal-installed
+PYNQ_PINS  := "pynq==4.0.0" "numpy==1.26.4" "protobuf>=5.26.1,<6" "onnx==1.18.0" "pytest>=8"
+
+pynq-env: $(PYNQ_STAMP)
+
+$(PYNQ_STAMP): pyproject.toml
+	test -x $(PYNQ_VENV)/bin/python || $(PYTHON) -m venv $(PYNQ_VENV)
+	$(PYNQ_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PYNQ_VENV)/bin/python -m pip install -q $(PYNQ_PINS) -e .
+	$(PYNQ_VENV)/bin/python -m pip check
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check hal backends models tests bench
@@ -33,4 +52,4 @@ rtl-lint: $(STAMP)
 	$(MAKE) -C bitstreams/hal_int8/rtl lint PYTHON=$(abspath $(BIN)/python)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PYNQ_VENV) build *.egg-info

@@ -3,8 +3,8 @@
 The segment (after HAL's shared, pure-ONNX flow) is serialized once into an
 InferenceSession on the kind's execution provider (CPUExecutionProvider,
 CUDAExecutionProvider). ``opt_level`` maps to ONNX Runtime's graph optimization level:
-0 -> ORT_DISABLE_ALL, 1 -> ORT_ENABLE_BASIC, 2 -> ORT_ENABLE_EXTENDED, 3 -> ORT_ENABLE_ALL
-(``Executable.info`` names the level used).
+0 -> ORT_DISABLE_ALL, 1 (the default) and up -> ORT_ENABLE_ALL, what a plain
+InferenceSession uses (``Executable.info`` names the level used).
 
 Precisions: fp32; int8 runs QDQ graphs (QuantizeLinear/DequantizeLinear) natively; fp16
 converts the segment with onnxconverter-common's float16 converter (fp32 inputs and
@@ -29,7 +29,10 @@ from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, Hos
 from hal.device import DeviceInfo
 from hal.errors import BackendError, OptionError
 
-_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+# opt_level -> ORT graph optimization level. HAL's default (1) is ORT's own default, ENABLE_ALL:
+# its NCHWc layout transforms are what make conv nets fast on CPU (mobilenet_lite batch 64 ran
+# 2.8x slower under ENABLE_BASIC than a plain InferenceSession, bench/backends.py).
+_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL", "ORT_ENABLE_ALL", "ORT_ENABLE_ALL")
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _FP16_MAX = 65504.0
 
@@ -148,6 +151,14 @@ class OrtBackend(Backend):
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 3
+        int8_note = ""
+        qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
+        fuses_qdq = _LEVELS[options.opt_level] in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+        if qdq and fuses_qdq and device.info.kind == "cpu" and _int8_saturates():
+            # keep QDQ as float math: ORT's integer kernels would give wrong numbers here
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
+            int8_note = ("QDQ evaluated in float (this x86 CPU has no VNNI: ORT's u8s8 integer "
+                         "kernels saturate 16-bit pair sums with full-range int8 weights)")
         expanded = _expand_hal_ops(model)
         proto = ir.to_proto(model)
         if options.precision == "fp16":
@@ -168,6 +179,8 @@ class OrtBackend(Backend):
         if options.precision == "int8":
             info["qdq_nodes"] = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear")
                                     for n in model.graph)
+        if int8_note:
+            info["int8"] = int8_note
         cls = OrtHostExecutable if device.info.host_memory else OrtDeviceExecutable
         return cls(session, device, info)
 
@@ -365,6 +378,23 @@ class OrtDeviceExecutable(Executable):
             binding.bind_output(name, device.info.kind, device.info.index)
         self.session.run_with_iobinding(binding)
         return [OrtBuffer(v, device) for v in binding.get_outputs()]
+
+
+def _int8_saturates() -> bool:
+    """True on x86 CPUs without VNNI, where ORT multiplies u8 x s8 with vpmaddubsw whose
+    int16 pair sums saturate (ORT's quantizer works around it with 7-bit weights,
+    ``reduce_range``; HAL's int8 contract uses the full int8 range)."""
+    import platform
+    import re
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True  # cannot tell: stay exact
+    return re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags) is None
 
 
 def _self_test(provider: str) -> None:

@@ -62,9 +62,17 @@ class CompileOptions:
     opt_level: int = 1
     fallback: str | None = "cpu"
     calibration: Any = None
+    #: int8 only (hal.passes.quantize): "minmax" or "percentile" (of |x|, ``calibration_percentile``)
+    calibration_method: str = "minmax"
+    calibration_percentile: float = 99.99
+    #: int8 only: round every scale up to a power of two (shift-only hardware)
+    power_of_two: bool = False
     extra: dict = field(default_factory=dict)
 
     PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")
+    #: the options that only mean something with ``precision="int8"``
+    INT8_OPTIONS: ClassVar[tuple[str, ...]] = ("calibration", "calibration_method",
+                                               "calibration_percentile", "power_of_two")
 
 
 class Device:
@@ -226,6 +234,8 @@ class Backend(abc.ABC):
     #: A device string naming a variant goes to the backend declaring it, before a backend
     #: that happens to be called the same (the "opencl" backend serves no fpga devices).
     variants: ClassVar[tuple[str, ...]] = ()
+    #: The precision used when the caller gives none (an int8-only accelerator sets "int8").
+    default_precision: ClassVar[str] = "fp32"
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

@@ -68,9 +68,14 @@ def cmd_run(args) -> int:
     from hal.ir.describe import node_rows
 
     model = to_model(args.model)
-    options = {"precision": args.precision, "opt_level": args.opt_level,
+    options = {"opt_level": args.opt_level,
                "fallback": None if args.fallback == "none" else args.fallback}
-    compiled = hal.compile(model, args.device, **options)
+    if args.precision is not None:
+        options["precision"] = args.precision
+    target, calibration, source = int8_calibration(args, model)
+    if calibration is not None:
+        options["calibration"] = calibration
+    compiled = hal.compile(target, args.device, **options)
     x = example_inputs(model, args.batch)
     timing, outs = measure(compiled, x, budget_s=args.budget, warmup=2, max_runs=args.repeat)
     result = {
@@ -84,6 +89,8 @@ def cmd_run(args) -> int:
         "runs": len(timing.times_ms), "placement": compiled.placement,
         "report": compiled.report(),
     }
+    if compiled.options.precision == "int8":
+        result["calibration"] = source
     if args.json:
         if args.explain:
             result["graph"] = node_rows(compiled.model)
@@ -91,6 +98,49 @@ def cmd_run(args) -> int:
         return 0
     _print_run(result, compiled, args.explain)
     return 0
+
+
+def int8_calibration(args, model) -> tuple:
+    """(what to compile, calibration arrays or None, where they come from) for ``hal run``:
+    ``--calibration FILE`` (.npy: the single input; .npz: arrays by input name), else a zoo
+    model is compiled by its name, so int8 calibrates on ``hal.models.calibration_data``."""
+    from hal import models
+    from hal.compiler import _zoo_name
+
+    if args.calibration:
+        data = load_calibration(args.calibration, model)
+        n = len(data) if isinstance(data, np.ndarray) else \
+            len(next(iter(data.values()), []))
+        return model, data, f"{args.calibration} ({n} samples)"
+    if _zoo_name(args.model):
+        return args.model, None, models.calibration_source(args.model)
+    return model, None, ""
+
+
+def load_calibration(path: str, model):
+    """Arrays from a .npy (one batch of the single input) or .npz (input name -> array; a
+    single-input model takes a file holding one array under any name)."""
+    import os
+
+    from hal.errors import InputError
+
+    if not os.path.isfile(path):
+        raise InputError(f"calibration file {path!r} does not exist")
+    if not path.endswith((".npy", ".npz")):
+        raise InputError(f"calibration file {path!r} must be a .npy (the single input) or .npz "
+                         f"(arrays named by input: {', '.join(str(s) for s in model.inputs)})")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read calibration file {path!r}: {exc}") from None
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        arrays = {k: data[k] for k in data.files}
+    names = [s.name for s in model.inputs]
+    if len(names) == 1 and len(arrays) == 1 and names[0] not in arrays:
+        return next(iter(arrays.values()))
+    return arrays
 
 
 def _print_run(result: dict, compiled, explain: bool) -> None:
@@ -107,6 +157,8 @@ def _print_run(result: dict, compiled, explain: bool) -> None:
     rep = result["report"]
     con.print(f"  compile {rep['compile_s'] * 1e3:.1f} ms, first call {result['first_call_ms']:.3f}"
               f" ms, median {result['p50_ms']:.3f} ms over {result['runs']} runs")
+    if explain and result.get("calibration"):
+        con.print(f"  int8 calibration data: {result['calibration']}")
     if explain:
         g = Table(title=f"validated graph after flow {rep['flow']}")
         for c in ("node", "op", "inputs", "outputs", "device"):
@@ -206,6 +258,15 @@ def _print_regressions(con, baseline, res, path: str) -> int:
     return 1 if bad else 0
 
 
+def cmd_fpga_build(args) -> int:
+    """``hal fpga build``: the per-model hls4ml design for a board (see fpga@hls4ml)."""
+    from hal.backends.hls4ml_backend.board import fpga_build
+
+    options = {k: v for k, v in (("io_type", args.io_type), ("strategy", args.strategy),
+                                 ("reuse_factor", args.reuse_factor)) if v is not None}
+    return fpga_build(args.model, args.board, options, args.calibration)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
                                 "device HAL can reach.")
@@ -218,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="a zoo model name or an .onnx path")
     r.add_argument("--device", default="cpu")
     r.add_argument("--batch", type=int, default=1)
-    r.add_argument("--precision", default="fp32")
+    r.add_argument("--precision", default=None,
+                   help="fp32, fp16, bf16 or int8 (default: the device's own, fp32 for most)")
+    r.add_argument("--calibration", metavar="FILE.npy|.npz",
+                   help="int8 calibration inputs: .npy for the single input, .npz by input "
+                   "name (zoo models default to hal.models.calibration_data)")
     r.add_argument("--opt-level", type=int, default=1)
     r.add_argument("--fallback", default="cpu", help="fallback device, or 'none' for strict")
     r.add_argument("--repeat", type=int, default=20, help="timed calls (at most)")
@@ -238,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--devices", help="comma-separated devices (default: every usable one, "
                    "simulated ones included and labelled)")
     c.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
-    c.add_argument("--precision", default="fp32", help="comma-separated: fp32,fp16,bf16,int8")
+    c.add_argument("--precision", default=None,
+                   help="comma-separated: fp32,fp16,bf16,int8 (default: each device's own, "
+                        "fp32 except on int8-only accelerators)")
     c.add_argument("--budget", type=float, default=DEFAULT_COMPARE_BUDGET_S,
                    help="seconds of timed calls per row after warm-up (at least 5 calls; "
                    f"default {DEFAULT_COMPARE_BUDGET_S})")
@@ -254,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-bound-ms", type=float, default=None,
                    help="MLPerf Server latency bound (default: 10x one batch's latency)")
     c.set_defaults(func=cmd_compare)
+
+    f = sub.add_parser("fpga", help="FPGA designs: build a model's hls4ml design for a board")
+    fsub = f.add_subparsers(dest="fpga_command", required=True)
+    fb = fsub.add_parser("build", help="write a model's hls4ml project (PYNQ driver, Vivado "
+                         "block design) and build its bitstream when Vivado is on PATH")
+    fb.add_argument("model", help="a zoo model name or an .onnx path")
+    fb.add_argument("--board", default="pynq-z2", choices=("pynq-z2", "zcu102"))
+    fb.add_argument("--io-type", choices=("io_parallel", "io_stream"))
+    fb.add_argument("--strategy", choices=("Latency", "Resource"))
+    fb.add_argument("--reuse-factor", type=int)
+    fb.add_argument("--calibration", metavar="X.npy", help="calibration inputs for int8 "
+                    "(zoo models bring their own)")
+    fb.set_defaults(func=cmd_fpga_build)
     return p
 
 

@@ -30,9 +30,13 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
 
     ``model``: a hal.Model, an .onnx path, bytes, an onnx.ModelProto, a zoo name, a
     hal.nn.Module (with ``input_shape=``) or a torch.nn.Module (with ``example_input=``).
-    Options: ``precision`` ("fp32", "fp16", "bf16", "int8"), ``opt_level`` (0-3),
-    ``fallback`` (a device string, default "cpu"; None is strict), ``calibration``
-    (arrays for int8), plus options specific to the device's backend.
+    Options: ``precision`` ("fp32", "fp16", "bf16", "int8"; default the backend's
+    ``default_precision``), ``opt_level`` (0-3), ``fallback`` (a device string, default
+    "cpu"; None is strict), plus options specific to the device's backend.
+    int8 (``hal.passes.quantize``, the QDQ form): ``calibration`` (an array for the single
+    input, a list of such batches, or dicts input name -> array; a zoo name given as the
+    model calibrates on ``hal.models.calibration_data``), ``calibration_method`` ("minmax"
+    or "percentile"), ``calibration_percentile`` (default 99.99), ``power_of_two``.
     """
     from hal.frontends import to_model
 
@@ -41,11 +45,22 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     hal_model = to_model(model, **model_kw)
     dev = REGISTRY.resolve(device)
     opts = _options(dev, options)
+    calibration = _calibration(model, hal_model, opts) if opts.precision == "int8" else None
     work = hal_model.copy()  # never touch the user's model
     validate(work, REGISTRY.known_ops())
 
+    pass_log, flow_names = [], []
+    if calibration is not None:
+        from hal.passes import quantize_flow
+
+        qflow = quantize_flow(opts, *calibration)
+        ir_model, pass_log = qflow.run(work.ir)
+        work = Model(ir_model, hal_model.name)
+        flow_names.append(qflow.name)
     flow = dev.backend.flow(opts)
-    ir_model, pass_log = flow.run(work.ir)
+    ir_model, flow_log = flow.run(work.ir)
+    pass_log += flow_log
+    flow_names.append(flow.name)
     work = Model(ir_model, hal_model.name)
 
     fb = REGISTRY.resolve(opts.fallback) if opts.fallback is not None else None
@@ -70,7 +85,8 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
                                f"{type(exc).__name__}: {exc}") from exc
         executables.append(exe)
     compiled = CompiledModel(hal_model, work, dev, opts, segs, executables, fallbacks,
-                             {"flow": flow.name, "passes": [r.to_dict() for r in pass_log]},
+                             {"flow": "+".join(flow_names),
+                              "passes": [r.to_dict() for r in pass_log]},
                              time.perf_counter() - t0)
     if fallbacks:
         ops = sorted({f.op for f in fallbacks})
@@ -81,8 +97,45 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     return compiled
 
 
+def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[list | None, str]:
+    """(batches, where they came from) for int8: the caller's arrays, checked, or a zoo
+    model's own calibration data when the model was given by its zoo name; (None, ...) for
+    a model already in QDQ form, which runs as given."""
+    from hal import models
+    from hal.passes.calibration import calibration_batches
+
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in hal_model.graph):
+        if opts.calibration is not None:
+            raise OptionError(f"{hal_model.name!r} is already quantized (it has QuantizeLinear/"
+                              f"DequantizeLinear nodes) and runs as given: leave out "
+                              f"calibration=")
+        return None, "the model's own QDQ nodes"
+    if opts.calibration is not None:
+        batches = calibration_batches(hal_model.inputs, opts.calibration)
+        return batches, "calibration= arrays"
+    if _zoo_name(model):
+        data = models.calibration_data(model)
+        return calibration_batches(hal_model.inputs, data), models.calibration_source(model)
+    specs = ", ".join(str(s) for s in hal_model.inputs)
+    hint = (f" (for the zoo model, calibration=hal.models.calibration_data({hal_model.name!r}))"
+            if hal_model.name in models.list() else "")
+    raise OptionError(f"precision='int8' needs calibration data to choose its scales: pass "
+                      f"calibration= arrays of the model's inputs ({specs}), e.g. a batch of "
+                      f"100 or more representative samples{hint}")
+
+
+def _zoo_name(model: Any) -> bool:
+    """``model`` names a zoo model the way ``to_model`` reads it (a file of that name wins)."""
+    import os
+
+    from hal import models
+
+    return isinstance(model, str) and model in models.list() and not os.path.exists(model)
+
+
 def _options(dev: Device, options: dict) -> CompileOptions:
     core = {k: options.pop(k) for k in list(options) if k in _CORE_OPTIONS}
+    core.setdefault("precision", dev.backend.default_precision)
     extra = options
     unknown = sorted(set(extra) - set(dev.backend.options))
     if unknown:
@@ -95,13 +148,36 @@ def _options(dev: Device, options: dict) -> CompileOptions:
         raise OptionError(f"precision {opts.precision!r} is not one of "
                           f"{list(CompileOptions.PRECISIONS)}")
     if opts.precision not in dev.backend.precisions:
+        hint = ""
+        if opts.precision == "int8":
+            able = sorted(d.string for d in REGISTRY.usable() if not d.alias_of
+                          and "int8" in REGISTRY.resolve(d.string).backend.precisions)
+            hint = (f"; int8 (QuantizeLinear/DequantizeLinear) runs on {', '.join(able)}"
+                    if able else "")
         raise OptionError(f"{dev.string} cannot compile for precision {opts.precision!r}; "
-                          f"{dev.backend.name} supports {list(dev.backend.precisions)}")
+                          f"{dev.backend.name} supports {list(dev.backend.precisions)}{hint}")
+    _check_int8_options(opts, core)
     if not isinstance(opts.opt_level, int) or not 0 <= opts.opt_level <= 3:
         raise OptionError(f"opt_level must be an int from 0 to 3, got {opts.opt_level!r}")
     if opts.fallback is not None and not isinstance(opts.fallback, str):
         raise OptionError(f"fallback must be a device string or None, got {opts.fallback!r}")
     return opts
+
+
+def _check_int8_options(opts: CompileOptions, given: dict) -> None:
+    if opts.precision != "int8":
+        defaults = CompileOptions()
+        stray = [k for k in CompileOptions.INT8_OPTIONS if k in given and given[k] is not None
+                 and (k == "calibration" or given[k] != getattr(defaults, k))]
+        if stray:
+            raise OptionError(f"{', '.join(stray)} only apply to precision='int8' (this compile "
+                              f"is {opts.precision!r}); add precision='int8' or leave them out")
+        return
+    from hal.passes.calibration import check_method
+
+    check_method(opts.calibration_method, opts.calibration_percentile)
+    if not isinstance(opts.power_of_two, bool):
+        raise OptionError(f"power_of_two must be True or False, got {opts.power_of_two!r}")
 
 
 class CompiledModel:
@@ -271,13 +347,22 @@ class CompiledModel:
             "model": self.source.name, "device": self.device.string,
             "simulated": any(d.simulated for d in self.devices),
             "options": {"precision": self.options.precision, "opt_level": self.options.opt_level,
-                        "fallback": self.options.fallback, **self.options.extra},
+                        "fallback": self.options.fallback, **self._int8_options(),
+                        **self.options.extra},
             "compile_s": round(self.compile_s, 4), **self.flow,
             "segments": segs,
             "fallbacks": [f.to_dict() for f in self.fallbacks],
             "transfers": {"last_call": self.last_transfers.to_dict(),
                           "total": self.transfers.to_dict(), "calls": self.calls},
         }
+
+    def _int8_options(self) -> dict:
+        o = self.options
+        if o.precision != "int8":
+            return {}
+        return {"calibration_method": o.calibration_method, "power_of_two": o.power_of_two,
+                **({"calibration_percentile": o.calibration_percentile}
+                   if o.calibration_method == "percentile" else {})}
 
     def __repr__(self) -> str:
         where = ", ".join(f"{s.device.string}×{len(s.node_indices)}" for s in self.segments)

@@ -3,6 +3,7 @@
     hal.models.list()            -> ['dwsep', 'lenet', ...]
     hal.models.get("lenet")      -> hal.Model with a dynamic batch dim
     hal.models.build("lenet")    -> the hal.nn.Module itself
+    hal.models.calibration_data("lenet") -> inputs to calibrate int8 quantization with
 """
 
 from __future__ import annotations
@@ -55,9 +56,44 @@ def get(name: str, seed: int = 0):
 
 
 def example_input(name: str, batch: int = 1, seed: int = 0) -> np.ndarray:
-    """A deterministic input batch of the right shape and dtype."""
-    shape = (batch, *_module(name).INPUT_SHAPE[1:])
+    """A deterministic input batch of the right shape and dtype (real data where the model
+    has a data set, e.g. digits' held-out images; seeded noise otherwise)."""
+    mod = _module(name)
+    if hasattr(mod, "example_input"):
+        return mod.example_input(batch, seed)
+    shape = (batch, *mod.INPUT_SHAPE[1:])
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+#: seeded calibration inputs: how many, and a seed other than example_input's
+CALIBRATION_BATCH = 32
+CALIBRATION_SEED = 1
+
+
+def calibration_data(name: str, batch: int | None = None) -> np.ndarray:
+    """Inputs to calibrate ``precision="int8"`` with (``hal.compile(..., calibration=)``).
+
+    A model with real data gives it (``digits``: its training split, all of it unless
+    ``batch`` says how many); the others give ``batch`` (default 32) seeded standard-normal
+    inputs, the distribution their ``example_input`` draws from, with another seed.
+    """
+    m = _module(name)
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ModelError(f"calibration batch must be a positive int, got {batch!r}")
+    if hasattr(m, "calibration_data"):
+        return m.calibration_data(batch)
+    shape = (batch or CALIBRATION_BATCH, *m.INPUT_SHAPE[1:])
+    return np.random.default_rng(CALIBRATION_SEED).standard_normal(shape).astype(np.float32)
+
+
+def calibration_source(name: str, batch: int | None = None) -> str:
+    """Where ``calibration_data(name, batch)`` comes from, in words (shown by --explain)."""
+    m = _module(name)
+    n = len(calibration_data(name, batch)) if hasattr(m, "calibration_data") else \
+        batch or CALIBRATION_BATCH
+    what = getattr(m, "CALIBRATION_SOURCE",
+                   f"seeded standard-normal inputs (seed {CALIBRATION_SEED})")
+    return f"zoo {name!r}: {n} {what}"
 
 
 def randomize_batchnorm(module, seed: int = 1) -> None:

@@ -7,6 +7,7 @@ from hal import nn
 INPUT_SHAPE = (None, 1, 8, 8)
 CLASSES = 10
 WEIGHTS = Path(__file__).with_name("weights") / "digits.npz"
+CALIBRATION_SOURCE = "images of the digits training split"
 
 
 def architecture() -> nn.Module:
@@ -37,3 +38,18 @@ def dataset(split: str = "test"):
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.3, random_state=0,
                                           stratify=d.target)
     return (xtr, ytr) if split == "train" else (xte, yte)
+
+
+def example_input(batch: int = 1, seed: int = 0):
+    """``batch`` held-out images, picked with a seeded generator (repeats when batch > 540)."""
+    import numpy as np
+
+    x, _ = dataset("test")
+    idx = np.random.default_rng(seed).choice(len(x), size=batch, replace=batch > len(x))
+    return x[idx]
+
+
+def calibration_data(batch: int | None = None):
+    """int8 calibration inputs: the training split (never the test split accuracy is read on)."""
+    x, _ = dataset("train")
+    return x[:batch] if batch else x

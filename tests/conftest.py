@@ -11,9 +11,12 @@ os.environ.setdefault("HAL_TEST", "1")
 
 
 def _usable_devices() -> list[str]:
+    """Every usable device that compiles fp32 models (the suite's models are fp32; int8-only
+    devices such as fpga@emu are checked by their own tests, e.g. tests/test_fpga_backend.py)."""
     import hal
 
-    return sorted(d.string for d in hal.devices() if d.usable and not d.alias_of)
+    return sorted(d.string for d in hal.devices() if d.usable and not d.alias_of
+                  and "fp32" in hal.device(d.string).backend.precisions)
 
 
 def pytest_generate_tests(metafunc):

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from hal.backends.fpga import spec
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-
-from hal.backends.fpga import spec
 
 
 def _ranges(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
@@ -94,7 +93,10 @@ def quantize(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto
                                              for a in node.attribute}))
             out = node.output[0]
             nxt = consumers.get(out, [])
-            if len(nxt) == 1 and nxt[0].op_type == "Relu":
+            if len(nxt) == 1 and nxt[0].op_type in ("Relu", "Clip"):
+                for bound in nxt[0].input[1:]:
+                    if bound:
+                        const(bound, inits[bound])
                 nodes.append(nxt[0])
                 skip.add(nxt[0].name)
                 out = nxt[0].output[0]
@@ -126,7 +128,6 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     """The QDQ model evaluated with the FPGA specification for its accelerator layers and
     plain numpy for the rest (QuantizeLinear: round half to even, saturate)."""
     import onnx_ir as ir
-
     from hal.backends.fpga import qdq
 
     irm = ir.from_proto(model)
@@ -154,7 +155,15 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
         if node.op_type == "QuantizeLinear":
             out = np.clip(np.rint(ins[0] / ins[1]), -128, 127).astype(np.int8)
         elif node.op_type == "DequantizeLinear":
-            out = ins[0].astype(np.float32) * ins[1]
+            scale = ins[1]
+            if scale.size > 1:
+                shape = [1] * ins[0].ndim
+                shape[a.get("axis", 1)] = -1
+                scale = scale.reshape(shape)
+            out = ins[0].astype(np.float32) * scale
+        elif node.op_type == "Gemm":
+            w = ins[1].T if a.get("transB") else ins[1]
+            out = ins[0] @ w + (ins[2] if len(ins) > 2 and ins[2] is not None else 0)
         elif node.op_type == "Flatten":
             out = ins[0].reshape(ins[0].shape[0], -1)
         elif node.op_type == "Identity":
@@ -166,3 +175,48 @@ def evaluate(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
             raise NotImplementedError(node.op_type)
         env[node.outputs[0].name] = out
     return [env[v.name] for v in irm.graph.outputs]
+
+
+def with_int8_io(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same QDQ model taking the quantized input and giving the quantized output (int8):
+    the input's QuantizeLinear and the output's DequantizeLinear are cut off, so every node
+    left is an accelerator node."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    x = g.input[0]
+    q_in = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == x.name)
+    dims = [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim]
+    out_id = next(n for n in g.node if n.output[0] == g.output[0].name)
+    dq_out = next(n for n in g.node if n.output[0] == out_id.input[0])
+    for n in (q_in, out_id, dq_out):
+        g.node.remove(n)
+    g.ClearField("input")
+    g.input.append(helper.make_tensor_value_info(q_in.output[0], TensorProto.INT8, dims))
+    g.ClearField("output")
+    g.output.append(helper.make_tensor_value_info(dq_out.input[0], TensorProto.INT8, None))
+    return m
+
+
+def conv_net(seed: int = 0) -> onnx.ModelProto:
+    """A float conv chain every node of whose QDQ form the accelerator runs: conv 3x3 + ReLU +
+    2x2 max-pool, conv 3x3 stride 2 + ReLU6 (Clip), depthwise conv."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (16, 8, 3, 3)),
+                          ("b2", (16,)), ("w3", (16, 1, 3, 3)), ("b3", (16,)))]
+    inits += [numpy_helper.from_array(np.float32(0), "zero"),
+              numpy_helper.from_array(np.float32(6), "six")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1] * 4,
+                              strides=[2, 2]),
+             helper.make_node("Clip", ["c2", "zero", "six"], ["r2"], name="relu6"),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="dw", pads=[1] * 4,
+                              group=16)]
+    g = helper.make_graph(nodes, "convnet",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)

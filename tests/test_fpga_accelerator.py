@@ -266,9 +266,15 @@ class OpenCLKernel:
         from hal.backends.opencl.runtime import cl
 
         self.cl = cl()
-        devices = [d for p in self.cl.get_platforms() for d in p.get_devices()]
+        # The kernel keeps its on-chip buffers in __local memory (xbuf + wbuf + obuf): CPU
+        # runtimes have room, most GPUs do not, so a CPU device is preferred.
+        need = sum(manifest.load()["parameters"]["on_chip_bytes"].values())
+        devices = sorted((d for p in self.cl.get_platforms() for d in p.get_devices()
+                          if d.local_mem_size >= need),
+                         key=lambda d: not d.type & self.cl.device_type.CPU)
         if not devices:
-            pytest.skip("no OpenCL device (pip install pyopencl[pocl] gives a CPU one)")
+            pytest.skip(f"no OpenCL device with {need} bytes of local memory (pip install "
+                        "pyopencl[pocl] gives a CPU one)")
         self.ctx = self.cl.Context(devices[:1])
         self.queue = self.cl.CommandQueue(self.ctx)
         src = (ACC / "opencl" / "hal_int8.cl").read_text()
@@ -363,6 +369,7 @@ def test_manifest_parameters_match_the_kernel(sim):
         (cfg["pe_out"], cfg["pe_in"], 8 * cfg["axi_bytes"])
     assert (lim["max_k"], lim["max_wk"], lim["max_xbuf"], lim["max_ow"]) == \
         (cfg["max_k"], cfg["max_wk"], cfg["max_xbuf"], cfg["max_ow"]) and cfg["max_k"] == spec.MAX_K
+    assert p["clock_mhz"] == {name: t["clock_mhz"] for name, t in m["targets"].items()}
     assert m["cycle_model"]["parameters"] == {
         "axi_bytes": cfg["axi_bytes"], "burst_overhead": cfg["burst_overhead"],
         "pipeline_depth": cfg["pipeline_depth"]}
@@ -408,6 +415,15 @@ def test_manifest_refresh_and_unbuilt_target_errors(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest.load()
 
 
+def test_manifest_command_line(capsys, tmp_path):
+    assert manifest.main([]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{t} " in out for t in manifest.load()["targets"]) and "unbuilt" in out
+    (tmp_path / "manifest.json").write_text("{")
+    assert manifest.main([str(tmp_path / "manifest.json")]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
+
+
 def test_manifest_validation_names_problems():
     m = manifest.load()
     broken = {**m, "registers": m["registers"] + [{"name": "EXTRA", "offset": "0x14",
@@ -445,3 +461,78 @@ def test_hardware_targets_name_the_missing_tool(tmp_path, target, tool):
     assert res.returncode != 0
     assert f"'{tool}' not found on PATH" in res.stderr and "Install" in res.stderr
     assert not (ACC / target).exists()
+
+
+# Vivado / Vitis HLS commands as logging stubs, so the shipped Tcl runs to the end without the
+# tools: catches Tcl errors, wrong arguments and wrong paths before anyone spends a build on them.
+TCL_STUBS = r"""
+set ::calls {}
+proc unknown {args} {
+    lappend ::calls $args
+    switch -- [lindex $args 0] {
+        get_property { if {[lindex $args 1] eq "PROGRESS"} { return "100%" } }
+    }
+    return [lindex $args end]
+}
+rename glob _glob
+proc glob {args} {
+    lappend ::calls [list glob {*}$args]
+    if {[lindex $args 0] eq "-nocomplain"} { return {} }
+    return [list [lindex $args end]]
+}
+rename file _file
+proc file {sub args} {
+    if {$sub in {copy mkdir delete}} { lappend ::calls [list file $sub {*}$args]; return }
+    return [_file $sub {*}$args]
+}
+proc exec {args} { lappend ::calls [list exec {*}$args]; return 4 }
+proc exit {args} {}
+cd [lindex $argv 0]
+set script [lindex $argv 1]
+set argv [lrange $argv 2 end]
+set argc [llength $argv]
+source $script
+foreach c $::calls { puts "CALL $c" }
+"""
+
+
+@pytest.mark.parametrize("board", ["kv260", "zcu104"])
+def test_vendor_tcl_runs_against_stubs(tmp_path, board):
+    tclsh = shutil.which("tclsh")
+    if tclsh is None:
+        pytest.skip("tclsh is not installed (apt install tcl)")
+    m = manifest.load()
+    t = m["targets"][board]
+    stubs = tmp_path / "stubs.tcl"
+    stubs.write_text(TCL_STUBS)
+
+    def run(folder, *args):
+        res = subprocess.run([tclsh, str(stubs), str(ACC / folder), *args], check=False,
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return [c[5:] for c in res.stdout.splitlines() if c.startswith("CALL ")]
+
+    make = shutil.which("make")
+    if make:  # the Makefile passes the manifest's part and clock
+        plan = subprocess.run([make, "-n", "-C", str(ACC), board], check=False,
+                              capture_output=True, text=True).stdout
+        assert f"-tclargs {t['part']} {t['clock_mhz']} ../build/ip_{board}" in plan
+        assert f"-source {board}.tcl -tclargs ../build/ip_{board} ../{board} {t['clock_mhz']}" \
+            in plan
+    hls = run("hls", "run_hls.tcl", t["part"], str(t["clock_mhz"]), f"../build/ip_{board}")
+    assert f"set_part {t['part']}" in hls
+    assert f"create_clock -period {1000 / t['clock_mhz']} -name default" in hls
+    assert "set_top hal_int8_layer" in hls and "csynth_design" in hls
+    assert any(c.startswith("export_design -format ip_catalog") and
+               c.endswith(f"build/ip_{board}/hal_int8_layer.zip") for c in hls)
+    viv = run("vivado", f"{board}.tcl", f"../build/ip_{board}", f"../{board}",
+              str(t["clock_mhz"]))
+    assert f"set_property board_part {t['board_part']} current_project" in viv
+    assert any(c.startswith("update_ip_catalog -add_ip") and
+               c.split()[2].endswith(f"build/ip_{board}/hal_int8_layer.zip") for c in viv)
+    ip = m["accelerator"]
+    assert f"create_bd_cell -type ip -vlnv {ip['ip_vlnv']} {ip['instance']}" in viv
+    for port in m["parameters"]["axi_ports"]:
+        assert any(c.startswith(f"connect_bd_intf_net {ip['instance']}/{port} ") for c in viv)
+    copies = [c.split()[-1] for c in viv if c.startswith("file copy")]
+    assert {f"../{f['path']}" for f in t["files"]} <= set(copies)

@@ -77,6 +77,55 @@ def test_simulated_never_serves_bare_kind():
         REGISTRY.unregister("simtest")
 
 
+class Variants(Backend):
+    """One backend, devices under several names after "@" (as fpga@emu / fpga@pynq)."""
+
+    name = "gadgets"
+    kinds = ("gadget",)
+    variants = ("gsim", "reference")  # "reference" is also a backend's name: the variant wins
+    ops = frozenset({"Relu"})
+
+    def probe(self):
+        return [DeviceInfo("gadget", 0, "gsim", name="gadget model", simulated=True),
+                DeviceInfo("gadget", 0, "reference", name="real gadget"),
+                DeviceInfo("gadget", 0, "other", usable=False, reason="unplugged")]
+
+    def compile(self, model, device, options):
+        return Simulated().compile(model, device, options)
+
+
+def test_backend_variants_name_devices():
+    hal.register_backend(Variants)
+    try:
+        names = {d.string for d in hal.devices() if d.kind == "gadget"}
+        # a name outside ``variants`` is replaced by the backend's own
+        assert names == {"gadget:0@gsim", "gadget:0@reference", "gadget:0@gadgets"}
+        dev = hal.device("gadget@gsim")
+        assert dev.simulated and dev.backend.name == "gadgets" and dev.string == "gadget:0@gsim"
+        assert hal.device("gadget@reference").info.name == "real gadget"
+        assert hal.device("gadget") is hal.device("gadget@reference")  # the real one, not sim
+        assert hal.device("cpu@reference").backend.name == "reference"
+    finally:
+        REGISTRY.unregister("gadgets")
+
+
+def test_bare_kind_with_only_simulated_variants_names_them():
+    class OnlySim(Variants):
+        name = "gadgets2"
+
+        def probe(self):
+            return [DeviceInfo("gadget", 0, "gsim", simulated=True),
+                    DeviceInfo("gadget", 0, "gsim2", usable=False, reason="no board found")]
+
+    OnlySim.variants = ("gsim", "gsim2")
+    hal.register_backend(OnlySim)
+    try:
+        with pytest.raises(hal.DeviceNotFound, match=r"gadget@gsim\).*no board found"):
+            hal.device("gadget")
+    finally:
+        REGISTRY.unregister("gadgets2")
+
+
 def test_register_twice_needs_replace():
     hal.register_backend(Simulated)
     try:

@@ -2,8 +2,7 @@
 
 Devices (one backend, one driver, a transport each): ``fpga@emu`` (register and memory
 model, always there, simulated), ``fpga@opencl`` (an FPGA OpenCL platform; on a CPU OpenCL
-runtime a simulated stand-in), ``fpga@pynq`` (a PYNQ board), ``fpga@rtl`` (the Verilog core in
-cycle-accurate simulation). A plain ``fpga`` is only ever a
+runtime a simulated stand-in), ``fpga@pynq`` (a PYNQ board). A plain ``fpga`` is only ever a
 real one. The backend runs the layers of QDQ.md's int8 form (``precision="int8"``); every other
 node goes to the CPU fallback, and the integers match ``spec`` bit for bit on every transport.
 """
@@ -21,7 +20,7 @@ from hal.errors import BackendError
 from .transports import TRANSPORTS
 
 GENERIC_REASON = ("not part of a quantized Conv/Gemm/MatMul layer (QDQ form: compile with "
-                  "precision='int8'); hal_int8 runs only those, with Relu/Clip and 2×2-style "
+                  "precision='int8'); hal_int8 runs only those, with Relu/Clip and a k×k stride-k "
                   "max-pool fused")
 
 
@@ -34,7 +33,10 @@ class FpgaBackend(Backend):
     default_precision = "int8"
     ops = frozenset({"Conv", "Gemm", "MatMul", "QuantizeLinear", "DequantizeLinear", "Relu",
                      "Clip", "MaxPool"})
-    options = frozenset({"target"})
+    #: target: a manifest target (board or OpenCL platform) instead of the default one;
+    #: bitfile: (fpga@pynq) a .bit to program instead of the target's, or the .hwh of a design
+    #: that is already programmed
+    options = frozenset({"target", "bitfile"})
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -43,127 +45,45 @@ class FpgaBackend(Backend):
 
     # -- devices --------------------------------------------------------------------------
     def probe(self) -> list[DeviceInfo]:
-        return [self._probe_emu(), *self._probe_opencl(), *self._probe_pynq(), self._probe_rtl()]
+        from .transports import Found, module
 
-    def _info(self, variant: str, index: int = 0, **kw) -> DeviceInfo:
-        return DeviceInfo(kind="fpga", index=index, backend=variant, host_memory=False, **kw)
-
-    def _probe_emu(self) -> DeviceInfo:
-        from .transports.emu import EmuTransport
-
-        try:
-            t = EmuTransport()
-            _self_test(t)
-        except Exception as exc:
-            return self._info("emu", usable=False, simulated=True,
-                              reason=f"emulator self-test failed: {type(exc).__name__}: {exc}")
-        engine = ("simulation library (HLS C++ kernel built for the host)" if t.engine == "simlib"
-                  else f"numpy specification ({t.core.engine_note})")
-        self._handles["fpga:0@emu"] = EmuTransport
-        return self._info("emu", name=f"hal_int8 emulator: {engine}", simulated=True,
-                          details={"engine": t.engine})
-
-    def _probe_opencl(self) -> list[DeviceInfo]:
-        import importlib.util
-
-        if importlib.util.find_spec("pyopencl") is None:
-            return [self._info("opencl", usable=False,
-                               reason="pyopencl not installed: pip install hal-accel[opencl]")]
-        from hal.backends.opencl import runtime
-
-        from .transports.opencl import OpenCLTransport, is_fpga
-
-        try:
-            devs = runtime.devices()
-        except Exception as exc:
-            return [self._info("opencl", usable=False,
-                               reason=f"no OpenCL platform could be listed: {exc}")]
-        fpgas = [d for d in devs if is_fpga(d)]
-        if fpgas:
-            out = []
-            for i, d in enumerate(fpgas):
-                self._handles[f"fpga:{i}@opencl"] = (OpenCLTransport, d)
-                out.append(self._info("opencl", i, name=f"{d.name} ({d.platform.name.strip()})",
-                                      details={"platform": d.platform.name.strip()}))
-            return out
-        cpus = [d for d in devs if d.type_kind == "cpu"]
-        if not cpus:
-            return [self._info("opencl", usable=False,
-                               reason="no FPGA OpenCL platform and no CPU runtime to stand in")]
-        d = cpus[0]
-        try:
-            t = OpenCLTransport(d)
-            t.load(_accelerator(), {}, None)
-            _self_test(t)
-        except Exception as exc:
-            return [self._info("opencl", usable=False, simulated=True,
-                               reason=f"OpenCL stand-in self-test failed: {type(exc).__name__}: "
-                                      f"{str(exc)[:300]}")]
-        self._handles["fpga:0@opencl"] = (OpenCLTransport, d)
-        return [self._info("opencl", name=f"hal_int8.cl on {d.name} (CPU OpenCL runtime "
-                                          f"standing in for an FPGA platform)", simulated=True,
-                           details={"platform": d.platform.name.strip()})]
-
-    def _probe_pynq(self) -> list[DeviceInfo]:
-        from .transports.pynq import board_devices
-
-        devs, why = board_devices()
-        if not devs:
-            return [self._info("pynq", usable=False, reason=why)]
         out = []
-        for i, d in enumerate(devs):
-            sim = bool(getattr(d, "hal_simulated", False))
-            self._handles[f"fpga:{i}@pynq"] = d
-            out.append(self._info("pynq", i, name=str(getattr(d, "name", d.tag)), simulated=sim,
-                                  details={"tag": d.tag}))
+        for variant in TRANSPORTS:
+            try:
+                found = module(variant).discover()
+            except Exception as exc:  # noqa: BLE001 - one transport must not hide the others
+                found = [Found(usable=False, reason=f"the {variant} transport failed to list its "
+                                                    f"devices: {type(exc).__name__}: {exc}")]
+            for f in found:
+                info = DeviceInfo(kind="fpga", index=f.index, backend=variant, name=f.name,
+                                  usable=f.usable, reason=f.reason, simulated=f.simulated,
+                                  host_memory=False, details=dict(f.details))
+                if f.usable:
+                    self._handles[info.string] = f.handle
+                out.append(info)
         return out
 
-    def _probe_rtl(self) -> DeviceInfo:
-        from .simlib import compiler
-        from .transports.rtl import RtlTransport, find_verilator
-
-        try:
-            find_verilator()
-            compiler()
-        except BackendError as exc:
-            return self._info("rtl", usable=False, simulated=True, reason=str(exc))
-        self._handles["fpga:0@rtl"] = RtlTransport
-        return self._info("rtl", name="hal_int8 Verilog RTL, Verilated (cycle-accurate; built on "
-                                      "first use)", simulated=True)
-
-    def transport(self, device: Device, target: str | None = None):
-        """The opened transport of ``device`` (programmed / built on first use)."""
-        key = device.string
+    def transport(self, device: Device, target: str | None = None, bitfile: str | None = None):
+        """(transport, engine text) of ``device``, programmed / built on first use; asking for
+        another target or bitfile reopens it (a device holds one design at a time)."""
+        key, config = device.string, (target, bitfile)
+        if bitfile is not None and device.info.backend != "pynq":
+            raise BackendError(f"{device.string}: the bitfile option is for fpga@pynq")
         with self._lock:
-            if key not in self._open:
-                from . import targets
+            opened = self._open.get(key)
+            if opened is None or (config != (None, None) and opened[2] != config):
+                opened = (*self._open_transport(device, target, bitfile), config)
+                self._open[key] = opened
+            return opened[0], opened[1]
 
-                handle = self._handles.get(key)
-                variant = device.info.backend
-                if variant == "emu":
-                    t = handle()
-                    engine = ("simulation library" if t.engine == "simlib"
-                              else "numpy specification")
-                elif variant == "opencl":
-                    cls, cl_device = handle
-                    t = cls(cl_device)
-                    engine = "OpenCL kernel"
-                elif variant == "pynq":
-                    from .transports.pynq import PynqTransport
+    def _open_transport(self, device: Device, target: str | None, bitfile: str | None):
+        from . import manifest
+        from .transports import module
 
-                    t = PynqTransport(handle)
-                    engine = "board" if not t.simulated else "pynq stand-in device"
-                elif variant == "rtl":
-                    t = handle()
-                    engine = "Verilated RTL, cycle-accurate"
-                else:
-                    raise BackendError(f"{key}: no transport named {variant!r}")
-                acc = _accelerator()
-                t.load(acc, targets.manifest(acc), target)
-                if variant == "opencl":
-                    engine = f"OpenCL kernel {t.program_source}"
-                self._open[key] = (t, engine)
-            return self._open[key]
+        t = module(device.info.backend).connect(self._handles.get(device.string), bitfile=bitfile)
+        acc = _accelerator()
+        t.load(acc, manifest.load(acc / "manifest.json"), target)
+        return t, t.describe()
 
     # -- capability and compilation -------------------------------------------------------
     def supports(self, node, device: DeviceInfo) -> bool | str:
@@ -188,7 +108,7 @@ class FpgaBackend(Backend):
     def compile(self, model, device: Device, options: CompileOptions) -> Executable:
         from hal.passes import ShapeInference
 
-        from . import qdq, targets
+        from . import manifest, qdq
         from .executable import FpgaExecutable
 
         model = ShapeInference(strict_mode=False)(model).model  # a segment has bare values
@@ -198,11 +118,12 @@ class FpgaBackend(Backend):
             why = "; ".join(dict.fromkeys(found.refused.values()))
             raise BackendError(f"{device.string} got nodes that are not accelerator layers: "
                                f"{stray}" + (f" ({why})" if why else ""))
-        transport, engine = self.transport(device, options.extra.get("target"))
+        transport, engine = self.transport(device, options.extra.get("target"),
+                                           options.extra.get("bitfile"))
         inputs = [v.name for v in model.graph.inputs]
         outputs = [v.name for v in model.graph.outputs]
         return FpgaExecutable(device, transport, found.layers, inputs, outputs,
-                              targets.manifest(_accelerator()), engine)
+                              manifest.load(_accelerator() / "manifest.json"), engine)
 
     def put(self, array: np.ndarray, device: Device):
         from .executable import put
@@ -214,27 +135,3 @@ def _accelerator():
     from .files import accelerator_dir
 
     return accelerator_dir()
-
-
-def _self_test(transport) -> None:
-    """One small gemm through the driver, checked against the specification."""
-    from . import qdq, spec
-    from .driver import Driver
-
-    rng = np.random.default_rng(0)
-    x = rng.integers(-128, 128, (2, 5), dtype=np.int8)
-    w = rng.integers(-128, 128, (3, 5), dtype=np.int8)
-    b = np.array([100, -7, 3], np.int32)
-    m, s = np.full(3, 1 << 30, np.int32), np.full(3, 37, np.int32)
-    layer = qdq.Layer(op="gemm", nodes=[], x="x", y="y", w=w, bias=b, m=m, s=s, in_shape=(5,))
-    drv = Driver(transport)
-    loaded = drv.load(layer)
-    xm, ym = drv.upload(x), transport.allocate(6)
-    drv.run(loaded, xm, ym, 2, timeout_s=30)
-    got = ym.read(np.int8, 6).reshape(2, 3)
-    want = spec.gemm(x, w, b, m, s)
-    for mem in (xm, ym):
-        mem.free()
-    loaded.free()
-    if not np.array_equal(got, want):
-        raise BackendError(f"self-test gemm gave {got.tolist()}, the spec {want.tolist()}")

@@ -16,15 +16,8 @@ from hal.errors import BackendError
 
 from . import transport as T
 from .qdq import Layer, check_limits
+from .simlib import OP_CODES, STATUS_BITS  # the kernel's op codes and status bits (no build)
 from .transport import Memory, Transport
-
-OP_CODES = {"conv": 0, "gemm": 1}
-STATUS_BITS = {
-    1: "op is neither conv (0) nor gemm (1)",
-    2: "a size is < 1, groups do not divide the channels, or the output is empty",
-    4: "the layer exceeds MAX_K or an on-chip buffer",
-    8: "a multiplier is negative or a shift is outside 1..62",
-}
 
 
 @dataclass

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from hal.backend import Buffer, Device, Executable
 from hal.errors import BackendError, InputError
 
-from . import targets as TG
 from .driver import Driver, LoadedLayer, output_shape
 from .qdq import Layer
 from .transport import Memory, Transport
@@ -20,9 +19,10 @@ from .transport import Memory, Transport
 class FpgaBuffer(Buffer):
     """An array in memory the accelerator reaches (a board's DDR, a cl.Buffer, the emulator's)."""
 
-    def __init__(self, device: Device, memory: Memory, shape: tuple, dtype):
+    def __init__(self, device: Device, memory: Memory, shape: tuple, dtype,
+                 transport: Transport | None = None):
         super().__init__(device, shape, dtype)
-        self.memory = memory
+        self.memory, self.transport = memory, transport
         weakref.finalize(self, memory.free)
 
     def _to_host(self) -> np.ndarray:
@@ -34,7 +34,7 @@ def put(device: Device, transport: Transport, array: np.ndarray) -> FpgaBuffer:
     mem = transport.allocate(max(array.nbytes, 1))
     if array.nbytes:
         mem.write(array)
-    return FpgaBuffer(device, mem, array.shape, array.dtype)
+    return FpgaBuffer(device, mem, array.shape, array.dtype, transport)
 
 
 class FpgaExecutable(Executable):
@@ -49,16 +49,18 @@ class FpgaExecutable(Executable):
         self.transport, self.driver = transport, Driver(transport)
         self.layers = layers
         self.loaded: list[LoadedLayer] = [self.driver.load(layer) for layer in layers]
-        self.boards = [(name, TG.clock_mhz(t)) for name, t in TG.targets(manifest).items()
-                       if TG.clock_mhz(t)]
-        if transport.name == "rtl":  # only bitstreams of the simulated core's PE array
-            self.boards = [(name, mhz) for name, mhz in self.boards
-                           if transport.matches(TG.targets(manifest)[name])]
+        self.boards = [(name, float(t["clock_mhz"])) for name, t in
+                       manifest.get("targets", {}).items() if t.get("clock_mhz")]
+        if transport.name == "rtl":  # the bitstreams of the simulated core's PE array
+            self.boards = [(name, float(t["fmax_mhz"])) for name, t in
+                           manifest.get("targets", {}).items()
+                           if t.get("fmax_mhz") and transport.matches(t)]
         self.last_cycles: list[int] = []
         self.last_wall_s = 0.0
         sim = "simulated, " if transport.simulated else ""
         self.info["accelerator"] = f"hal_int8 on {device.string} ({sim}{engine})"
-        self.info["layers"] = "; ".join(layer.describe() for layer in layers)
+        self.info["layers"] = "; ".join(layer.describe() for layer in layers) + \
+            (" (simulated)" if transport.simulated else "")
 
     def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
         values: dict[str, FpgaBuffer] = {}
@@ -66,8 +68,8 @@ class FpgaExecutable(Executable):
             if buf.dtype != np.int8:
                 raise InputError(f"{self.device.string}: segment input {name!r} must be int8, "
                                  f"got {buf.dtype}")
-            if not isinstance(buf, FpgaBuffer) or buf.device is not self.device:
-                buf = self.device.put(buf.numpy())
+            if not isinstance(buf, FpgaBuffer) or buf.transport is not self.transport:
+                buf = put(self.device, self.transport, np.ascontiguousarray(buf.numpy()))
             values[name] = buf
         t0 = time.perf_counter()
         cycles = []
@@ -80,7 +82,7 @@ class FpgaExecutable(Executable):
             n = int(x.shape[0])
             shape = output_shape(layer, n)
             mem = self.transport.allocate(max(int(np.prod(shape)), 1))
-            out = FpgaBuffer(self.device, mem, shape, np.int8)
+            out = FpgaBuffer(self.device, mem, shape, np.int8, self.transport)
             if n:
                 cycles.append(self.driver.run(loaded, x.memory, mem, n))
             values[layer.y] = out  # intermediates are freed with their buffers after the call
@@ -95,10 +97,13 @@ class FpgaExecutable(Executable):
 
     def _report(self, n: int) -> None:
         sim = "simulated " if self.transport.simulated else ""
+        tag = " (simulated)" if self.transport.simulated else ""
         total = sum(self.last_cycles)
-        self.info["cycles"] = (f"{total:,} for batch {n} ("
-                               + ", ".join(f"{c:,}" for c in self.last_cycles)
-                               + f" per layer; from the {sim}accelerator's cycles register)")
+        self.info["layers"] = "; ".join(
+            f"{layer.describe()}: {c:,} cycles" for layer, c in zip(self.layers, self.last_cycles)
+        ) + tag
+        self.info["cycles"] = (f"{total:,} for batch {n}, from the {sim}accelerator's cycles "
+                               f"register")
         what = {"emu": "emulator", "opencl": "OpenCL runtime", "pynq": "pynq device"}.get(
             self.transport.name, self.transport.name)
         self.info["wall_ms"] = (f"{self.last_wall_s * 1e3:.3f} ms measured on the {sim}{what} "
@@ -108,9 +113,9 @@ class FpgaExecutable(Executable):
             for name, mhz in self.boards:
                 s = total / (mhz * 1e6)
                 est.append(f"{name} @ {mhz:g} MHz: {s * 1e3:.3f} ms/call, {n / s:,.0f} frames/s")
-            how = ("estimated: cycle-accurate simulation x Fmax nextpnr reported, not measured: "
-                   if self.transport.name == "rtl" else
-                   "ESTIMATED from the cycle count and the manifest clock, not measured: ")
+            how = ("estimated: cycle-accurate simulation x the Fmax nextpnr reported, not "
+                   "measured: " if self.transport.name == "rtl" else
+                   f"ESTIMATED from the {sim}cycle count and the manifest clock, not measured: ")
             self.info["estimate"] = how + "; ".join(est)
         elif not total:
             self.info["estimate"] = (f"no estimate: the {sim}accelerator reported no cycles "

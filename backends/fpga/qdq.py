@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import weakref
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import onnx_ir as ir
@@ -59,7 +59,7 @@ class Layer:
     def describe(self) -> str:
         if self.op == "gemm":
             return f"gemm {self.in_shape[0]}→{self.out_channels}"
-        o, cg, kh, kw = self.w.shape
+        o, _, kh, kw = self.w.shape
         extra = "".join([f" s{self.stride}" * (self.stride > 1), f" p{self.pad}" * bool(self.pad),
                          f" g{self.groups}" * (self.groups > 1),
                          f" +pool{self.pool}" * (self.pool > 1)])
@@ -72,13 +72,13 @@ class Refused(Exception):
 
 # -- the accelerator's limits --------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def limits() -> dict[str, int]:
     """PE array and on-chip buffer sizes of hal_int8, read from the kernel's own header."""
     text = (accelerator_dir() / "hls" / "hal_int8.h").read_text()
     found = {k.lower(): int(v) for k, v in
              re.findall(r"^#define HAL_(PE_OUT|PE_IN|MAX_XBUF|MAX_WK|MAX_OW|MAX_K)\s+(\d+)",
-                        text, re.M)}
+                        text, re.MULTILINE)}
     missing = {"pe_out", "pe_in", "max_xbuf", "max_wk", "max_ow", "max_k"} - set(found)
     if missing:
         raise RuntimeError(f"hal_int8.h defines no {sorted(missing)}")
@@ -276,8 +276,9 @@ def _conv(node: ir.Node, what: str):
     if len(set(pads)) != 1:
         raise Refused(f"{what}: pads {pads} are not the same on every side")
     groups = int(_attr(node, "group", 1))
-    return dict(op="conv", w=np.ascontiguousarray(w), s_w=s_w, dqw=dqw, stride=int(strides[0]),
-                pad=int(pads[0]), groups=groups, in_shape=x_shape, kh=int(kh), kw=int(kw))
+    return {"op": "conv", "w": np.ascontiguousarray(w), "s_w": s_w, "dqw": dqw,
+            "stride": int(strides[0]), "pad": int(pads[0]), "groups": groups, "in_shape": x_shape,
+            "kh": int(kh), "kw": int(kw)}
 
 
 def _gemm(node: ir.Node, what: str):
@@ -296,8 +297,8 @@ def _gemm(node: ir.Node, what: str):
     o = int(wv.shape[0] if trans_b else wv.shape[1])
     dqw, w, s_w = _dq_const(wv, ir.DataType.INT8, 0 if trans_b else 1, o, f"{what} weight")
     w = w if trans_b else w.T
-    return dict(op="gemm", w=np.ascontiguousarray(w), s_w=s_w, dqw=dqw, stride=1, pad=0,
-                groups=1, in_shape=x_shape, kh=1, kw=1)
+    return {"op": "gemm", "w": np.ascontiguousarray(w), "s_w": s_w, "dqw": dqw, "stride": 1,
+            "pad": 0, "groups": 1, "in_shape": x_shape, "kh": 1, "kw": 1}
 
 
 def match(node: ir.Node) -> Layer:

@@ -31,7 +31,8 @@ COMPILERS = ("g++", "c++", "clang++")
 OP_CODES = {"conv": 0, "gemm": 1}
 STATUS_BITS = {
     1: "op is neither conv (0) nor gemm (1)",
-    2: "a size is < 1, groups do not divide the channels, or the output is empty",
+    2: "a size is < 1, pad or pool < 0, groups do not divide c and o, or the (pooled) output "
+       "is empty",
     4: "the layer exceeds MAX_K products per output or an on-chip buffer (see the manifest's "
        "'limits'): split it or run it on another device",
     8: "a multiplier is negative or a shift is outside 1..62",

@@ -15,6 +15,7 @@ class ReferenceBackend(Backend):
     priority = 0  # the oracle, never the fastest choice for a bare "cpu"
     requires = ("numpy",)
     hal_ops = frozenset({"FusedConv", "FusedGemm"})  # so it can take fused segments as fallback
+    precisions = ("fp32", "int8")  # int8: the QDQ graph of hal.passes.quantize, run as written
 
     @property
     def ops(self) -> frozenset[str]:  # type: ignore[override]
@@ -30,6 +31,19 @@ class ReferenceBackend(Backend):
         ok = np.array_equal(OPS["Add"](np.ones(2, np.float32), np.ones(2, np.float32)), [2, 2])
         return [DeviceInfo("cpu", 0, self.name, name="numpy reference", usable=ok,
                            reason="" if ok else "numpy self-test failed")]
+
+    def supports(self, node, device: DeviceInfo) -> bool | str:
+        ok = super().supports(node, device)
+        if ok is True and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            from hal.backends.reference.ops.quant import QUANT_DTYPES
+
+            ints = [v for v in (node.outputs[0] if node.op_type == "QuantizeLinear"
+                                else node.inputs[0],) if v is not None and v.dtype is not None]
+            odd = sorted({v.dtype.name for v in ints
+                          if v.dtype.numpy() not in QUANT_DTYPES})
+            if odd:
+                return f"reference quantizes to int8/uint8/int16/uint16/int32 only, not {odd}"
+        return ok
 
     def flow(self, options: CompileOptions):
         from hal.passes import Flow, cleanup_passes

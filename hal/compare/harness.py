@@ -58,7 +58,7 @@ Progress = Callable[..., Any]
 
 
 def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | str | None = None,
-            batch: Sequence[int] | int = (1, 64), precision: Sequence[str] | str = ("fp32",),
+            batch: Sequence[int] | int = (1, 64), precision: Sequence[str] | str | None = None,
             budget_s: float = DEFAULT_BUDGET_S, isolate: bool = False,
             progress: Progress | None = None, scenario: str | None = None,
             warmup: int = 3, min_runs: int = 5, max_runs: int = 1000,
@@ -67,6 +67,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
 
     ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
     strings (default: every usable device, simulated ones included, aliases skipped).
+    ``precision``: one or more of fp32/fp16/bf16/int8 for every device (default: each
+    device's own ``default_precision``, fp32 except on int8-only accelerators).
     ``budget_s``: seconds of timed calls per row after warm-up (at least ``min_runs``
     calls, at most ``max_runs``). ``isolate``: run each device in its own process
     (``python -m hal.compare.worker``), so one backend's threads, caches and memory cannot
@@ -94,14 +96,15 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     devices = _devices(devices)
     loaded = {name: _load(name) for name in models}
 
-    total = len(models) * len(devices) * len(batch) * len(precision)
+    total = len(models) * len(devices) * len(batch) * max(len(precision), 1)  # [] = one each
     tick = _Ticker(progress, total)
     started = time.time()
     refs = {name: _references(loaded[name], name, batch, tick) for name in models}
     rows: list[Row] = []
     worker_envs: dict[str, dict] = {}
     for dev in devices:
-        job = Job(dev, models, batch, precision, budget_s, scenario, warmup, min_runs, max_runs,
+        job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
+                  scenario, warmup, min_runs, max_runs,
                   latency_bound_ms)
         if isolate:
             from hal.compare.isolate import run_isolated
@@ -112,7 +115,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
         rows.extend(it)
     rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch), devices.index(r.device)
                              if r.device in devices else len(devices),
-                             precision.index(r.precision)))
+                             CompileOptions.PRECISIONS.index(r.precision)))
     env = environment()
     env["run"] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                   "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
@@ -150,6 +153,13 @@ def run_job(job: Job, models: dict[str, hal.Model], refs: dict[str, dict[int, Re
             gc.collect()
 
 
+def _default_precision(device: str) -> str:
+    try:
+        return hal.device(device).backend.default_precision
+    except Exception:  # noqa: BLE001 - an unusable device turns into error rows later
+        return "fp32"
+
+
 def _compile(model, device: str, prec: str, rows: list[Row]):
     gc.collect()
     mem = PeakMemory()
@@ -157,7 +167,7 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
         base = mem.start_mb
         t0 = time.perf_counter()
         try:
-            compiled = hal.compile(model, device, precision=prec)
+            compiled = hal.compile(model, device, precision=prec, **_int8(rows[0].model, prec))
         except Exception as exc:  # a broken backend must not abort the comparison
             return None, _why(exc, f"compile on {device}"), base, None
         compile_s = time.perf_counter() - t0
@@ -168,6 +178,14 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
         row.device_name = dev.info.name
         row.placement, row.segments = _placement(compiled)
     return compiled, None, base, compile_s
+
+
+def _int8(name: str, prec: str) -> dict:
+    """A zoo model's own calibration data for int8 (an .onnx file has none: its rows say so)."""
+    from hal.compiler import _zoo_name
+
+    return {"calibration": hal.models.calibration_data(name)} \
+        if prec == "int8" and _zoo_name(name) else {}
 
 
 def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -> None:
@@ -280,6 +298,9 @@ def _batches(batch: Any) -> list[int]:
 
 
 def _precisions(precision: Any) -> list[str]:
+    """The precisions asked for; [] means each device's default."""
+    if precision is None:
+        return []
     out = _as_list(precision) or []
     bad = [p for p in out if p not in CompileOptions.PRECISIONS]
     if not out or bad:

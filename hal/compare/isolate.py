@@ -40,8 +40,11 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
             proc = subprocess.Popen([python or sys.executable, "-m", "hal.compare.worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                     text=True, env=_env())
-            proc.stdin.write(json.dumps(spec))
-            proc.stdin.close()
+            try:
+                proc.stdin.write(json.dumps(spec))
+                proc.stdin.close()
+            except BrokenPipeError:  # the worker died at start: its stderr says why, below
+                pass
             why = None
             for kind, payload in _messages(proc):
                 if kind == "row":

@@ -85,7 +85,9 @@ class ShapeInference(common.ShapeInferencePass):
 def optimize_passes(options, fuse_activations: bool = False) -> list:
     """Shared graph optimizations for ``options.opt_level``: none at 0; from 1 on constant
     folding, dead code, BN folding, bias fusion and, for backends that run ai.hal fused ops
-    (``fuse_activations``), activation fusion."""
+    (``fuse_activations``), activation fusion. int8 (a QDQ graph from ``quantize_flow``)
+    keeps its DequantizeLinear weights and gets no bias or activation fusion: the QDQ
+    pattern must stay visible to the backend."""
     from hal.passes.activation import ActivationFusion
     from hal.passes.batchnorm import BatchNormFolding
     from hal.passes.bias import BiasFusion
@@ -94,12 +96,32 @@ def optimize_passes(options, fuse_activations: bool = False) -> list:
 
     if options.opt_level < 1:
         return []
+    int8 = options.precision == "int8"
     # shapes first: Shape folding and the 2-D check of MatMul -> Gemm read them
-    passes = [ShapeInference(strict_mode=False), ConstantFolding(), DeadCodeElimination(),
-              BatchNormFolding(), BiasFusion()]
-    if fuse_activations:
-        passes.append(ActivationFusion())
+    passes = [ShapeInference(strict_mode=False), ConstantFolding(keep_dequantize=int8),
+              DeadCodeElimination(), BatchNormFolding()]
+    if not int8:
+        passes.append(BiasFusion())
+        if fuse_activations:
+            passes.append(ActivationFusion())
     return passes + [DeadCodeElimination()]  # the weights folding replaced
+
+
+def quantize_flow(options, batches: list, source: str = "") -> Flow:
+    """What ``hal.compile`` runs for ``precision="int8"`` before the backend's own flow:
+    cleanup, constant folding, BatchNorm folding, then ``Quantize`` (calibrated on
+    ``batches`` through cpu@reference) into the QDQ form of HAL's int8 contract.
+    ``batches`` None: the model is already QDQ and ``Quantize`` keeps it as given."""
+    from hal.passes.batchnorm import BatchNormFolding
+    from hal.passes.constant_folding import ConstantFolding
+    from hal.passes.dead_code import DeadCodeElimination
+    from hal.passes.quantize import Quantize
+
+    quantize = Quantize(batches, options.calibration_method, options.calibration_percentile,
+                        options.power_of_two, source)
+    return Flow("int8.quantize", cleanup_passes() + [
+        ShapeInference(strict_mode=False), ConstantFolding(keep_dequantize=True),
+        DeadCodeElimination(), BatchNormFolding(), DeadCodeElimination(), quantize])
 
 
 def default_flow(backend: str, options, fuse_activations: bool = False) -> Flow:

@@ -37,7 +37,7 @@ def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
     while name in graph.initializers:
         n += 1
         name = f"{base}_{n}"
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array) if np.ndim(array) else np.asarray(array)  # keep 0-d
     v = ir.Value(name=name, shape=ir.Shape(array.shape),
                  type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                  const_value=ir.tensor(array, name=name))

@@ -38,15 +38,20 @@ def _too_big(v: ir.Value, limit: int) -> bool:
 class ConstantFolding(HalPass):
     hal_name = "ConstantFolding"
 
-    def __init__(self, size_limit: int = FOLD_LIMIT) -> None:
+    def __init__(self, size_limit: int = FOLD_LIMIT, keep_dequantize: bool = False) -> None:
         super().__init__()
         self.size_limit = size_limit
+        # int8 flows: DequantizeLinear(int8 constant) is how a QDQ model carries its weights;
+        # folding it would turn them back into float
+        self.keep_dequantize = keep_dequantize
 
     def _evaluate(self, node: ir.Node) -> list[np.ndarray] | None:
         from hal.backends.reference.executor import attribute_value
         from hal.backends.reference.ops import OPS
 
         if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED:
+            return None
+        if self.keep_dequantize and node.op_type == "DequantizeLinear":
             return None
         if any(o.is_graph_output() for o in node.outputs) or \
                 any(_too_big(o, self.size_limit) for o in node.outputs):

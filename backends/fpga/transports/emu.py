@@ -162,6 +162,9 @@ class EmuTransport(Transport):
         """What computes: "simlib" (the HLS kernel, host build) or "spec" (numpy)."""
         return self.core.engine
 
+    def describe(self) -> str:
+        return "simulation library" if self.engine == "simlib" else "numpy specification"
+
     def load(self, accelerator: Path, manifest: dict, target: str | None) -> None:
         pass  # the model is the kernel itself: nothing to program
 
@@ -173,3 +176,22 @@ class EmuTransport(Transport):
 
     def allocate(self, nbytes: int) -> ArrayMemory:
         return self.memory.allocate(nbytes)
+
+
+def discover() -> list:
+    from . import Found, self_test
+
+    try:
+        t = EmuTransport()
+        self_test(t)
+    except Exception as exc:  # noqa: BLE001 - discovery never raises
+        return [Found(usable=False, simulated=True,
+                      reason=f"emulator self-test failed: {type(exc).__name__}: {exc}")]
+    engine = ("simulation library (HLS C++ kernel built for the host)" if t.engine == "simlib"
+              else f"numpy specification ({t.core.engine_note})")
+    return [Found(name=f"hal_int8 emulator: {engine}", simulated=True,
+                  details={"engine": t.engine})]
+
+
+def connect(handle, **options) -> EmuTransport:
+    return EmuTransport()

@@ -15,8 +15,9 @@ import numpy as np
 
 from hal.errors import BackendError
 
-from .. import targets as TG
+from .. import manifest as M
 from ..transport import Memory, Transport
+from . import pick_target
 from .model import Call, RegisterFile
 
 BASE = 0x2_0000_0000
@@ -88,15 +89,18 @@ class OpenCLTransport(Transport):
             program = lib.Program(self.context, src.read_text()).build()
             self.program_source = f"{src.name} built for {self.cl_device.name} (CPU runtime)"
         else:
-            name = TG.pick(manifest, "opencl", target)
-            if name is None:
-                raise BackendError(f"{accelerator.name}'s manifest lists no OpenCL FPGA target;"
-                                   " add one (see bitstreams/README) or use fpga@emu")
-            binary = TG.require_built(accelerator, manifest, name, ".xclbin", ".aocx")
+            kind = "aocx" if "intel" in self.cl_device.platform.name.lower() else "xclbin"
+            name = target or next((n for n, t in manifest.get("targets", {}).items()
+                                   if t.get("transport") == "opencl" and t.get("kind") == kind),
+                                  None) or pick_target(manifest, "opencl")
+            binary = M.target_file(manifest, name, kind, accelerator)
             program = lib.Program(self.context, [self.cl_device.device],
                                   [binary.read_bytes()]).build()
             self.program_source = f"{binary.name} (target {name})"
         self.kernel = lib.Kernel(program, "hal_int8_layer")
+
+    def describe(self) -> str:
+        return f"OpenCL kernel {self.program_source}"
 
     def read_reg(self, offset: int) -> int:
         return self.registers.read(offset)
@@ -130,3 +134,44 @@ class OpenCLTransport(Transport):
         self.lib.enqueue_copy(self.queue, status, self._status)
         self.lib.enqueue_copy(self.queue, cycles, self._cycles, is_blocking=True)
         return int(status[0]), int(cycles[0])
+
+
+def discover() -> list:
+    import importlib.util
+
+    from . import Found, self_test
+
+    if importlib.util.find_spec("pyopencl") is None:
+        return [Found(usable=False, reason="pyopencl not installed: pip install hal-accel[opencl]")]
+    from hal.backends.opencl import runtime
+
+    try:
+        devs = runtime.devices()
+    except Exception as exc:  # noqa: BLE001 - discovery never raises
+        return [Found(usable=False, reason=f"no OpenCL platform could be listed: {exc}")]
+    fpgas = [d for d in devs if is_fpga(d)]
+    if fpgas:
+        return [Found(i, f"{d.name} ({d.platform.name.strip()})", handle=d,
+                      details={"platform": d.platform.name.strip()}) for i, d in enumerate(fpgas)]
+    cpus = [d for d in devs if d.type_kind == "cpu"]
+    if not cpus:
+        return [Found(usable=False, reason="no FPGA OpenCL platform, and no CPU runtime to stand "
+                                           "in for one")]
+    d = cpus[0]
+    try:
+        from ..files import accelerator_dir
+
+        t = OpenCLTransport(d)
+        t.load(accelerator_dir(), {}, None)
+        self_test(t)
+    except Exception as exc:  # noqa: BLE001 - discovery never raises
+        return [Found(usable=False, simulated=True,
+                      reason=f"OpenCL stand-in self-test failed: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}")]
+    return [Found(name=f"hal_int8.cl on {d.name} (CPU OpenCL runtime standing in for an FPGA "
+                       f"platform)", simulated=True, handle=d,
+                  details={"platform": d.platform.name.strip()})]
+
+
+def connect(handle, **options) -> OpenCLTransport:
+    return OpenCLTransport(handle)

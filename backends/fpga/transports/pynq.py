@@ -17,8 +17,9 @@ import numpy as np
 
 from hal.errors import BackendError
 
-from .. import targets as TG
+from .. import manifest as M
 from ..transport import Memory, Transport
+from . import pick_target
 
 IP_TYPE = "hal_int8_layer"
 
@@ -27,18 +28,27 @@ def board_devices() -> tuple[list, str]:
     """(pynq devices, why none) without raising: pynq missing or no board are reasons."""
     try:
         import pynq
-    except Exception as exc:  # ImportError, or pynq failing on a machine that is no board
+    except Exception as exc:  # noqa: BLE001 - ImportError, or pynq failing off a board
         return [], (f"pynq is not importable here ({type(exc).__name__}: {exc}); on a PYNQ "
-                    f"board install hal-accel[pynq]. No board found: try fpga@emu")
+                    f"board install hal-accel[pynq]; no board found: try fpga@emu")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             devs = list(pynq.Device.devices)
-    except Exception as exc:
-        return [], f"pynq could not list devices ({type(exc).__name__}: {exc}); try fpga@emu"
+    except Exception as exc:  # noqa: BLE001 - a probe never raises
+        return [], (f"pynq could not list devices ({type(exc).__name__}: {exc}); no board "
+                    f"found: try fpga@emu")
     if not devs:
         return [], "no PYNQ board found (pynq.Device.devices is empty): try fpga@emu"
     return devs, ""
+
+
+def _board_name() -> str | None:
+    """The board a PYNQ image runs on (its BOARD variable, e.g. "KV260"), lower case."""
+    import os
+
+    board = os.environ.get("BOARD", "").strip().lower()
+    return board or None
 
 
 class PynqMemory(Memory):
@@ -85,11 +95,8 @@ class PynqTransport(Transport):
 
     def load(self, accelerator: Path, manifest: dict, target: str | None) -> None:
         if self.bitfile is None:
-            name = TG.pick(manifest, "pynq", target)
-            if name is None:
-                raise BackendError(f"{accelerator.name}'s manifest lists no PYNQ board target; "
-                                   f"use fpga@emu")
-            path = TG.require_built(accelerator, manifest, name, ".bit")
+            name = pick_target(manifest, "pynq", target or _board_name())
+            path = M.target_file(manifest, name, "bitstream", accelerator)
         else:
             path = Path(self.bitfile)
         try:
@@ -106,6 +113,9 @@ class PynqTransport(Transport):
         self.ip = getattr(self.overlay, names[0].replace("/", "."))
         self.ip_name = names[0]
 
+    def describe(self) -> str:
+        return "pynq stand-in device" if self.simulated else "board"
+
     def read_reg(self, offset: int) -> int:
         return int(self.ip.mmio.read(offset))
 
@@ -116,3 +126,19 @@ class PynqTransport(Transport):
         if nbytes < 1:
             raise BackendError(f"cannot allocate {nbytes} bytes")
         return PynqMemory(self.pynq.allocate((nbytes,), np.uint8, target=self.device))
+
+
+def discover() -> list:
+    from . import Found
+
+    devs, why = board_devices()
+    if not devs:
+        return [Found(usable=False, reason=why)]
+    return [Found(i, str(getattr(d, "name", d.tag)), simulated=bool(getattr(d, "hal_simulated",
+                                                                          False)),
+                  details={"tag": d.tag}, handle=d) for i, d in enumerate(devs)]
+
+
+def connect(handle, bitfile=None, **options) -> PynqTransport:
+    return PynqTransport(handle, bitfile=bitfile,
+                         download=not str(bitfile or "").endswith(".hwh"))

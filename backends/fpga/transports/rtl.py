@@ -196,6 +196,11 @@ class RtlTransport(Transport):
         self.target = target
         self.open()
 
+    def describe(self) -> str:
+        p = self.params
+        return (f"Verilated RTL, cycle-accurate, PE {p['PE_OUT']}x{p['PE_IN']}"
+                + (f" (target {self.target})" if self.target else ""))
+
     def matches(self, target: dict) -> bool:
         """Whether manifest ``target`` is a bitstream of the PE array simulated here."""
         rtl = target.get("rtl") if isinstance(target, dict) else None
@@ -264,3 +269,20 @@ class RtlTransport(Transport):
             self._lib.hal_rtl_free(self._sim)
             self._sim = None
             self._view = None
+
+
+def discover() -> list:
+    """fpga@rtl is usable wherever Verilator and a C++ compiler are (built on first use)."""
+    from . import Found
+
+    try:
+        find_verilator()
+        compiler()
+    except BackendError as exc:
+        return [Found(usable=False, simulated=True, reason=str(exc))]
+    return [Found(name="hal_int8 Verilog RTL, Verilated (cycle-accurate; built on first use)",
+                  simulated=True)]
+
+
+def connect(handle, **options) -> RtlTransport:
+    return RtlTransport()

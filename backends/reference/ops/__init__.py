@@ -20,4 +20,4 @@ def op(*names: str):
     return register
 
 
-from hal.backends.reference.ops import elementwise, fused, nn, tensor  # noqa: E402,F401
+from hal.backends.reference.ops import elementwise, fused, nn, quant, tensor  # noqa: E402,F401

@@ -158,13 +158,13 @@ TILES:
                 const int32_t r_lo = oy * stride - pad, r_hi = r_lo + kh - 1;
             LOAD_X:
                 for (int32_t r = r_lo > next_row ? r_lo : next_row; r <= r_hi; ++r) {
-                    int8_t *slot = xbuf + ((r + pad) % kh) * slot_len;
+                    const int32_t base = ((r + pad) % kh) * slot_len;  // index, not pointer
                     const bool inside = r >= 0 && r < h;
                     for (int32_t ci = 0; ci < cr; ++ci)
                         for (int32_t col = 0; col < wp; ++col) {
 #pragma HLS PIPELINE II=1
                             const int32_t xc = col - pad;
-                            slot[col * cr + ci] =
+                            xbuf[base + col * cr + ci] =
                                 inside && xc >= 0 && xc < wd
                                     ? x[(((int64_t)b * c + c_lo + ci) * h + r) * wd + xc]
                                     : (int8_t)0;
@@ -188,7 +188,7 @@ TILES:
                         for (int32_t kx = 0; kx < kw; ++kx)
                             for (int32_t ic0 = 0; ic0 < cg; ic0 += HAL_PE_IN) {
 #pragma HLS PIPELINE II=1
-                                const int8_t *px = xbuf + ((oy * stride + ky) % kh) * slot_len +
+                                const int32_t px = ((oy * stride + ky) % kh) * slot_len +
                                                    (ox * stride + kx) * cr;
                                 for (int32_t p = 0; p < HAL_PE_OUT; ++p) {
 #pragma HLS UNROLL
@@ -196,8 +196,9 @@ TILES:
 #pragma HLS UNROLL
                                         const int32_t ic = ic0 + q;
                                         if (ic < cg)
-                                            acc[p] += (uint32_t)((int32_t)px[cbase[p] + ic] *
-                                                                 (int32_t)wbuf[p][(ky * kw + kx) * cg + ic]);
+                                            acc[p] += (uint32_t)(
+                                                (int32_t)xbuf[px + cbase[p] + ic] *
+                                                (int32_t)wbuf[p][(ky * kw + kx) * cg + ic]);
                                     }
                                 }
                             }

@@ -14,8 +14,12 @@ proc hal_int8_build {board part board_part mhz ip_repo out {board_connections ""
     if {$board_connections ne ""} {
         set_property board_connections $board_connections [current_project]
     }
-    set_property ip_repo_paths [file normalize $ip_repo] [current_project]
+    # run_hls.tcl exports the IP as a zip; Vivado's catalog takes it once unpacked into a repo.
+    set repo [file normalize $proj_dir/ip_repo]
+    file mkdir $repo
+    set_property ip_repo_paths $repo [current_project]
     update_ip_catalog
+    update_ip_catalog -add_ip [file normalize $ip_repo/hal_int8_layer.zip] -repo_path $repo
 
     create_bd_design hal_int8
     set ps [create_bd_cell -type ip -vlnv xilinx.com:ip:zynq_ultra_ps_e zynq_ultra_ps_e_0]
