@@ -50,7 +50,8 @@ class FpgaExecutable(Executable):
         self.layers = layers
         self.loaded: list[LoadedLayer] = [self.driver.load(layer) for layer in layers]
         self.boards = [(name, float(t["clock_mhz"])) for name, t in
-                       manifest.get("targets", {}).items() if t.get("clock_mhz")]
+                       manifest.get("targets", {}).items()
+                       if t.get("clock_mhz") and "rtl" not in t]  # HLS-kernel cycles
         if transport.name == "rtl":  # the bitstreams of the simulated core's PE array
             self.boards = [(name, float(t["fmax_mhz"])) for name, t in
                            manifest.get("targets", {}).items()

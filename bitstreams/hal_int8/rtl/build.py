@@ -208,6 +208,7 @@ def build_target(name: str, out: Path) -> dict:
             "rtl": {"top": "hal_int8_fabric", "params": {k.lower(): v for k, v in params.items()},
                     "macs_per_cycle": params["PE_OUT"] * params["PE_IN"]},
             "resources": rep["resources"], "fmax_mhz": rep["fmax_mhz"],
+            "clock_mhz": t["freq_mhz"] if rep["timing_met"] else None,
             "clock_constraint_mhz": t["freq_mhz"], "timing_met": rep["timing_met"], "tools": vers,
             "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "files": [{"kind": "bitstream", "path": os.path.relpath(bit, HERE.parent),
@@ -218,7 +219,7 @@ def build_target(name: str, out: Path) -> dict:
     log(f"{name}: no candidate PE array fits the part")
     return {
         "kind": "open-toolchain", "part": t["device"], "transport": "rtl",
-        "build": BUILD, "status": "unbuilt",
+        "build": BUILD, "status": "unbuilt", "clock_mhz": None,
         "reason": f"does not fit: smallest array tried {last['params']['PE_OUT']}x"
                   f"{last['params']['PE_IN']}: {last['error']}",
         "rtl": {"top": "hal_int8_fabric", "params": {k.lower(): v for k, v in last["params"].items()},
@@ -248,6 +249,12 @@ def record(path: Path, results: dict) -> None:
             empty = text[head.end():].lstrip().startswith("}")
             text = text[:head.end()] + block + ("\n" if empty else ",\n") + text[head.end():]
     man.setdefault("targets", {}).update(results)
+    clocks = man.get("parameters", {}).get("clock_mhz")
+    line = re.search(r'^    "clock_mhz": \{(.*)\}(,?)$', text, re.MULTILINE)
+    if isinstance(clocks, dict) and line:  # parameters.clock_mhz lists every target's clock
+        clocks.update({k: v.get("clock_mhz") for k, v in results.items()})
+        text = (text[:line.start()] + '    "clock_mhz": ' +
+                json.dumps(clocks, separators=(", ", ": ")) + line.group(2) + text[line.end():])
     if json.loads(text) != man:
         raise SystemExit(f"build.py: recording into {path} went wrong; the file is unchanged")
     path.write_text(text)
