@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hal-installed
 EXTRAS ?= all,dev
 
-.PHONY: demo test venv lint clean pynq-env
+.PHONY: demo test venv lint clean pynq-env bitstreams rtl-lint
 
 demo: $(STAMP)
 	$(BIN)/hal compare
@@ -42,6 +42,14 @@ $(PYNQ_STAMP): pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check hal backends models tests bench
+
+# hal_int8's RTL: iCE40 / ECP5 bitstreams from open toolchains (installed when missing), recorded
+# in bitstreams/hal_int8/manifest.json; outputs under bitstreams/hal_int8/build/rtl (ignored)
+bitstreams: $(STAMP)
+	$(MAKE) -C bitstreams/hal_int8/rtl bitstreams PYTHON=$(abspath $(BIN)/python)
+
+rtl-lint: $(STAMP)
+	$(MAKE) -C bitstreams/hal_int8/rtl lint PYTHON=$(abspath $(BIN)/python)
 
 clean:
 	rm -rf $(VENV) $(PYNQ_VENV) build *.egg-info

@@ -50,7 +50,12 @@ class FpgaExecutable(Executable):
         self.layers = layers
         self.loaded: list[LoadedLayer] = [self.driver.load(layer) for layer in layers]
         self.boards = [(name, float(t["clock_mhz"])) for name, t in
-                       manifest.get("targets", {}).items() if t.get("clock_mhz")]
+                       manifest.get("targets", {}).items()
+                       if t.get("clock_mhz") and "rtl" not in t]  # HLS-kernel cycles
+        if transport.name == "rtl":  # the bitstreams of the simulated core's PE array
+            self.boards = [(name, float(t["fmax_mhz"])) for name, t in
+                           manifest.get("targets", {}).items()
+                           if t.get("fmax_mhz") and transport.matches(t)]
         self.last_cycles: list[int] = []
         self.last_wall_s = 0.0
         sim = "simulated, " if transport.simulated else ""
@@ -109,8 +114,10 @@ class FpgaExecutable(Executable):
             for name, mhz in self.boards:
                 s = total / (mhz * 1e6)
                 est.append(f"{name} @ {mhz:g} MHz: {s * 1e3:.3f} ms/call, {n / s:,.0f} frames/s")
-            self.info["estimate"] = (f"ESTIMATED from the {sim}cycle count and the manifest "
-                                     f"clock, not measured: " + "; ".join(est))
+            how = ("estimated: cycle-accurate simulation x the Fmax nextpnr reported, not "
+                   "measured: " if self.transport.name == "rtl" else
+                   f"ESTIMATED from the {sim}cycle count and the manifest clock, not measured: ")
+            self.info["estimate"] = how + "; ".join(est)
         elif not total:
             self.info["estimate"] = (f"no estimate: the {sim}accelerator reported no cycles "
                                      f"(numpy specification engine)")

@@ -3,6 +3,7 @@
 ``emu``     register and memory model; ``ap_start`` runs the simulation library (or the spec)
 ``opencl``  pyopencl: the ``hal_int8_layer`` kernel, registers become its arguments
 ``pynq``    a board through pynq: ``Overlay``, ``allocate``, MMIO
+``rtl``     the Verilog core, Verilated, with an AXI memory model: cycle-accurate simulation
 
 A transport module serves the devices ``fpga:N@<module>`` with two functions: ``discover()``
 lists what it can reach as ``Found`` entries (never raising: an unusable one says why), and
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 #: the transports, in the order their devices are listed
-TRANSPORTS = ("emu", "opencl", "pynq")
+TRANSPORTS = ("emu", "opencl", "pynq", "rtl")
 
 
 @dataclass

@@ -1,0 +1,223 @@
+// hal_int8: HAL's int8 layer accelerator in Verilog, the same core as ../hls/hal_int8.cpp behind
+// the same AXI-lite register map (backends/fpga/transport.py, the #pragma offsets of the HLS
+// top): ap_ctrl at 0x00 (ap_start, ap_done clear-on-read, ap_idle, ap_ready), GIE/IER/ISR,
+// 64-bit buffer addresses (low word at the offset, high word at +4), int32 layer registers,
+// status at 0xC8 and a 64-bit cycle counter (start to done) at 0xD0/0xD4.
+// Data: one AXI4 master, 32-bit (hal_int8_core).
+`default_nettype none
+module hal_int8 #(
+    parameter integer PE_OUT = 8,
+    parameter integer PE_IN = 8,
+    parameter integer XDEPTH = 8192,
+    parameter integer WDEPTH = 1024,
+    parameter integer RQ = 0,          // requantizers: 0 = one per lane, else shared by the lanes
+    parameter integer OW_MAX = 256,
+    parameter integer AW = 64
+) (
+    input  wire          ap_clk,
+    input  wire          ap_rst_n,
+    /* verilator lint_off SYMRSVDWORD */
+    output wire          interrupt,  // the Vitis HLS port name
+    /* verilator lint_on SYMRSVDWORD */
+    // AXI4-lite slave (control)
+    input  wire          s_axi_control_awvalid,
+    output wire          s_axi_control_awready,
+    input  wire [7:0]    s_axi_control_awaddr,
+    input  wire          s_axi_control_wvalid,
+    output wire          s_axi_control_wready,
+    input  wire [31:0]   s_axi_control_wdata,
+    input  wire [3:0]    s_axi_control_wstrb,
+    output reg           s_axi_control_bvalid,
+    input  wire          s_axi_control_bready,
+    output wire [1:0]    s_axi_control_bresp,
+    input  wire          s_axi_control_arvalid,
+    output wire          s_axi_control_arready,
+    /* verilator lint_off UNUSEDSIGNAL */  // byte offsets within a register are ignored
+    input  wire [7:0]    s_axi_control_araddr,
+    /* verilator lint_on UNUSEDSIGNAL */
+    output reg           s_axi_control_rvalid,
+    input  wire          s_axi_control_rready,
+    output reg  [31:0]   s_axi_control_rdata,
+    output wire [1:0]    s_axi_control_rresp,
+    // AXI4 master (data)
+    output wire          m_axi_gmem_arvalid,
+    input  wire          m_axi_gmem_arready,
+    output wire [AW-1:0] m_axi_gmem_araddr,
+    output wire [7:0]    m_axi_gmem_arlen,
+    output wire [2:0]    m_axi_gmem_arsize,
+    output wire [1:0]    m_axi_gmem_arburst,
+    input  wire          m_axi_gmem_rvalid,
+    output wire          m_axi_gmem_rready,
+    input  wire [31:0]   m_axi_gmem_rdata,
+    input  wire          m_axi_gmem_rlast,
+    output wire          m_axi_gmem_awvalid,
+    input  wire          m_axi_gmem_awready,
+    output wire [AW-1:0] m_axi_gmem_awaddr,
+    output wire [7:0]    m_axi_gmem_awlen,
+    output wire [2:0]    m_axi_gmem_awsize,
+    output wire [1:0]    m_axi_gmem_awburst,
+    output wire          m_axi_gmem_wvalid,
+    input  wire          m_axi_gmem_wready,
+    output wire [31:0]   m_axi_gmem_wdata,
+    output wire [3:0]    m_axi_gmem_wstrb,
+    output wire          m_axi_gmem_wlast,
+    input  wire          m_axi_gmem_bvalid,
+    output wire          m_axi_gmem_bready
+);
+    wire rst = !ap_rst_n;
+    // word-addressed argument registers (offset >> 2); only the implemented words are flip-flops,
+    // high address words only when AW > 32
+    localparam [63:0] HI = AW > 32 ? 64'h0000_0000_0012_4920 : 64'd0;
+    localparam [63:0] PRESENT = 64'h0001_5555_5540_0000 | 64'h0000_0000_0009_2490 | HI;
+    wire [31:0] regs [0:63];
+    reg        ap_start, gie;
+    reg        ap_done /* verilator public_flat_rd */;  // the co-simulation waits on it
+    reg [1:0]  ier, isr;
+    reg [63:0] cycles;
+    wire       busy, done;
+    wire [3:0] status;
+
+    // ---- AXI-lite write: address and data may arrive in either order ----
+    reg       aw_have, w_have;
+    reg [7:0] aw_addr;
+    reg [31:0] w_data;
+    reg [3:0]  w_strb;
+    assign s_axi_control_awready = !aw_have && !s_axi_control_bvalid;
+    assign s_axi_control_wready = !w_have && !s_axi_control_bvalid;
+    assign s_axi_control_bresp = 2'b00;
+    wire       aw_ok = aw_have || (s_axi_control_awvalid && s_axi_control_awready);
+    wire       w_ok = w_have || (s_axi_control_wvalid && s_axi_control_wready);
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [7:0] wa_full = aw_have ? aw_addr : s_axi_control_awaddr;
+    /* verilator lint_on UNUSEDSIGNAL */
+    wire [5:0] wa = wa_full[7:2];  // word index: registers are 32-bit aligned
+    wire [31:0] wdat = w_have ? w_data : s_axi_control_wdata;
+    wire [3:0] wstb = w_have ? w_strb : s_axi_control_wstrb;
+    wire       wr_now = aw_ok && w_ok && !s_axi_control_bvalid;
+
+    // ---- AXI-lite read ----
+    assign s_axi_control_arready = !s_axi_control_rvalid;
+    assign s_axi_control_rresp = 2'b00;
+    wire rd_now = s_axi_control_arvalid && s_axi_control_arready;
+    wire [5:0] ra = s_axi_control_araddr[7:2];
+    reg  [31:0] rval;
+    always @* begin
+        case (ra)
+            6'h00: rval = {28'd0, !ap_start && !busy && ap_done, !busy && !ap_start, ap_done,
+                           ap_start || busy};
+            6'h01: rval = {31'd0, gie};
+            6'h02: rval = {30'd0, ier};
+            6'h03: rval = {30'd0, isr};
+            6'h32: rval = {28'd0, status};
+            6'h34: rval = cycles[31:0];
+            6'h35: rval = cycles[63:32];
+            default: rval = regs[ra];
+        endcase
+    end
+
+    always @(posedge ap_clk) begin
+        if (rst) begin
+            aw_have <= 1'b0;
+            w_have <= 1'b0;
+            s_axi_control_bvalid <= 1'b0;
+            s_axi_control_rvalid <= 1'b0;
+            ap_start <= 1'b0;
+            ap_done <= 1'b0;
+            gie <= 1'b0;
+            ier <= 2'd0;
+            isr <= 2'd0;
+            cycles <= 64'd0;
+        end else begin
+            if (s_axi_control_bvalid && s_axi_control_bready) s_axi_control_bvalid <= 1'b0;
+            if (s_axi_control_awvalid && s_axi_control_awready && !wr_now) begin
+                aw_have <= 1'b1;
+                aw_addr <= s_axi_control_awaddr;
+            end
+            if (s_axi_control_wvalid && s_axi_control_wready && !wr_now) begin
+                w_have <= 1'b1;
+                w_data <= s_axi_control_wdata;
+                w_strb <= s_axi_control_wstrb;
+            end
+            if (wr_now) begin
+                aw_have <= 1'b0;
+                w_have <= 1'b0;
+                s_axi_control_bvalid <= 1'b1;
+                case (wa)
+                    6'h00: if (wstb[0] && wdat[0] && !busy) ap_start <= 1'b1;
+                    6'h01: if (wstb[0]) gie <= wdat[0];
+                    6'h02: if (wstb[0]) ier <= wdat[1:0];
+                    6'h03: if (wstb[0]) isr <= isr ^ (isr & wdat[1:0]);  // toggle-on-write
+                    default: ;  // argument registers: below
+                endcase
+            end
+            if (s_axi_control_rvalid && s_axi_control_rready) s_axi_control_rvalid <= 1'b0;
+            if (rd_now) begin
+                s_axi_control_rvalid <= 1'b1;
+                s_axi_control_rdata <= rval;
+                if (ra == 6'h00 && !(done)) ap_done <= 1'b0;  // ap_done clears on read
+            end
+            if (ap_start && !busy) begin  // the core takes the start this cycle
+                ap_done <= 1'b0;
+                cycles <= 64'd0;
+            end
+            if (busy) begin
+                ap_start <= 1'b0;
+                cycles <= cycles + 64'd1;
+            end
+            if (done) begin
+                ap_done <= 1'b1;
+                isr <= isr | (ier & 2'b11);
+            end
+        end
+    end
+    assign interrupt = gie && isr != 2'd0;
+
+    genvar k;
+    generate
+        for (k = 0; k < 64; k = k + 1) begin : arg
+            if (PRESENT[k]) begin : q
+                reg [31:0] v;
+                integer i;
+                always @(posedge ap_clk)
+                    for (i = 0; i < 4; i = i + 1)  // byte enables: no merge logic per bit
+                        if (rst) v[8 * i +: 8] <= 8'd0;
+                        else if (wr_now && wa == k && wstb[i]) v[8 * i +: 8] <= wdat[8 * i +: 8];
+                assign regs[k] = v;
+            end else begin : none
+                assign regs[k] = 32'd0;
+            end
+        end
+    endgenerate
+
+    /* verilator lint_off UNUSEDSIGNAL */  // AW < 64 keeps the low AW bits
+    function automatic [AW-1:0] addr64(input [31:0] lo, input [31:0] hi);
+        reg [63:0] t;
+        begin
+            t = {hi, lo};
+            addr64 = t[AW-1:0];
+        end
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
+
+    hal_int8_core #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
+                    .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW)) core (
+        .clk(ap_clk), .rst(rst), .start(ap_start && !busy), .busy(busy), .done(done),
+        .status(status),
+        .a_x(addr64(regs[6'h04], regs[6'h05])), .a_w(addr64(regs[6'h07], regs[6'h08])),
+        .a_bias(addr64(regs[6'h0a], regs[6'h0b])), .a_mult(addr64(regs[6'h0d], regs[6'h0e])),
+        .a_shift(addr64(regs[6'h10], regs[6'h11])), .a_y(addr64(regs[6'h13], regs[6'h14])),
+        .r_op(regs[6'h16]), .r_n(regs[6'h18]), .r_c(regs[6'h1a]), .r_h(regs[6'h1c]),
+        .r_wd(regs[6'h1e]), .r_o(regs[6'h20]), .r_kh(regs[6'h22]), .r_kw(regs[6'h24]),
+        .r_stride(regs[6'h26]), .r_pad(regs[6'h28]), .r_groups(regs[6'h2a]),
+        .r_act_min(regs[6'h2c]), .r_act_max(regs[6'h2e]), .r_pool(regs[6'h30]),
+        .m_arvalid(m_axi_gmem_arvalid), .m_arready(m_axi_gmem_arready),
+        .m_araddr(m_axi_gmem_araddr), .m_arlen(m_axi_gmem_arlen), .m_arsize(m_axi_gmem_arsize),
+        .m_arburst(m_axi_gmem_arburst), .m_rvalid(m_axi_gmem_rvalid),
+        .m_rready(m_axi_gmem_rready), .m_rdata(m_axi_gmem_rdata), .m_rlast(m_axi_gmem_rlast),
+        .m_awvalid(m_axi_gmem_awvalid), .m_awready(m_axi_gmem_awready),
+        .m_awaddr(m_axi_gmem_awaddr), .m_awlen(m_axi_gmem_awlen), .m_awsize(m_axi_gmem_awsize),
+        .m_awburst(m_axi_gmem_awburst), .m_wvalid(m_axi_gmem_wvalid),
+        .m_wready(m_axi_gmem_wready), .m_wdata(m_axi_gmem_wdata), .m_wstrb(m_axi_gmem_wstrb),
+        .m_wlast(m_axi_gmem_wlast), .m_bvalid(m_axi_gmem_bvalid), .m_bready(m_axi_gmem_bready));
+endmodule
+`default_nettype wire

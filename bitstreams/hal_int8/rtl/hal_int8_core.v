@@ -1,0 +1,660 @@
+// hal_int8 layer engine: one int8 conv2d / gemm layer per start, bit for bit
+// backends/fpga/spec.py (see ../hls/hal_int8.h for the data layout and status bits).
+//
+// Loop nest (one PE_OUT x PE_IN step per cycle in MAC):
+//   for each group g, tile of up to PE_OUT output channels in_img g:
+//     load bias/mult/shift and the tile's weights into per-lane banks ([ky][kx][ic] words of
+//     PE_IN channels);
+//     for each image b: load the group's input channels into the x banks ([y][x][ic] words)
+//       (skipped when that image and group are already there), then for each output pixel:
+//       acc = bias; for ky, kx, ic word: acc[p] += sum_q x[q] * w[p][q] (padding reads 0);
+//       requantize all lanes in parallel; max-pool into a row buffer; store pooled rows.
+// Sizes above 65535 and layers beyond the banks (XDEPTH, WDEPTH words; OW_MAX pooled columns)
+// or MAX_K products per output are refused with the LIMIT status bit.
+`default_nettype none
+module hal_int8_core #(
+    parameter integer PE_OUT = 8,
+    parameter integer PE_IN = 8,
+    parameter integer XDEPTH = 8192,   // words of PE_IN bytes in the input banks
+    parameter integer WDEPTH = 1024,   // words of PE_IN bytes per lane in the weight banks
+    parameter integer OW_MAX = 256,    // pooled output columns of the row buffer
+    parameter integer RQ = 0,          // requantizers: 0 = one per lane, N = N shared in turns
+    parameter integer AW = 64          // AXI address bits
+) (
+    input  wire          clk,
+    input  wire          rst,
+    input  wire          start,
+    output reg           busy,
+    output reg           done,         // one-cycle pulse at the end
+    output reg  [3:0]    status,
+    input  wire [AW-1:0] a_x, a_w, a_bias, a_mult, a_shift, a_y,
+    input  wire [31:0]   r_op, r_n, r_c, r_h, r_wd, r_o, r_kh, r_kw, r_stride, r_pad,
+    input  wire [31:0]   r_groups, r_act_min, r_act_max, r_pool,
+    // AXI4 master (32-bit data)
+    output wire          m_arvalid,
+    input  wire          m_arready,
+    output wire [AW-1:0] m_araddr,
+    output wire [7:0]    m_arlen,
+    output wire [2:0]    m_arsize,
+    output wire [1:0]    m_arburst,
+    input  wire          m_rvalid,
+    output wire          m_rready,
+    input  wire [31:0]   m_rdata,
+    input  wire          m_rlast,
+    output wire          m_awvalid,
+    input  wire          m_awready,
+    output wire [AW-1:0] m_awaddr,
+    output wire [7:0]    m_awlen,
+    output wire [2:0]    m_awsize,
+    output wire [1:0]    m_awburst,
+    output wire          m_wvalid,
+    input  wire          m_wready,
+    output wire [31:0]   m_wdata,
+    output wire [3:0]    m_wstrb,
+    output wire          m_wlast,
+    input  wire          m_bvalid,
+    output wire          m_bready
+);
+    localparam integer XAW = $clog2(XDEPTH);
+    localparam integer WAW = $clog2(WDEPTH);
+    localparam integer OAW = $clog2(OW_MAX);
+    localparam integer SAW = XAW + 20;          // signed input-bank address arithmetic
+    localparam [15:0] PO = PE_OUT[15:0];
+    localparam [15:0] PI = PE_IN[15:0];
+    localparam [47:0] XD = {16'd0, XDEPTH[31:0]};
+    localparam [47:0] WD = {16'd0, WDEPTH[31:0]};
+    localparam [19:0] OM = OW_MAX[19:0];
+    localparam integer LW = PE_OUT > 1 ? $clog2(PE_OUT) : 1;
+    localparam integer OFW = AW < 48 ? AW : 48;  // byte offsets into buffers
+    localparam [47:0] MAX_K = 48'd131071;
+    localparam [3:0] ERR_OP = 4'd1, ERR_SHAPE = 4'd2, ERR_LIMIT = 4'd4, ERR_QPARAM = 4'd8;
+    localparam [2:0] K_BIAS = 3'd0, K_MULT = 3'd1, K_SHIFT = 3'd2, K_W = 3'd3, K_X = 3'd4;
+    localparam [4:0] SETUP_LAST = 5'd22, TILE_FIRST = 5'd23, TILE_LAST = 5'd24;
+
+    localparam [4:0] S_IDLE = 5'd0, S_CHECK = 5'd1, S_MATH = 5'd2, S_MATHW = 5'd3,
+                     S_CHECK2 = 5'd4, S_TILE = 5'd5, S_RD = 5'd6, S_RDW = 5'd7,
+                     S_QCHK = 5'd8, S_IMG = 5'd9, S_ROW = 5'd10, S_PIX = 5'd11, S_MAC = 5'd12,
+                     S_D1 = 5'd13, S_D2 = 5'd14, S_RQ = 5'd15, S_RQW = 5'd16, S_UPD0 = 5'd17,
+                     S_UPD1 = 5'd18, S_NEXTROW = 5'd19, S_STORE = 5'd20, S_WR = 5'd21,
+                     S_ST0 = 5'd22, S_ST1 = 5'd23, S_STW = 5'd24, S_NEXTTILE = 5'd25,
+                     S_FINISH = 5'd26;
+    reg [4:0] state;
+
+    // ---- layer registers (latched at start; gemm is a 1x1 conv of N 1x1 images) ----
+    wire        gemm = r_op == 32'd1;
+    wire [31:0] n = r_n, c = r_c, o = r_o;
+    wire [31:0] h = gemm ? 32'd1 : r_h, wd = gemm ? 32'd1 : r_wd;
+    wire [31:0] kh = gemm ? 32'd1 : r_kh, kw = gemm ? 32'd1 : r_kw;
+    wire [31:0] stride = gemm ? 32'd1 : r_stride, groups = gemm ? 32'd1 : r_groups;
+    wire [31:0] pad = gemm ? 32'd0 : r_pad, pool = gemm ? 32'd0 : r_pool;
+    wire [31:0] lo = $signed(r_act_min) > -32'sd128 ? r_act_min : -32'sd128;
+    wire [31:0] hi = $signed(r_act_max) < 32'sd127 ? r_act_max : 32'sd127;
+    /* verilator lint_off UNUSEDSIGNAL */  // pk <= 65535 once checked
+    wire [31:0] pk = $signed(pool) > 32'sd1 ? pool : 32'd1;
+    /* verilator lint_on UNUSEDSIGNAL */
+
+    // ---- derived sizes (set-up steps of the sequential unit) ----
+    reg [4:0]  step;
+    reg [15:0] cg, og, cw;
+    reg [16:0] rem0, rem1;
+    reg [19:0] oh, ow, ph, pw, ohc, owc;
+    reg [31:0] khw, kk, hw, ychan;
+    reg        big_kk, big_w, big_x;
+    reg [47:0] xgrp;
+    reg [OFW-1:0] ximg, yimg, woff, yoff;
+    reg [SAW-1:0] rs, srs, prs, scw, pcw;
+
+    reg         m_start, m_div;
+    reg  [47:0] m_a;
+    reg  [15:0] m_b;
+    wire [47:0] m_q;
+    wire [16:0] m_r;
+    wire        m_busy;
+    hal_int8_seqmath seqmath (.clk(clk), .rst(rst), .start(m_start), .is_div(m_div), .a(m_a),
+                              .b(m_b), .q(m_q), .r(m_r), .busy(m_busy));
+
+    // ---- loop state ----
+    reg [15:0] g, ocg, goc, oc0, b, st_p;
+    reg [15:0] lanes;
+    reg [OFW-1:0] xg_off, xb_off, yb_off, ylane_off;
+    reg [31:0] yrow_off;
+    reg        xv;
+    reg [15:0] xkb, xkg;
+    reg [19:0] oy, ox, rsub, csub, py, px, qq;
+    reg signed [19:0] iy0, ix0, iy, ix;      // |.| < 2**18 once sizes are <= 65535
+    reg signed [SAW-1:0] rowbase, colbase, kyoff, kxoff;
+    reg [15:0] ky, kx, icw;
+    reg [23:0] ic0, wk;
+
+    // ---- per-lane parameters, accumulators, requantizers ----
+    reg [31:0] p_bias [0:PE_OUT-1];
+    reg [31:0] p_mult [0:PE_OUT-1];
+    reg [31:0] p_shift [0:PE_OUT-1];
+    reg [31:0] acc [0:PE_OUT-1];
+    localparam integer NRQ = RQ == 0 || RQ > PE_OUT ? PE_OUT : RQ;
+    reg  [15:0] rq_base;                  // first lane of the requantizers' current turn
+    reg  [7:0]  rq_y [0:PE_OUT-1];        // requantized lanes
+    wire [7:0]  rq_out [0:NRQ-1];
+    wire [NRQ-1:0] rq_busy;
+
+    // ---- AXI read / write engines ----
+    reg  [AW-1:0] rc_addr, wc_addr;
+    reg  [31:0]   rc_len, wc_len;
+    reg  [2:0]    kind;
+    wire          rd_busy, rd_valid, wr_busy, wr_ready;
+    wire [7:0]    rd_data;
+    wire          rd_take = state == S_RDW && rd_valid;
+    /* verilator lint_off UNUSEDSIGNAL */  // its low byte is shifted out when a word completes
+    reg  [31:0]   word;
+    /* verilator lint_on UNUSEDSIGNAL */
+    reg  [1:0]    bi;
+    reg  [15:0]   li;     // lane being loaded
+    reg  [7:0]    ld_q;    // channel in the word being loaded
+    reg  [15:0]   ld_w;    // channel word
+    reg  [31:0]   ld_pos;  // position (pixel or kernel tap)
+    reg  [23:0]   ld_a;    // bank address
+
+    hal_int8_axi_rd #(.AW(AW)) rd (
+        .clk(clk), .rst(rst), .cmd_valid(state == S_RD), .cmd_addr(rc_addr), .cmd_len(rc_len),
+        .busy(rd_busy), .out_valid(rd_valid), .out_data(rd_data), .out_ready(state == S_RDW),
+        .m_arvalid(m_arvalid), .m_arready(m_arready), .m_araddr(m_araddr), .m_arlen(m_arlen),
+        .m_arsize(m_arsize), .m_arburst(m_arburst), .m_rvalid(m_rvalid), .m_rready(m_rready),
+        .m_rdata(m_rdata), .m_rlast(m_rlast));
+
+    wire [7:0] st_byte;
+    hal_int8_axi_wr #(.AW(AW)) wr (
+        .clk(clk), .rst(rst), .cmd_valid(state == S_WR), .cmd_addr(wc_addr), .cmd_len(wc_len),
+        .busy(wr_busy), .in_valid(state == S_ST1), .in_data(st_byte), .in_ready(wr_ready),
+        .m_awvalid(m_awvalid), .m_awready(m_awready), .m_awaddr(m_awaddr), .m_awlen(m_awlen),
+        .m_awsize(m_awsize), .m_awburst(m_awburst), .m_wvalid(m_wvalid), .m_wready(m_wready),
+        .m_wdata(m_wdata), .m_wstrb(m_wstrb), .m_wlast(m_wlast), .m_bvalid(m_bvalid),
+        .m_bready(m_bready));
+
+    // ---- banks ----
+    /* verilator lint_off UNUSEDSIGNAL */  // inside the image it is < XDEPTH
+    wire signed [SAW-1:0] x_addr_s = rowbase + colbase + kyoff + kxoff + $signed({{(SAW-16){1'b0}}, icw});
+    /* verilator lint_on UNUSEDSIGNAL */
+    wire [XAW-1:0] x_ra = x_addr_s[XAW-1:0];
+    wire [WAW-1:0] w_ra = wk[WAW-1:0] + icw[WAW-1:0];
+    wire in_img = iy >= 0 && iy < $signed({4'd0, h[15:0]}) && ix >= 0 && ix < $signed({4'd0, wd[15:0]});
+    wire mac_issue = state == S_MAC;
+    wire [7:0] xd [0:PE_IN-1];
+    wire [7:0] wdat [0:PE_OUT*PE_IN-1];
+    wire [7:0] od [0:PE_OUT-1];
+    wire [OAW-1:0] o_ra = state == S_ST0 || state == S_ST1 ? qq[OAW-1:0] : px[OAW-1:0];
+    wire o_first = rsub == 20'd0 && csub == 20'd0;
+
+    /* verilator lint_off UNUSEDSIGNAL */
+    function automatic [AW-1:0] ext(input [47:0] v);  // zero-extend or cut to AW bits
+        reg [63:0] t;
+        begin
+            t = {16'd0, v};
+            ext = t[AW-1:0];
+        end
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
+
+    /* verilator lint_off UNUSEDSIGNAL */
+    function automatic [AW-1:0] wid(input [OFW-1:0] v);  // an offset as an address
+        reg [63:0] t;
+        begin
+            t = {{(64-OFW){1'b0}}, v};
+            wid = t[AW-1:0];
+        end
+    endfunction
+
+    function automatic [OFW-1:0] ofs(input [47:0] v);  // a size as an offset
+        ofs = v[OFW-1:0];
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
+
+    genvar gp, gq;
+    generate
+        for (gq = 0; gq < PE_IN; gq = gq + 1) begin : xbank
+            hal_int8_ram #(.WIDTH(8), .DEPTH(XDEPTH), .AW(XAW)) ram (
+                .clk(clk), .we(rd_take && kind == K_X && ld_q == gq), .wa(ld_a[XAW-1:0]),
+                .wd(rd_data), .ra(x_ra), .rd(xd[gq]));
+        end
+        for (gp = 0; gp < PE_OUT; gp = gp + 1) begin : lane
+            for (gq = 0; gq < PE_IN; gq = gq + 1) begin : wbank
+                hal_int8_ram #(.WIDTH(8), .DEPTH(WDEPTH), .AW(WAW)) ram (
+                    .clk(clk), .we(rd_take && kind == K_W && li == gp && ld_q == gq),
+                    .wa(ld_a[WAW-1:0]), .wd(rd_data), .ra(w_ra), .rd(wdat[gp * PE_IN + gq]));
+            end
+            wire signed [7:0] cur = $signed(od[gp]);
+            wire signed [7:0] nxt = $signed(rq_y[gp]);
+            hal_int8_ram #(.WIDTH(8), .DEPTH(OW_MAX), .AW(OAW)) obuf (
+                .clk(clk), .we(state == S_UPD1), .wa(px[OAW-1:0]),
+                .wd(o_first || nxt > cur ? rq_y[gp] : od[gp]), .ra(o_ra), .rd(od[gp]));
+        end
+        for (gp = 0; gp < NRQ; gp = gp + 1) begin : rqu
+            wire [LW-1:0] l;
+            if (NRQ == PE_OUT) begin : own
+                assign l = gp;
+            end else begin : shared
+                /* verilator lint_off UNUSEDSIGNAL */  // below PE_OUT
+                wire [15:0] rl = rq_base + gp;
+                /* verilator lint_on UNUSEDSIGNAL */
+                assign l = rl[LW-1:0];
+            end
+            hal_int8_requant rq (
+                .clk(clk), .rst(rst), .start(state == S_RQ), .acc(acc[l]),
+                .m(p_mult[l][30:0]), .s(p_shift[l][5:0]), .lo(lo), .hi(hi),
+                .y(rq_out[gp]), .busy(rq_busy[gp]));
+        end
+    endgenerate
+    assign st_byte = od[st_p[LW-1:0]];
+
+    // ---- MAC array: read banks (cycle 1), multiply (cycle 2), accumulate (cycle 3) ----
+    reg               v1, v2, in1;
+    reg [PE_IN-1:0]   qok1;
+    reg signed [15:0] prod [0:PE_OUT*PE_IN-1];
+    wire [23:0] cg_rem = {8'd0, cg} - ic0;
+    integer i, j, i1, j1, i2, i3, j3;  // loop indices, one set per always block
+    always @(posedge clk) begin
+        v1 <= mac_issue;
+        in1 <= in_img;
+        for (j = 0; j < PE_IN; j = j + 1)
+            qok1[j] <= $signed({{8{cg_rem[23]}}, cg_rem}) > j;
+        v2 <= v1;
+        for (i = 0; i < PE_OUT; i = i + 1)
+            for (j = 0; j < PE_IN; j = j + 1)
+                prod[i * PE_IN + j] <= v1 && in1 && qok1[j] ?
+                    $signed(xd[j]) * $signed(wdat[i * PE_IN + j]) : 16'sd0;
+    end
+    reg [31:0] psum [0:PE_OUT-1];
+    always @* begin
+        for (i1 = 0; i1 < PE_OUT; i1 = i1 + 1) begin
+            psum[i1] = 32'd0;
+            for (j1 = 0; j1 < PE_IN; j1 = j1 + 1)
+                psum[i1] = psum[i1] + {{16{prod[i1 * PE_IN + j1][15]}}, prod[i1 * PE_IN + j1]};
+        end
+    end
+
+    // ---- set-up step operands ----
+    always @* begin
+        m_div = 1'b0;
+        m_a = 48'd0;
+        m_b = 16'd0;
+        case (step)
+            5'd0:  begin m_div = 1'b1; m_a = {16'd0, c}; m_b = groups[15:0]; end
+            5'd1:  begin m_div = 1'b1; m_a = {16'd0, o}; m_b = groups[15:0]; end
+            5'd2:  begin m_div = 1'b1; m_a = {16'd0, h + 2 * pad - kh}; m_b = stride[15:0]; end
+            5'd3:  begin m_div = 1'b1; m_a = {16'd0, wd + 2 * pad - kw}; m_b = stride[15:0]; end
+            5'd4:  begin m_div = 1'b1; m_a = {28'd0, oh}; m_b = pk[15:0]; end
+            5'd5:  begin m_div = 1'b1; m_a = {28'd0, ow}; m_b = pk[15:0]; end
+            5'd6:  begin m_a = {28'd0, ph}; m_b = pk[15:0]; end
+            5'd7:  begin m_a = {28'd0, pw}; m_b = pk[15:0]; end
+            5'd8:  begin m_div = 1'b1; m_a = {32'd0, cg} + {32'd0, PI} - 48'd1; m_b = PI; end
+            5'd9:  begin m_a = {16'd0, kh}; m_b = kw[15:0]; end
+            5'd10: begin m_a = {16'd0, khw}; m_b = cg; end
+            5'd11: begin m_a = {16'd0, khw}; m_b = cw; end
+            5'd12: begin m_a = {16'd0, h}; m_b = wd[15:0]; end
+            5'd13: begin m_a = {16'd0, hw}; m_b = cw; end
+            5'd14: begin m_a = {16'd0, hw}; m_b = cg; end
+            5'd15: begin m_a = {16'd0, hw}; m_b = c[15:0]; end
+            5'd16: begin m_a = {16'd0, wd}; m_b = cw; end
+            5'd17: begin m_a = {{(48-SAW){1'b0}}, rs}; m_b = stride[15:0]; end
+            5'd18: begin m_a = {32'd0, cw}; m_b = stride[15:0]; end
+            5'd19: begin m_a = {{(48-SAW){1'b0}}, rs}; m_b = pad[15:0]; end
+            5'd20: begin m_a = {32'd0, cw}; m_b = pad[15:0]; end
+            5'd21: begin m_a = {28'd0, ph}; m_b = pw[15:0]; end
+            5'd22: begin m_a = {16'd0, ychan}; m_b = o[15:0]; end
+            5'd23: begin m_a = {16'd0, kk}; m_b = oc0; end
+            default: begin m_a = {16'd0, ychan}; m_b = oc0; end
+        endcase
+    end
+
+    wire big = n > 32'd65535 || c > 32'd65535 || h > 32'd65535 || wd > 32'd65535 ||
+               o > 32'd65535 || kh > 32'd65535 || kw > 32'd65535 || stride > 32'd65535 ||
+               pad > 32'd65535 || groups > 32'd65535 || pool > 32'd65535;
+    wire signed [33:0] hp = $signed({2'b00, h}) + 2 * $signed({2'b00, pad});
+    wire signed [33:0] wp = $signed({2'b00, wd}) + 2 * $signed({2'b00, pad});
+    wire [15:0] og_left = og - ocg;
+    reg  qbad;
+    always @* begin
+        qbad = 1'b0;
+        for (i2 = 0; i2 < PE_OUT; i2 = i2 + 1)
+            if (i2 < lanes && (p_mult[i2][31] || p_shift[i2] < 32'd1 || p_shift[i2] > 32'd62))
+                qbad = 1'b1;
+    end
+
+    always @(posedge clk) begin
+        done <= 1'b0;
+        m_start <= 1'b0;
+        if (rst) begin
+            state <= S_IDLE;
+            busy <= 1'b0;
+            status <= 4'd0;
+        end else begin
+            // accumulators: bias at the start of a pixel, products once they arrive
+            if (state == S_PIX && ox != owc)
+                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= p_bias[i3];
+            else if (v2)
+                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= acc[i3] + psum[i3];
+            case (state)
+                S_IDLE: if (start) begin
+                    busy <= 1'b1;
+                    rq_base <= 16'd0;
+                    status <= r_op > 32'd1 ? ERR_OP : 4'd0;
+                    state <= r_op > 32'd1 ? S_FINISH : S_CHECK;
+                end
+                S_CHECK: begin
+                    if ($signed(n) < 1 || $signed(c) < 1 || $signed(h) < 1 || $signed(wd) < 1 ||
+                        $signed(o) < 1 || $signed(kh) < 1 || $signed(kw) < 1 ||
+                        $signed(stride) < 1 || $signed(pad) < 0 || $signed(pool) < 0 ||
+                        $signed(groups) < 1 || hp < $signed({2'b00, kh}) ||
+                        wp < $signed({2'b00, kw})) begin
+                        status <= ERR_SHAPE;
+                        state <= S_FINISH;
+                    end else if (big) begin
+                        status <= ERR_LIMIT;
+                        state <= S_FINISH;
+                    end else begin
+                        step <= 5'd0;
+                        state <= S_MATH;
+                    end
+                end
+                S_MATH: begin
+                    m_start <= 1'b1;
+                    state <= S_MATHW;
+                end
+                S_MATHW: if (!m_start && !m_busy) begin
+                    case (step)
+                        5'd0:  begin cg <= m_q[15:0]; rem0 <= m_r; end
+                        5'd1:  begin og <= m_q[15:0]; rem1 <= m_r; end
+                        5'd2:  oh <= m_q[19:0] + 20'd1;
+                        5'd3:  ow <= m_q[19:0] + 20'd1;
+                        5'd4:  ph <= m_q[19:0];
+                        5'd5:  pw <= m_q[19:0];
+                        5'd6:  ohc <= m_q[19:0];
+                        5'd7:  owc <= m_q[19:0];
+                        5'd8:  cw <= m_q[15:0];
+                        5'd9:  khw <= m_q[31:0];
+                        5'd10: begin kk <= m_q[31:0]; big_kk <= m_q > MAX_K; end
+                        5'd11: big_w <= m_q > WD;
+                        5'd12: hw <= m_q[31:0];
+                        5'd13: big_x <= m_q > XD;
+                        5'd14: xgrp <= m_q;
+                        5'd15: ximg <= m_q[OFW-1:0];
+                        5'd16: rs <= m_q[SAW-1:0];
+                        5'd17: srs <= m_q[SAW-1:0];
+                        5'd18: scw <= m_q[SAW-1:0];
+                        5'd19: prs <= m_q[SAW-1:0];
+                        5'd20: pcw <= m_q[SAW-1:0];
+                        5'd21: ychan <= m_q[31:0];
+                        5'd22: yimg <= m_q[OFW-1:0];
+                        5'd23: woff <= m_q[OFW-1:0];
+                        default: yoff <= m_q[OFW-1:0];
+                    endcase
+                    step <= step + 5'd1;
+                    state <= step == SETUP_LAST ? S_CHECK2 :
+                             step == TILE_LAST ? S_TILE : S_MATH;
+                end
+                S_CHECK2: begin
+                    if (rem0 != 17'd0 || rem1 != 17'd0 || ph == 20'd0 || pw == 20'd0) begin
+                        status <= ERR_SHAPE;
+                        state <= S_FINISH;
+                    end else if (big_kk || big_w || big_x || pw > OM) begin
+                        status <= ERR_LIMIT;
+                        state <= S_FINISH;
+                    end else begin
+                        g <= 16'd0;
+                        ocg <= 16'd0;
+                        goc <= 16'd0;
+                        oc0 <= 16'd0;
+                        xg_off <= {OFW{1'b0}};
+                        xv <= 1'b0;
+                        lanes <= og < PO ? og : PO;
+                        step <= TILE_FIRST;
+                        state <= S_MATH;
+                    end
+                end
+                S_TILE: begin  // woff, yoff known: load bias
+                    rc_addr <= a_bias + ext({30'd0, oc0, 2'b00});
+                    rc_len <= {14'd0, lanes, 2'b00};
+                    kind <= K_BIAS;
+                    li <= 16'd0;
+                    bi <= 2'd0;
+                    state <= S_RD;
+                end
+                S_RD: state <= S_RDW;
+                S_RDW: begin
+                    if (rd_valid) begin
+                        if (kind == K_W || kind == K_X) begin
+                            // next (channel, position): position runs fastest
+                            ld_a <= ld_a + {8'd0, cw};
+                            ld_pos <= ld_pos + 32'd1;
+                            if (ld_pos == (kind == K_W ? khw : hw) - 32'd1) begin
+                                ld_pos <= 32'd0;
+                                if (ld_q == PI[7:0] - 8'd1) begin
+                                    ld_q <= 8'd0;
+                                    ld_w <= ld_w + 16'd1;
+                                    ld_a <= {8'd0, ld_w} + 24'd1;
+                                end else begin
+                                    ld_q <= ld_q + 8'd1;
+                                    ld_a <= {8'd0, ld_w};
+                                end
+                            end
+                        end else begin
+                            word <= {rd_data, word[31:8]};
+                            bi <= bi + 2'd1;
+                            if (bi == 2'd3) begin
+                                li <= li + 16'd1;
+                                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
+                                    if ({16'd0, li} == i3) begin
+                                        if (kind == K_BIAS) p_bias[i3] <= {rd_data, word[31:8]};
+                                        if (kind == K_MULT) p_mult[i3] <= {rd_data, word[31:8]};
+                                        if (kind == K_SHIFT) p_shift[i3] <= {rd_data, word[31:8]};
+                                    end
+                            end
+                        end
+                    end else if (!rd_busy) begin
+                        ld_q <= 8'd0;
+                        ld_w <= 16'd0;
+                        ld_pos <= 32'd0;
+                        ld_a <= 24'd0;
+                        li <= kind == K_W ? li + 16'd1 : 16'd0;
+                        case (kind)
+                            K_BIAS: begin
+                                rc_addr <= a_mult + ext({30'd0, oc0, 2'b00});
+                                kind <= K_MULT;
+                                state <= S_RD;
+                            end
+                            K_MULT: begin
+                                rc_addr <= a_shift + ext({30'd0, oc0, 2'b00});
+                                kind <= K_SHIFT;
+                                state <= S_RD;
+                            end
+                            K_SHIFT: state <= S_QCHK;
+                            K_W: begin
+                                rc_addr <= rc_addr + ext({16'd0, kk});
+                                state <= li + 16'd1 == lanes ? S_IMG : S_RD;
+                            end
+                            default: begin  // K_X
+                                xv <= 1'b1;
+                                xkb <= b;
+                                xkg <= g;
+                                state <= S_ROW;
+                            end
+                        endcase
+                    end
+                end
+                S_QCHK: begin
+                    if (qbad) begin
+                        status <= ERR_QPARAM;
+                        state <= S_FINISH;
+                    end else begin
+                        rc_addr <= a_w + wid(woff);
+                        rc_len <= kk;
+                        kind <= K_W;
+                        li <= 16'd0;
+                        state <= S_RD;
+                    end
+                    b <= 16'd0;
+                    xb_off <= {OFW{1'b0}};
+                    yb_off <= {OFW{1'b0}};
+                end
+                S_IMG: begin
+                    oy <= 20'd0;
+                    rsub <= 20'd0;
+                    py <= 20'd0;
+                    yrow_off <= 32'd0;
+                    iy0 <= -$signed({4'd0, pad[15:0]});
+                    rowbase <= -$signed(prs);
+                    if ({16'd0, b} == n) begin
+                        state <= S_NEXTTILE;
+                    end else if (xv && xkb == b && xkg == g) begin
+                        state <= S_ROW;
+                    end else begin
+                        rc_addr <= a_x + wid(xb_off) + wid(xg_off);
+                        rc_len <= xgrp[31:0];
+                        kind <= K_X;
+                        state <= S_RD;
+                    end
+                end
+                S_ROW: begin
+                    ox <= 20'd0;
+                    csub <= 20'd0;
+                    px <= 20'd0;
+                    ix0 <= -$signed({4'd0, pad[15:0]});
+                    colbase <= -$signed(pcw);
+                    if (oy == ohc) begin
+                        b <= b + 16'd1;
+                        xb_off <= xb_off + ximg;
+                        yb_off <= yb_off + yimg;
+                        state <= S_IMG;
+                    end else begin
+                        state <= S_PIX;
+                    end
+                end
+                S_PIX: begin
+                    ky <= 16'd0;
+                    kx <= 16'd0;
+                    icw <= 16'd0;
+                    ic0 <= 24'd0;
+                    wk <= 24'd0;
+                    kyoff <= {SAW{1'b0}};
+                    kxoff <= {SAW{1'b0}};
+                    iy <= iy0;
+                    ix <= ix0;
+                    if (ox == owc) begin
+                        st_p <= 16'd0;
+                        ylane_off <= {OFW{1'b0}};
+                        state <= rsub == pk[19:0] - 20'd1 ? S_STORE : S_NEXTROW;
+                    end else begin
+                        state <= S_MAC;
+                    end
+                end
+                S_MAC: begin
+                    icw <= icw + 16'd1;
+                    ic0 <= ic0 + {8'd0, PI};
+                    if (icw == cw - 16'd1) begin
+                        icw <= 16'd0;
+                        ic0 <= 24'd0;
+                        kx <= kx + 16'd1;
+                        kxoff <= kxoff + $signed({{(SAW-16){1'b0}}, cw});
+                        wk <= wk + {8'd0, cw};
+                        ix <= ix + 20'sd1;
+                        if (kx == kw[15:0] - 16'd1) begin
+                            kx <= 16'd0;
+                            kxoff <= {SAW{1'b0}};
+                            ix <= ix0;
+                            ky <= ky + 16'd1;
+                            kyoff <= kyoff + rs;
+                            iy <= iy + 20'sd1;
+                            if (ky == kh[15:0] - 16'd1) state <= S_D1;
+                        end
+                    end
+                end
+                S_D1: state <= S_D2;
+                S_D2: state <= S_RQ;
+                S_RQ: state <= S_RQW;
+                S_RQW: if (rq_busy == {NRQ{1'b0}}) begin
+                    for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
+                        for (j3 = 0; j3 < NRQ; j3 = j3 + 1)
+                            if ({16'd0, rq_base} + j3 == i3) rq_y[i3] <= rq_out[j3];
+                    if (rq_base + NRQ[15:0] >= lanes) begin
+                        rq_base <= 16'd0;
+                        state <= S_UPD0;
+                    end else begin
+                        rq_base <= rq_base + NRQ[15:0];
+                        state <= S_RQ;
+                    end
+                end
+                S_UPD0: state <= S_UPD1;
+                S_UPD1: begin
+                    ox <= ox + 20'd1;
+                    ix0 <= ix0 + $signed({4'd0, stride[15:0]});
+                    colbase <= colbase + scw;
+                    csub <= csub + 20'd1;
+                    if (csub == pk[19:0] - 20'd1) begin
+                        csub <= 20'd0;
+                        px <= px + 20'd1;
+                    end
+                    state <= S_PIX;
+                end
+                S_STORE: begin
+                    if (st_p == lanes) begin
+                        state <= S_NEXTROW;
+                    end else begin
+                        wc_addr <= a_y + wid(yb_off) + wid(yoff) + wid(ylane_off) +
+                                   ext({16'd0, yrow_off});
+                        wc_len <= {12'd0, pw};
+                        qq <= 20'd0;
+                        state <= S_WR;
+                    end
+                end
+                S_WR: state <= S_ST0;
+                S_ST0: state <= S_ST1;
+                S_ST1: if (wr_ready) begin
+                    qq <= qq + 20'd1;
+                    state <= qq == pw - 20'd1 ? S_STW : S_ST0;
+                end
+                S_STW: if (!wr_busy) begin
+                    st_p <= st_p + 16'd1;
+                    ylane_off <= ylane_off + ofs({16'd0, ychan});
+                    state <= S_STORE;
+                end
+                S_NEXTROW: begin
+                    oy <= oy + 20'd1;
+                    iy0 <= iy0 + $signed({4'd0, stride[15:0]});
+                    rowbase <= rowbase + srs;
+                    rsub <= rsub + 20'd1;
+                    if (rsub == pk[19:0] - 20'd1) begin
+                        rsub <= 20'd0;
+                        py <= py + 20'd1;
+                        yrow_off <= yrow_off + {12'd0, pw};
+                    end
+                    state <= S_ROW;
+                end
+                S_NEXTTILE: begin
+                    if (ocg + PO < og) begin
+                        ocg <= ocg + PO;
+                        oc0 <= oc0 + PO;
+                        lanes <= og_left - PO < PO ? og_left - PO : PO;
+                        step <= TILE_FIRST;
+                        state <= S_MATH;
+                    end else if ({16'd0, g} + 32'd1 == groups) begin
+                        state <= S_FINISH;
+                    end else begin
+                        g <= g + 16'd1;
+                        ocg <= 16'd0;
+                        goc <= goc + og;
+                        oc0 <= goc + og;
+                        xg_off <= xg_off + ofs(xgrp);
+                        lanes <= og < PO ? og : PO;
+                        step <= TILE_FIRST;
+                        state <= S_MATH;
+                    end
+                end
+                default: begin  // S_FINISH
+                    busy <= 1'b0;
+                    done <= 1'b1;
+                    state <= S_IDLE;
+                end
+            endcase
+        end
+    end
+endmodule
+`default_nettype wire
