@@ -241,6 +241,10 @@ class Backend(abc.ABC):
     #: Named in ``--devices`` they always run.
     not_in_default_compare: ClassVar[str | None] = None
 
+    def left_out_of_default_compare(self, info: DeviceInfo) -> str | None:
+        """Why ``hal compare`` skips this device unless named (default: the class attribute)."""
+        return self.not_in_default_compare
+
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:
         """Every device of this backend, usable or not, each proven by running a tiny op."""

@@ -228,6 +228,10 @@ def cmd_compare(args) -> int:
     con.print(f"{len(res.rows)} rows ({failed} failed) in {run['wall_s']:.1f} s; peak memory "
               f"is host RSS above the pre-compile level "
               f"({'one process per device' if args.isolate else 'in this process'})")
+    for r in res.rows:
+        for seg, text in (r.accelerator or {}).items():
+            con.print(f"{escape(r.device)} {escape(r.model)} b{r.batch} segment {seg}: "
+                      f"{escape(text)}")
     for dev, why in run.get("left_out", {}).items():
         con.print(f"not compared by default: {escape(dev)}: {escape(why)}; name it in --devices "
                   "to include it")

@@ -339,7 +339,12 @@ def test_manifest_validates_and_files_match():
     for name, t in m["targets"].items():
         assert t["build"].startswith("make -C bitstreams/hal_int8 "), name
         for f in t["files"]:  # never a fake bitstream: unbuilt until a real build
-            assert (f["status"] == "built") == (ACC / f["path"]).is_file(), f["path"]
+            present = (ACC / f["path"]).is_file()
+            if f["status"] != "built":
+                assert not present, f["path"]
+            else:  # a built output may be absent from a checkout; its build recorded a hash
+                assert present or f["path"].startswith("build/"), f["path"]
+                assert f.get("sha256"), f["path"]
     assert sorted(g["path"] for g in m["golden"]["files"]) == [f"golden/{n}.npz" for n in GOLDEN]
 
 
@@ -392,7 +397,12 @@ def test_check_regmap_script(tmp_path):
 
 
 def test_manifest_refresh_and_unbuilt_target_errors(tmp_path):
-    shutil.copy(ACC / "manifest.json", tmp_path / "manifest.json")
+    # the scratch copy keeps only the HLS targets: the RTL ones point at build outputs
+    # (tests/test_fpga_rtl.py checks those against their sources)
+    data = json.loads((ACC / "manifest.json").read_text())
+    data["targets"] = {k: v for k, v in data["targets"].items()
+                       if k in ("kv260", "zcu104", "alveo-u50", "intel-pac-a10")}
+    (tmp_path / "manifest.json").write_text(json.dumps(data, indent=2) + "\n")
     shutil.copytree(ACC / "golden", tmp_path / "golden")
     m = manifest.load(tmp_path / "manifest.json")
     with pytest.raises(BackendError, match=r"not built.*make -C bitstreams/hal_int8 kv260"):
@@ -412,7 +422,7 @@ def test_manifest_refresh_and_unbuilt_target_errors(tmp_path):
     (tmp_path / "zcu104" / "hal_int8.bit").unlink()
     assert manifest.refresh(tmp_path / "manifest.json") == \
         ["zcu104: zcu104/hal_int8.bit built -> unbuilt"]
-    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest.load()
+    assert json.loads((tmp_path / "manifest.json").read_text()) == data
 
 
 def test_manifest_command_line(capsys, tmp_path):

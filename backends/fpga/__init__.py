@@ -63,6 +63,12 @@ class FpgaBackend(Backend):
                 out.append(info)
         return out
 
+    def left_out_of_default_compare(self, info: DeviceInfo) -> str | None:
+        if info.backend == "rtl":
+            return ("cycle-accurate RTL simulation: about 0.4 s per LeNet image, so the whole "
+                    "zoo at batch 64 would take an hour")
+        return None
+
     def transport(self, device: Device, target: str | None = None, bitfile: str | None = None):
         """(transport, engine text) of ``device``, programmed / built on first use; asking for
         another target or bitfile reopens it (a device holds one design at a time)."""

@@ -209,9 +209,20 @@ def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -
         # memory above what the process held before this model was compiled
         row.peak_mem_mb = round(max(0.0, mem.peak_mb + start - base_mb), 2)
         row.transfers = compiled.last_transfers.to_dict()
+        row.accelerator = _accelerator_figures(compiled)
         _accuracy(row, outs, ref.outputs)
     except Exception as exc:
         row.error = _why(exc, f"run on {row.device}")
+
+
+def _accelerator_figures(compiled) -> dict:
+    """Cycle counts and estimates the accelerator segments report (FPGA devices)."""
+    out = {}
+    for i, exe in enumerate(compiled.executables):
+        info = getattr(exe, "info", None) or {}
+        if "cycles" in info:
+            out[str(i)] = "; ".join(str(info[k]) for k in ("cycles", "estimate") if k in info)
+    return out
 
 
 def _accuracy(row: Row, outs: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:
@@ -323,7 +334,8 @@ def _devices(devices: Any) -> list[str]:
 
 def _left_out(device: str) -> str | None:
     """Why ``device`` is not in the default comparison (its backend's own words), or None."""
-    return hal.device(device).backend.not_in_default_compare
+    dev = hal.device(device)
+    return dev.backend.left_out_of_default_compare(dev.info)
 
 
 def left_out_by_default() -> dict[str, str]:

@@ -40,6 +40,9 @@ class Row:
     segments: list = field(default_factory=list)
     transfers: dict = field(default_factory=dict)
     mlperf: dict | None = None
+    #: accelerator segments' own figures after the last call: cycles read from the device
+    #: and, for simulated hardware, estimates labelled as such (segment index -> text)
+    accelerator: dict = field(default_factory=dict)
     error: str | None = None
 
     @property
