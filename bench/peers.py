@@ -74,6 +74,10 @@ def torch_peer(name: str, model: hal.Model, compiled: bool = False) -> Callable:
         raise Skip("torch is not installed: pip install torch") from exc
     net = _build("torch", name)
     if compiled:
+        # a fresh compile cache per model, as in a program of its own: the hand-written models
+        # share module code (nn.Sequential.forward), and one process compiling them all
+        # runs into dynamo's recompile limits
+        torch._dynamo.reset()
         net = torch.compile(net)
 
     def run(*xs):
