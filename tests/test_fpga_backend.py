@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -284,7 +285,8 @@ def test_unbuilt_targets_name_the_make_command():
         kind = t["files"][0]["kind"]
         if t["files"][0]["status"] == "built":
             continue
-        with pytest.raises(BackendError, match=rf"make -C bitstreams/hal_int8 {name}"):
+        assert t["build"].startswith("make -C bitstreams/hal_int8 ")
+        with pytest.raises(BackendError, match=re.escape(t["build"])):
             manifest.target_file(man, name, kind)
 
 
