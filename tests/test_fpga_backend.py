@@ -372,3 +372,21 @@ def test_emulator_without_a_cpp_compiler_computes_through_the_spec(tmp_path):
                          timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith("spec |") and "no-such-compiler" in res.stdout
+
+
+@pytest.mark.skipif(len(SIM_DEVICES) < 2, reason="needs fpga@emu and fpga@opencl")
+def test_mobilenet_relu6_layers_run_and_agree_across_transports():
+    """Clip(0, 6) bounds of shape [1] (as exporters write them) fuse into accelerator layers."""
+    _quant_pass()
+    name = "mobilenet_lite"
+    cal = hal.models.calibration_data(name)
+    x = hal.models.example_input(name, 2)
+    outs = []
+    for dev in SIM_DEVICES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = hal.compile(hal.models.get(name), dev, calibration=cal)
+        on_fpga = [s for s in c.report()["segments"] if s["device"].startswith("fpga")]
+        assert any("Clip" in s["ops"] for s in on_fpga)
+        outs.append(c(x)[0])
+    np.testing.assert_array_equal(outs[0], outs[1])

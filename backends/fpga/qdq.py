@@ -220,12 +220,21 @@ def _output_chain(op: ir.Node, what: str) -> tuple[list, int, int, ir.Node, np.n
         given = [v for v in act.inputs[1:] if v is not None]
         if any(const(v) is None for v in given):
             raise Refused(f"{what}: Clip {act.name!r} bounds must be constants")
-        # rounding is monotone, so clamping before or after quantization agrees
+        # rounding is monotone, so clamping before or after quantization agrees; bounds and
+        # a per-tensor scale may come as shape [1] rather than scalars
+        scale = _one(s_y, f"{what}: output scale")
         if lo is not None:
-            act_min = max(act_min, int(np.rint(np.float64(lo) / np.float64(s_y))))
+            act_min = max(act_min, int(np.rint(_one(lo, f"{what}: Clip min") / scale)))
         if hi is not None:
-            act_max = min(act_max, int(np.rint(np.float64(hi) / np.float64(s_y))))
+            act_max = min(act_max, int(np.rint(_one(hi, f"{what}: Clip max") / scale)))
     return nodes + [q], act_min, act_max, q, s_y
+
+
+def _one(value, what: str) -> float:
+    v = np.asarray(value, np.float64).reshape(-1)
+    if v.size != 1:
+        raise Refused(f"{what} must be a single value, got shape {np.shape(value)}")
+    return float(v[0])
 
 
 def _pool_chain(q: ir.Node, s_y: np.ndarray) -> tuple[list, int, ir.Node]:
