@@ -221,7 +221,8 @@ def cmd_compare(args) -> int:
 
         res = compare(args.models, args.devices, args.batch, args.precision,
                       budget_s=args.budget, isolate=args.isolate, progress=progress,
-                      scenario=args.scenario, latency_bound_ms=args.latency_bound_ms)
+                      scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
+                      rounds=args.rounds)
     con.print(res.table())
     run = res.environment["run"]
     failed = sum(1 for r in res.rows if r.error)
@@ -318,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--budget", type=float, default=DEFAULT_COMPARE_BUDGET_S,
                    help="seconds of timed calls per row after warm-up (at least 5 calls; "
                    f"default {DEFAULT_COMPARE_BUDGET_S})")
+    c.add_argument("--rounds", type=int, default=1,
+                   help="measure the whole table N times, devices in a rotated order each "
+                   "round; each row reports the median of the rounds and ± half the range of "
+                   "their p50s (use 3 or more for figures to compare with another run)")
     c.add_argument("--json", metavar="FILE", help="write the rows and environment as JSON")
     c.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
     c.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")

@@ -284,3 +284,69 @@ def test_measure_uses_device_sync():
     timing, _ = harness.measure(Fake(), [np.zeros(1)], budget_s=0.0, warmup=1, min_runs=3)
     assert len(timing.times_ms) == 3
     assert calls == ["call", "sync"] * 5
+
+
+class Second(Flaky):
+    """A healthy in-process device beside the reference (to see the order of each round)."""
+
+    name = "second"
+
+    def compile(self, model, device, options):
+        return ReferenceBackend().compile(model, device, options)
+
+
+def test_rounds_rotate_devices_and_merge_rows():
+    hal.register_backend(Second)
+    order: list[str] = []
+
+    def progress(done, total, current, row):
+        if row is None and " on " in current:
+            order.append(current.rsplit(" on ", 1)[1])
+    try:
+        res = compare(["mlp"], ["cpu@reference", "cpu@second"], batch=(1,), rounds=3,
+                      progress=progress, **FAST)
+    finally:
+        REGISTRY.unregister("second")
+    assert order == ["cpu:0@reference", "cpu:0@second", "cpu:0@second", "cpu:0@reference",
+                     "cpu:0@reference", "cpu:0@second"]
+    assert len(res.rows) == 2 and res.environment["run"]["rounds"] == 3
+    for r in res.rows:
+        assert r.error is None and r.rounds == 3 and len(r.round_p50_ms) == 3
+        assert r.p50_ms == sorted(r.round_p50_ms)[1]
+        assert r.p50_spread_ms == (max(r.round_p50_ms) - min(r.round_p50_ms)) / 2
+        assert r.runs >= 9 and r.max_abs_err == 0.0
+    assert "3 rounds" in res.table().caption
+    assert "round_p50_ms" in res.to_csv().splitlines()[0]
+
+
+def test_merge_of_rounds():
+    from hal.compare.row import Row
+    from hal.compare.rounds import merge
+
+    def row(p50, runs, mean, error=None):
+        return Row(model="m", device="d", p50_ms=p50, p90_ms=p50 * 2, runs=runs, mean_ms=mean,
+                   min_ms=p50 / 2, peak_mem_mb=p50, error=error)
+
+    (m,) = merge([[row(1.0, 10, 1.0)], [row(3.0, 30, 3.0)], [row(2.0, 10, 2.0)]])
+    assert (m.p50_ms, m.p90_ms, m.p50_spread_ms, m.runs) == (2.0, 4.0, 1.0, 50)
+    assert m.round_p50_ms == [1.0, 3.0, 2.0] and m.mean_ms == pytest.approx(2.4)
+    assert (m.min_ms, m.peak_mem_mb, m.rounds) == (0.5, 3.0, 3)
+    assert m.throughput_per_s == pytest.approx(1 / 2.4e-3)
+    (bad,) = merge([[row(1.0, 5, 1.0)], [row(1.0, 0, None, error="BackendError: lost")]])
+    assert bad.error == "round 2 of 2: BackendError: lost"
+
+
+def test_rounds_spread_widens_the_baseline_noise(small):
+    old, new = copy.deepcopy(small), copy.deepcopy(small)
+    for r in old.rows + new.rows:
+        r.mad_ms = 0.0
+    new.rows[0].p50_ms = old.rows[0].p50_ms * 1.4  # beyond the 10% floor
+    assert [c.kind for c in regressions(old, new)] == ["slower"]
+    old.rows[0].p50_spread_ms = new.rows[0].p50_spread_ms = old.rows[0].p50_ms * 0.25
+    assert regressions(old, new) == []  # within the drift both runs measured
+
+
+def test_rounds_must_be_positive():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(hal.OptionError, match="rounds"):
+            compare(["mlp"], ["cpu@reference"], rounds=bad)

@@ -4,7 +4,9 @@ Each row carries its spread (the median absolute deviation of its calls, ``mad_m
 medians differ beyond noise when their gap exceeds ``k`` robust standard deviations of
 the difference, ``k * 1.4826 * sqrt(mad_old**2 + mad_new**2)``, and also a relative floor
 (``floor`` of the old value) that stands for what one run's spread cannot show: drift
-between runs (clocks, other load on the machine).
+between runs (clocks, other load on the machine). Rows measured over several rounds
+(``hal compare --rounds``) carry that drift too, ``p50_spread_ms``: their p50s may then
+differ by the two spreads added.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def noise(old: Row, new: Row, k: float = K, floor: float = FLOOR) -> float:
     if higher:  # a throughput: express the latency spread relative to the latency
         rel = spread / old.p50_ms if old.p50_ms else 0.0
         return abs(value) * max(floor, k * rel)
-    return max(k * spread, floor * abs(value))
+    drift = (old.p50_spread_ms or 0.0) + (new.p50_spread_ms or 0.0)
+    return max(k * spread, drift, floor * abs(value))
 
 
 def regressions(old, new, k: float = K, floor: float = FLOOR) -> list[Change]:

@@ -14,6 +14,7 @@ import numpy as np
 import hal
 from hal.backend import CompileOptions
 from hal.compare.results import Results
+from hal.compare.rounds import device_order, merge
 from hal.compare.row import Row
 from hal.compare.timing import PeakMemory, Timing, measure
 from hal.errors import HalError, OptionError
@@ -62,7 +63,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             budget_s: float = DEFAULT_BUDGET_S, isolate: bool = False,
             progress: Progress | None = None, scenario: str | None = None,
             warmup: int = 3, min_runs: int = 5, max_runs: int = 1000,
-            latency_bound_ms: float | None = None) -> Results:
+            latency_bound_ms: float | None = None, rounds: int = 1) -> Results:
     """Measure every model on every device at every batch size and precision.
 
     ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
@@ -75,7 +76,11 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     skew another's; only entry-point backends are visible there, not ``register_backend``
     ones. ``scenario``: drive each row through MLPerf LoadGen ("single-stream", "offline",
     "server") instead of HAL's own timing loop. ``progress``: called as
-    ``progress(done=, total=, current=, row=)`` before and after each row.
+    ``progress(done=, total=, current=, row=)`` before and after each row. ``rounds``:
+    measure the whole table this many times, devices in a rotated order each round, and
+    report per row the median of the rounds and ``p50_spread_ms``, half the range of the
+    per-round p50s: drift across the run that one row's own spread cannot show (3 or more
+    for figures meant to be compared with another run's).
 
     Names and devices are checked before any work (a typo raises at once); after that a
     failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
@@ -93,33 +98,40 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             batch = [1]  # MLPerf SingleStream: one sample per query
     if not isinstance(budget_s, (int, float)) or budget_s < 0:
         raise OptionError(f"budget_s must be a number of seconds >= 0, got {budget_s!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise OptionError(f"rounds must be a whole number >= 1, got {rounds!r}")
     devices_asked = devices
     devices = _devices(devices)
     loaded = {name: _load(name) for name in models}
 
     total = len(models) * len(devices) * len(batch) * max(len(precision), 1)  # [] = one each
-    tick = _Ticker(progress, total)
+    tick = _Ticker(progress, total * rounds)
     started = time.time()
     refs = {name: _references(loaded[name], name, batch, tick) for name in models}
-    rows: list[Row] = []
     worker_envs: dict[str, dict] = {}
-    for dev in devices:
-        job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
-                  scenario, warmup, min_runs, max_runs,
-                  latency_bound_ms)
-        if isolate:
-            from hal.compare.isolate import run_isolated
+    per_round: list[list[Row]] = []
+    for r in range(rounds):
+        round_rows: list[Row] = []
+        for dev in device_order(devices, r):
+            job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
+                      scenario, warmup, min_runs, max_runs,
+                      latency_bound_ms)
+            if isolate:
+                from hal.compare.isolate import run_isolated
 
-            it = run_isolated(job, refs, tick, worker_envs)
-        else:
-            it = run_job(job, loaded, refs, tick, mem_scope="in-process")
-        rows.extend(it)
+                it = run_isolated(job, refs, tick, worker_envs)
+            else:
+                it = run_job(job, loaded, refs, tick, mem_scope="in-process")
+            round_rows.extend(it)
+        per_round.append(round_rows)
+    rows = merge(per_round) if rounds > 1 else per_round[0]
     rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch), devices.index(r.device)
                              if r.device in devices else len(devices),
                              CompileOptions.PRECISIONS.index(r.precision)))
     env = environment()
     env["run"] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                   "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
+                  "rounds": rounds,
                   "isolate": bool(isolate), "scenario": scenario, "reference": REFERENCE,
                   "memory": PeakMemory().method,
                   "left_out": left_out_by_default() if devices_asked is None else {}}

@@ -312,7 +312,8 @@ def _placements(models, rows, colors) -> str:
 
 def _table(results, models) -> str:
     best = {id(r) for r in results.best().values()}
-    head = ["batch", "device", "precision", "p50 ms", "p90 ms", "p99 ms", "MAD ms", "runs",
+    head = ["batch", "device", "precision", "p50 ms", "± p50 ms", "p90 ms", "p99 ms", "MAD ms",
+            "runs",
             "items/s", "first ms", "compile s", "mem MB", "max err", "top-1", "placement",
             "transfers/call", "error"]
     out = ["<table><thead><tr>" + "".join(
@@ -329,7 +330,8 @@ def _table(results, models) -> str:
             t = r.transfers or {}
             cells = [str(r.batch), escape(r.device) + (" <b>(simulated)</b>" if r.simulated
                                                       else ""), r.precision,
-                     num(r.p50_ms) + (" ★" if cls == "best" else ""), num(r.p90_ms),
+                     num(r.p50_ms) + (" ★" if cls == "best" else ""), num(r.p50_spread_ms),
+                     num(r.p90_ms),
                      num(r.p99_ms), num(r.mad_ms), str(r.runs),
                      num(r.throughput_per_s, "{:,.0f}"), num(r.first_call_ms),
                      num(r.compile_s, "{:.2f}"), num(r.peak_mem_mb, "{:.1f}"),
@@ -337,6 +339,6 @@ def _table(results, models) -> str:
                      escape(placement_text(r.placement)),
                      f"{t['count']} / {t['bytes']:,} B" if t else "-", escape(r.error or "")]
             out.append(f"<tr class='{cls}'>" + "".join(
-                f"<td class='{'l' if i in (1, 2, 14, 16) else ''}'>{c}</td>"
+                f"<td class='{'l' if i in (1, 2, 15, 17) else ''}'>{c}</td>"
                 for i, c in enumerate(cells)) + "</tr>")
     return "".join(out) + "</tbody></table>"

@@ -146,6 +146,8 @@ def _flat(r: Row, text: bool = True) -> dict:
         m.get("metric"), m.get("value"), m.get("result"))
     d["placement"] = placement_text(r.placement)
     d["segments"] = " > ".join(f"{dev}[{n}]" for dev, n in r.segments)
+    if text:
+        d["round_p50_ms"] = " ".join(f"{v:.6g}" for v in r.round_p50_ms)
     return d
 
 

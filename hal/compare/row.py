@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 class Row:
     """A row of ``hal compare``. Times are per call (one batch); ``error`` says why a row failed.
 
-    Spread (``iqr_ms``, ``mad_ms``, ``runs``) is recorded so that two runs can be compared
-    against their own noise (see ``hal.compare.baseline``).
+    Spread (``iqr_ms``, ``mad_ms``, ``runs``; ``p50_spread_ms`` over rounds) is recorded so
+    that two runs can be compared against their own noise (see ``hal.compare.baseline``).
     """
 
     model: str
@@ -31,6 +31,11 @@ class Row:
     iqr_ms: float | None = None
     mad_ms: float | None = None
     runs: int = 0
+    #: with ``rounds`` > 1 (``hal compare --rounds``) the figures above are medians over rounds,
+    #: ``round_p50_ms`` each round's p50 and ``p50_spread_ms`` half their range
+    rounds: int = 1
+    round_p50_ms: list = field(default_factory=list)
+    p50_spread_ms: float | None = None
     throughput_per_s: float | None = None
     peak_mem_mb: float | None = None
     mem_scope: str = ""

@@ -28,12 +28,15 @@ def rich_table(results, title: str | None = None) -> Table:
     mlperf = scen.pop() if len(scen) == 1 else None
     title = title or ("HAL device comparison" + (f" (MLPerf {mlperf})" if mlperf else "")
                       + ": per-call latency, accuracy vs cpu@reference fp32")
+    rounds = max((r.rounds for r in rows), default=1)
+    spread = (f"± half the range of the p50s of {rounds} rounds" if rounds > 1
+              else "± median absolute deviation of the calls")
     t = Table(title=title, caption="★ best device for the model and batch; "
-              "(sim) simulated device; error column shows why a row failed",
+              f"(sim) simulated device; {spread}; error column shows why a row failed",
               header_style="bold", expand=False)
     cols = [("model", "left"), ("batch", "right"), ("device", "left"), ("prec", "left"),
             ("p50 ms", "right"),
-            ("p90 ms", "right"), ("p99 ms", "right"), ("±MAD", "right"), ("items/s", "right"),
+            ("p90 ms", "right"), ("p99 ms", "right"), ("± ms", "right"), ("items/s", "right"),
             ("compile s", "right"), ("mem MB", "right"), ("max err", "right"),
             ("top-1", "right"), ("placement", "left")]
     for name, justify in cols:
@@ -58,7 +61,8 @@ def rich_table(results, title: str | None = None) -> Table:
         style = "bold green" if star else ""
         p50 = Text(_ms(r.p50_ms) + (" ★" if star else ""), style=style)
         t.add_row(label, str(r.batch), Text.assemble(dev, style=style), r.precision, p50,
-                  _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mad_ms),
+                  _ms(r.p90_ms), _ms(r.p99_ms),
+                  _ms(r.p50_spread_ms if r.p50_spread_ms is not None else r.mad_ms),
                   f"{r.throughput_per_s:,.0f}" if r.throughput_per_s else "-",
                   f"{r.compile_s:.2f}" if r.compile_s is not None else "-",
                   f"{r.peak_mem_mb:.1f}" if r.peak_mem_mb is not None else "-",
