@@ -320,8 +320,8 @@ def test_rounds_rotate_devices_and_merge_rows():
 
 
 def test_merge_of_rounds():
-    from hal.compare.row import Row
     from hal.compare.rounds import merge
+    from hal.compare.row import Row
 
     def row(p50, runs, mean, error=None):
         return Row(model="m", device="d", p50_ms=p50, p90_ms=p50 * 2, runs=runs, mean_ms=mean,
