@@ -125,7 +125,9 @@ def _env_line(env: dict, rows) -> str:
         bits.append(f"loaded: {fw}")
     if run:
         bits.append(f"{run.get('started', '')}, {run.get('wall_s', '?')} s wall, budget "
-                    f"{run.get('budget_s')} s/row" + (", isolated" if run.get("isolate") else "")
+                    f"{run.get('budget_s')} s/row"
+                    + (f" × {run['rounds']} rounds" if run.get("rounds", 1) > 1 else "")
+                    + (", isolated" if run.get("isolate") else "")
                     + (f", MLPerf {run['scenario']}" if run.get("scenario") else ""))
     bad = sum(1 for r in rows if r.error)
     bits.append(f"{len(rows)} rows, {bad} failed")
