@@ -278,7 +278,8 @@ class OpenCLKernel:
         self.ctx = self.cl.Context(devices[:1])
         self.queue = self.cl.CommandQueue(self.ctx)
         src = (ACC / "opencl" / "hal_int8.cl").read_text()
-        self.kernel = self.cl.Kernel(self.cl.Program(self.ctx, src).build(), "hal_int8_layer")
+        program = self.cl.Program(self.ctx, src).build(options=["-I", str(ACC / "hls")])
+        self.kernel = self.cl.Kernel(program, "hal_int8_layer")
         self.args = manifest.kernel_args(manifest.load())
         self.device = devices[0]
 
@@ -451,7 +452,7 @@ def test_accelerator_folder_is_package_data():
     root = Path(str(importlib.resources.files("hal.backends.fpga.bitstreams")))
     assert files.accelerator_dir() == root / "hal_int8"
     for rel in ("manifest.json", "Makefile", "README.md", "hls/hal_int8.cpp", "hls/hal_int8.h",
-                "opencl/hal_int8.cl", "vivado/kv260.tcl", "golden/make_golden.py"):
+                "hls/hal_int8_params.h", "opencl/hal_int8.cl", "vivado/kv260.tcl", "golden/make_golden.py"):
         assert (files.accelerator_dir() / rel).is_file(), rel
     with pytest.raises(BackendError, match="not found"):
         files.accelerator_dir("nosuch")

@@ -74,14 +74,14 @@ class Refused(Exception):
 
 @cache
 def limits() -> dict[str, int]:
-    """PE array and on-chip buffer sizes of hal_int8, read from the kernel's own header."""
-    text = (accelerator_dir() / "hls" / "hal_int8.h").read_text()
+    """PE array and on-chip buffer sizes of hal_int8, read from the kernels' shared header."""
+    text = (accelerator_dir() / "hls" / "hal_int8_params.h").read_text()
     found = {k.lower(): int(v) for k, v in
              re.findall(r"^#define HAL_(PE_OUT|PE_IN|MAX_XBUF|MAX_WK|MAX_OW|MAX_K)\s+(\d+)",
                         text, re.MULTILINE)}
     missing = {"pe_out", "pe_in", "max_xbuf", "max_wk", "max_ow", "max_k"} - set(found)
     if missing:
-        raise RuntimeError(f"hal_int8.h defines no {sorted(missing)}")
+        raise RuntimeError(f"hal_int8_params.h defines no {sorted(missing)}")
     return found
 
 

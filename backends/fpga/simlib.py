@@ -67,7 +67,9 @@ def build(force: bool = False) -> Path:
     src = accelerator_dir() / "hls"
     cpp, hdr = src / "hal_int8.cpp", src / "hal_int8.h"
     cxx = compiler()
-    key = hashlib.sha256(cpp.read_bytes() + hdr.read_bytes() + " ".join((cxx,) + FLAGS).encode())
+    params = src / "hal_int8_params.h"
+    key = hashlib.sha256(cpp.read_bytes() + hdr.read_bytes() + params.read_bytes()
+                         + " ".join((cxx,) + FLAGS).encode())
     lib = cache_dir() / f"libhal_int8_sim-{key.hexdigest()[:16]}.so"
     if lib.is_file() and not force:
         return lib

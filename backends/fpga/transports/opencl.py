@@ -86,7 +86,8 @@ class OpenCLTransport(Transport):
         lib = self.lib
         if self.simulated:
             src = accelerator / "opencl" / "hal_int8.cl"
-            program = lib.Program(self.context, src.read_text()).build()
+            program = lib.Program(self.context, src.read_text()).build(
+                options=["-I", str(accelerator / "hls")])  # hal_int8_params.h
             self.program_source = f"{src.name} built for {self.cl_device.name} (CPU runtime)"
         else:
             kind = "aocx" if "intel" in self.cl_device.platform.name.lower() else "xclbin"

@@ -11,6 +11,7 @@ open_project -reset ../build/hls_prj
 set_top hal_int8_layer
 add_files hal_int8.cpp -cflags "-std=c++14 -I."
 add_files hal_int8.h
+add_files hal_int8_params.h
 open_solution -reset sol -flow_target vivado
 set_part $part
 create_clock -period [expr {1000.0 / $mhz}] -name default

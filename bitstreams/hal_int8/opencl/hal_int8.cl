@@ -7,32 +7,7 @@
 // Arithmetic (bit for bit hal.backends.fpga.spec): acc = bias + sum int8*int8 in int32 (wrapping),
 // y = (acc*m + 2**(s-1)) >> s in 64 bits with an arithmetic shift (round half up),
 // clamp to [max(act_min,-128), min(act_max,127)], optional pool x pool / stride pool max-pool.
-#ifndef HAL_PE_OUT
-#define HAL_PE_OUT 16
-#endif
-#ifndef HAL_PE_IN
-#define HAL_PE_IN 16
-#endif
-#ifndef HAL_AXI_BYTES
-#define HAL_AXI_BYTES 16
-#endif
-#ifndef HAL_BURST_OVERHEAD
-#define HAL_BURST_OVERHEAD 32
-#endif
-#ifndef HAL_PIPE_DEPTH
-#define HAL_PIPE_DEPTH 12
-#endif
-#define HAL_MAX_XBUF 65536
-#define HAL_MAX_WK 8192
-#define HAL_MAX_OW 1024
-#define HAL_MAX_K 131071
-
-#define HAL_OP_CONV 0
-#define HAL_OP_GEMM 1
-#define HAL_ERR_OP 1
-#define HAL_ERR_SHAPE 2
-#define HAL_ERR_LIMIT 4
-#define HAL_ERR_QPARAM 8
+#include "hal_int8_params.h"  // ../hls: build with -I ../hls
 
 #if defined(INTELFPGA_CL)
 #define HAL_TASK __attribute__((max_global_work_dim(0)))
