@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hal.errors import HalError
+from hal.errors import HalError, OptionError
 
 
 def example_inputs(model, batch: int, seed: int = 0) -> list[np.ndarray]:
@@ -75,6 +75,11 @@ def cmd_run(args) -> int:
     target, calibration, source = int8_calibration(args, model)
     if calibration is not None:
         options["calibration"] = calibration
+    for key, value in backend_options(args.option):
+        if key in options:
+            raise OptionError(f"--option {key}= repeats a setting of its own flag; use the "
+                              "flag (hal run --help)")
+        options[key] = value
     compiled = hal.compile(target, args.device, **options)
     x = example_inputs(model, args.batch)
     timing, outs = measure(compiled, x, budget_s=args.budget, warmup=2, max_runs=args.repeat)
@@ -197,6 +202,23 @@ def _print_run(result: dict, compiled, explain: bool) -> None:
               f"device→host {t['d2h_count']} / {t['d2h_bytes']:,} B)")
 
 
+def backend_options(pairs: list[str] | None) -> list[tuple[str, object]]:
+    """``--option KEY=VALUE`` pairs: VALUE read as JSON when it parses (8, true, 1.5, "x"),
+    else kept as text; ``hal.compile`` says which keys the device's backend takes."""
+    out = []
+    for pair in pairs or []:
+        key, eq, text = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise OptionError(f"--option takes KEY=VALUE (e.g. --option reuse_factor=4), "
+                              f"got {pair!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        out.append((key.strip(), value))
+    return out
+
+
 def cmd_compare(args) -> int:
     """A thin layer over hal.compare(): progress bars, the table, files, the baseline check."""
     from rich.console import Console
@@ -298,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fallback", default="cpu", help="fallback device, or 'none' for strict")
     r.add_argument("--repeat", type=int, default=20, help="timed calls (at most)")
     r.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls (at most)")
+    r.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a compile option of the device's backend, e.g. --option "
+                   "reuse_factor=4 on fpga@hls4ml or --option xla=false on tpu/cpu@tf "
+                   "(repeatable; an unknown key is an error naming the ones it takes)")
     r.add_argument("--explain", action="store_true", help="show graph, passes and placement")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)

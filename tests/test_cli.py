@@ -53,6 +53,9 @@ def test_run_explain_shows_graph_and_passes():
     (("run", "lenet", "--device", "CPU!"), "malformed device string"),
     (("run", "/tmp/does/not/exist.onnx"), "does not exist"),
     (("run", "lenet", "--precision", "fp7"), "precision"),
+    (("run", "mlp", "--device", "cpu@reference", "--option", "tile=8"), "unknown compile option"),
+    (("run", "mlp", "--option", "8"), "KEY=VALUE"),
+    (("run", "mlp", "--option", "opt_level=2"), "its own flag"),
 ])
 def test_user_errors_exit_nonzero_without_traceback(args, needle):
     r = hal_cli(*args)
@@ -70,3 +73,13 @@ def test_compare_json(tmp_path):
     for row in data["rows"]:
         assert row["error"] is None and row["max_abs_err"] == 0.0 and row["p50_ms"] > 0
     assert data["environment"]["cores"] >= 1
+
+
+def test_backend_options_are_typed_and_reach_the_backend():
+    from hal.cli import backend_options
+
+    assert backend_options(["a=8", "b=true", "c=io_stream", "d=1.5", "e="]) == [
+        ("a", 8), ("b", True), ("c", "io_stream"), ("d", 1.5), ("e", "")]
+    out = json.loads(hal_cli("run", "mlp", "--device", "cpu@ort", "--option",
+                             "intra_op_num_threads=1", "--json", check=True).stdout)
+    assert out["device"] == "cpu:0@ort" and out["p50_ms"] > 0
