@@ -62,6 +62,12 @@ module hal_int8_core #(
     // inside the image (the only place it is read) the address is below XDEPTH
     localparam integer SAW = XAW > 16 ? XAW : 16;
     localparam integer LPW = (XAW > WAW ? XAW : WAW) + 1;  // loads: positions <= XDEPTH, WDEPTH
+    // read / write lengths: weights kk <= WDEPTH * PE_IN, inputs <= XDEPTH * PE_IN, 4 * PE_OUT
+    // parameter bytes, OW_MAX output bytes
+    localparam integer LEN0 = LPW + (PE_IN > 1 ? $clog2(PE_IN) : 0) + 1;
+    localparam integer LEN1 = $clog2(OW_MAX) + 1 > $clog2(PE_OUT) + 3 ? $clog2(OW_MAX) + 1 :
+                              $clog2(PE_OUT) + 3;
+    localparam integer LENW = LEN0 > LEN1 ? LEN0 : LEN1;
     localparam [15:0] PO = PE_OUT[15:0];
     localparam [15:0] PI = PE_IN[15:0];
     localparam [47:0] XD = {16'd0, XDEPTH[31:0]};
@@ -143,7 +149,7 @@ module hal_int8_core #(
 
     // ---- AXI read / write engines ----
     reg  [AW-1:0] rc_addr, wc_addr;
-    reg  [31:0]   rc_len, wc_len;
+    reg  [LENW-1:0] rc_len, wc_len;
     reg  [2:0]    kind;
     wire          rd_busy, rd_valid, wr_busy, wr_ready;
     wire [7:0]    rd_data;
@@ -158,7 +164,7 @@ module hal_int8_core #(
     reg  [LPW-1:0] ld_pos;  // position (pixel or kernel tap)
     reg  [LPW-1:0] ld_a;    // bank address
 
-    hal_int8_axi_rd #(.AW(AW)) rd (
+    hal_int8_axi_rd #(.AW(AW), .LENW(LENW)) rd (
         .clk(clk), .rst(rst), .cmd_valid(state == S_RD), .cmd_addr(rc_addr), .cmd_len(rc_len),
         .busy(rd_busy), .out_valid(rd_valid), .out_data(rd_data), .out_ready(state == S_RDW),
         .m_arvalid(m_arvalid), .m_arready(m_arready), .m_araddr(m_araddr), .m_arlen(m_arlen),
@@ -166,7 +172,7 @@ module hal_int8_core #(
         .m_rdata(m_rdata), .m_rlast(m_rlast));
 
     wire [7:0] st_byte;
-    hal_int8_axi_wr #(.AW(AW)) wr (
+    hal_int8_axi_wr #(.AW(AW), .LENW(LENW)) wr (
         .clk(clk), .rst(rst), .cmd_valid(state == S_WR), .cmd_addr(wc_addr), .cmd_len(wc_len),
         .busy(wr_busy), .in_valid(state == S_ST1), .in_data(st_byte), .in_ready(wr_ready),
         .m_awvalid(m_awvalid), .m_awready(m_awready), .m_awaddr(m_awaddr), .m_awlen(m_awlen),
@@ -214,6 +220,10 @@ module hal_int8_core #(
     function automatic [LPW-1:0] lp(input [31:0] v);  // a load position or bank address
         lp = v[LPW-1:0];
     endfunction
+
+    function automatic [LENW-1:0] len(input [31:0] v);  // a command length (within LENW)
+        len = v[LENW-1:0];
+    endfunction
     /* verilator lint_on UNUSEDSIGNAL */
 
     genvar gp, gq;
@@ -255,27 +265,32 @@ module hal_int8_core #(
 
     // ---- MAC array: read banks (cycle 1), multiply (cycle 2), accumulate (cycle 3) ----
     reg               v1, v2, in1;
-    reg [PE_IN-1:0]   qok1;
-    reg signed [15:0] prod [0:PE_OUT*PE_IN-1];
+    reg [PE_IN-1:0]   qok1, ok2;  // ok2: products that count (inside the image, real channels)
+    reg signed [15:0] prod [0:PE_OUT*PE_IN-1];  // unconditional: the DSPs' output registers
     wire [23:0] cg_rem = {8'd0, cg} - ic0;
     integer i, j, i1, j1, i2, i3, j3;  // loop indices, one set per always block
     always @(posedge clk) begin
         v1 <= mac_issue;
         in1 <= in_img;
-        for (j = 0; j < PE_IN; j = j + 1)
+        for (j = 0; j < PE_IN; j = j + 1) begin
             qok1[j] <= $signed({{8{cg_rem[23]}}, cg_rem}) > j;
+            ok2[j] <= v1 && in1 && qok1[j];
+        end
         v2 <= v1;
         for (i = 0; i < PE_OUT; i = i + 1)
             for (j = 0; j < PE_IN; j = j + 1)
-                prod[i * PE_IN + j] <= v1 && in1 && qok1[j] ?
-                    $signed(xd[j]) * $signed(wdat[i * PE_IN + j]) : 16'sd0;
+                prod[i * PE_IN + j] <= $signed(xd[j]) * $signed(wdat[i * PE_IN + j]);
     end
-    reg [31:0] psum [0:PE_OUT-1];
+    // |int8 * int8| <= 2**14, so PE_IN products sum in PSW bits
+    localparam integer PSW = 17 + (PE_IN > 1 ? $clog2(PE_IN) : 0);
+    reg [PSW-1:0] psum [0:PE_OUT-1];
     always @* begin
         for (i1 = 0; i1 < PE_OUT; i1 = i1 + 1) begin
-            psum[i1] = 32'd0;
+            psum[i1] = {PSW{1'b0}};
             for (j1 = 0; j1 < PE_IN; j1 = j1 + 1)
-                psum[i1] = psum[i1] + {{16{prod[i1 * PE_IN + j1][15]}}, prod[i1 * PE_IN + j1]};
+                if (ok2[j1])
+                    psum[i1] = psum[i1] + {{(PSW-16){prod[i1 * PE_IN + j1][15]}},
+                                           prod[i1 * PE_IN + j1]};
         end
     end
 
@@ -348,7 +363,7 @@ module hal_int8_core #(
             if (state == S_PIX && ox != owc)
                 for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= p_bias[i3];
             else if (v2)
-                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= acc[i3] + psum[i3];
+                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= acc[i3] + {{(32-PSW){psum[i3][PSW-1]}}, psum[i3]};
             case (state)
                 S_IDLE: if (start) begin
                     busy <= 1'b1;
@@ -428,7 +443,7 @@ module hal_int8_core #(
                 end
                 S_TILE: begin  // woff, yoff known: load bias
                     rc_addr <= a_bias + ext({30'd0, oc0, 2'b00});
-                    rc_len <= {14'd0, lanes, 2'b00};
+                    rc_len <= len({14'd0, lanes, 2'b00});
                     kind <= K_BIAS;
                     li <= 16'd0;
                     bi <= 2'd0;
@@ -510,7 +525,7 @@ module hal_int8_core #(
                         state <= S_FINISH;
                     end else begin
                         rc_addr <= a_w + wid(woff);
-                        rc_len <= kk;
+                        rc_len <= len(kk);
                         kind <= K_W;
                         li <= 16'd0;
                         state <= S_RD;
@@ -532,7 +547,7 @@ module hal_int8_core #(
                         state <= S_ROW;
                     end else begin
                         rc_addr <= a_x + wid(xb_off) + wid(xg_off);
-                        rc_len <= xgrp[31:0];
+                        rc_len <= len(xgrp[31:0]);
                         kind <= K_X;
                         state <= S_RD;
                     end
@@ -624,7 +639,7 @@ module hal_int8_core #(
                     end else begin
                         wc_addr <= a_y + wid(yb_off) + wid(yoff) + wid(ylane_off) +
                                    ext({16'd0, yrow_off});
-                        wc_len <= {12'd0, pw};
+                        wc_len <= len({12'd0, pw});
                         qq <= 20'd0;
                         state <= S_WR;
                     end
