@@ -37,9 +37,9 @@ TARGETS = {
         "family": "ice40", "device": "iCE40UP5K-SG48", "pnr_args": ["--up5k", "--package", "sg48"],
         "freq_mhz": 24,
         # argument registers in block RAM (ARGRAM), one shared requantizer: the control logic
-        # (layer set-up, address generation, AXI engines) still needs ~5900 LUT4s and ~3000
-        # flip-flops in yosys, more than the 5280 LCs of the part whatever the array; the
-        # smallest array is tried so the record says by how much it misses
+        # (layer set-up, address generation, AXI engines) still needs ~5800 LUT4s and ~2950
+        # flip-flops in yosys (7742 LCs packed), more than the 5280 of the part whatever the
+        # array; the smallest array is tried so the record says by how much it misses
         "candidates": [
             {"PE_OUT": 2, "PE_IN": 2, "XDEPTH": 2048, "WDEPTH": 512, "OW_MAX": 32, "RQ": 1,
              "ARGRAM": 1},
