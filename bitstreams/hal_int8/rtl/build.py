@@ -36,11 +36,13 @@ TARGETS = {
     "ice40-up5k": {
         "family": "ice40", "device": "iCE40UP5K-SG48", "pnr_args": ["--up5k", "--package", "sg48"],
         "freq_mhz": 24,
-        # the control logic alone (AXI-lite registers, layer set-up, address generation,
-        # requantizer) needs ~7700 LUT4s in yosys: more than the 5280 of the part, whatever
-        # the array; the smallest array is tried so the record says by how much it misses
+        # argument registers in block RAM (ARGRAM), one shared requantizer: the control logic
+        # (layer set-up, address generation, AXI engines) still needs ~5800 LUT4s and ~2950
+        # flip-flops in yosys (7742 LCs packed), more than the 5280 of the part whatever the
+        # array; the smallest array is tried so the record says by how much it misses
         "candidates": [
-            {"PE_OUT": 2, "PE_IN": 2, "XDEPTH": 2048, "WDEPTH": 512, "OW_MAX": 32, "RQ": 1},
+            {"PE_OUT": 2, "PE_IN": 2, "XDEPTH": 2048, "WDEPTH": 512, "OW_MAX": 32, "RQ": 1,
+             "ARGRAM": 1},
         ],
     },
     "ecp5-25f": {

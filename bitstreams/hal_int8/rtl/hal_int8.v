@@ -12,7 +12,10 @@ module hal_int8 #(
     parameter integer WDEPTH = 1024,
     parameter integer RQ = 0,          // requantizers: 0 = one per lane, else shared by the lanes
     parameter integer OW_MAX = 256,
-    parameter integer AW = 64
+    parameter integer AW = 64,
+    // 1: the argument registers live in block RAM; at ap_start a loader reads them (48 cycles)
+    // into narrow copies the core needs, in the form its checks give the same answers on
+    parameter integer ARGRAM = 0
 ) (
     input  wire          ap_clk,
     input  wire          ap_rst_n,
@@ -76,6 +79,9 @@ module hal_int8 #(
     reg [63:0] cycles;
     wire       busy, done;
     wire [3:0] status;
+    wire       engaged;  // loading the arguments or running a layer
+    wire       take = ap_start && !engaged;  // the start is taken this cycle
+    wire       arg_wait;  // ARGRAM: read data comes from block RAM a cycle later
 
     // ---- AXI-lite write: address and data may arrive in either order ----
     reg       aw_have, w_have;
@@ -96,22 +102,22 @@ module hal_int8 #(
     wire       wr_now = aw_ok && w_ok && !s_axi_control_bvalid;
 
     // ---- AXI-lite read ----
-    assign s_axi_control_arready = !s_axi_control_rvalid;
+    assign s_axi_control_arready = !s_axi_control_rvalid && !arg_wait;
     assign s_axi_control_rresp = 2'b00;
     wire rd_now = s_axi_control_arvalid && s_axi_control_arready;
     wire [5:0] ra = s_axi_control_araddr[7:2];
     reg  [31:0] rval;
     always @* begin
         case (ra)
-            6'h00: rval = {28'd0, !ap_start && !busy && ap_done, !busy && !ap_start, ap_done,
-                           ap_start || busy};
+            6'h00: rval = {28'd0, !ap_start && !engaged && ap_done, !engaged && !ap_start, ap_done,
+                           ap_start || engaged};
             6'h01: rval = {31'd0, gie};
             6'h02: rval = {30'd0, ier};
             6'h03: rval = {30'd0, isr};
             6'h32: rval = {28'd0, status};
             6'h34: rval = cycles[31:0];
             6'h35: rval = cycles[63:32];
-            default: rval = regs[ra];
+            default: rval = ARGRAM != 0 ? 32'd0 : regs[ra];  // ARGRAM: from block RAM, below
         endcase
     end
 
@@ -143,7 +149,7 @@ module hal_int8 #(
                 w_have <= 1'b0;
                 s_axi_control_bvalid <= 1'b1;
                 case (wa)
-                    6'h00: if (wstb[0] && wdat[0] && !busy) ap_start <= 1'b1;
+                    6'h00: if (wstb[0] && wdat[0] && !engaged) ap_start <= 1'b1;
                     6'h01: if (wstb[0]) gie <= wdat[0];
                     6'h02: if (wstb[0]) ier <= wdat[1:0];
                     6'h03: if (wstb[0]) isr <= isr ^ (isr & wdat[1:0]);  // toggle-on-write
@@ -151,16 +157,20 @@ module hal_int8 #(
                 endcase
             end
             if (s_axi_control_rvalid && s_axi_control_rready) s_axi_control_rvalid <= 1'b0;
-            if (rd_now) begin
+            if (arg_wait) begin
                 s_axi_control_rvalid <= 1'b1;
+                s_axi_control_rdata <= arg_rdata;
+            end
+            if (rd_now) begin
+                s_axi_control_rvalid <= !arg_read;
                 s_axi_control_rdata <= rval;
                 if (ra == 6'h00 && !(done)) ap_done <= 1'b0;  // ap_done clears on read
             end
-            if (ap_start && !busy) begin  // the core takes the start this cycle
+            if (take) begin
                 ap_done <= 1'b0;
                 cycles <= 64'd0;
             end
-            if (busy) begin
+            if (engaged) begin
                 ap_start <= 1'b0;
                 cycles <= cycles + 64'd1;
             end
@@ -173,18 +183,108 @@ module hal_int8 #(
     assign interrupt = gie && isr != 2'd0;
 
     genvar k;
+    wire arg_read = ARGRAM != 0 && rd_now && PRESENT[ra];
+    wire core_start;
+    wire [31:0] arg_rdata;
     generate
-        for (k = 0; k < 64; k = k + 1) begin : arg
-            if (PRESENT[k]) begin : q
-                reg [31:0] v;
-                integer i;
-                always @(posedge ap_clk)
-                    for (i = 0; i < 4; i = i + 1)  // byte enables: no merge logic per bit
-                        if (rst) v[8 * i +: 8] <= 8'd0;
-                        else if (wr_now && wa == k && wstb[i]) v[8 * i +: 8] <= wdat[8 * i +: 8];
-                assign regs[k] = v;
-            end else begin : none
-                assign regs[k] = 32'd0;
+        if (ARGRAM == 0) begin : ffargs
+            for (k = 0; k < 64; k = k + 1) begin : arg
+                if (PRESENT[k]) begin : q
+                    reg [31:0] v;
+                    integer i;
+                    always @(posedge ap_clk)
+                        for (i = 0; i < 4; i = i + 1)  // byte enables: no merge logic per bit
+                            if (rst) v[8 * i +: 8] <= 8'd0;
+                            else if (wr_now && wa == k && wstb[i]) v[8 * i +: 8] <= wdat[8 * i +: 8];
+                    assign regs[k] = v;
+                end else begin : none
+                    assign regs[k] = 32'd0;
+                end
+            end
+            assign engaged = busy;
+            assign core_start = take;
+            assign arg_wait = 1'b0;
+            assign arg_rdata = 32'd0;
+        end else begin : ramargs
+            // two copies written alike: one answers the host, one feeds the loader
+            wire [31:0] ld_rd;
+            wire        arg_write = wr_now && PRESENT[wa];
+            reg         loading, ld_v, kick, pend;
+            reg  [5:0]  ldw, ldq;
+            for (k = 0; k < 4; k = k + 1) begin : lane
+                hal_int8_ram #(.WIDTH(8), .DEPTH(64), .AW(6)) host (
+                    .clk(ap_clk), .we(arg_write && wstb[k]), .wa(wa), .wd(wdat[8 * k +: 8]),
+                    .ra(ra), .rd(arg_rdata[8 * k +: 8]));
+                hal_int8_ram #(.WIDTH(8), .DEPTH(64), .AW(6)) load (
+                    .clk(ap_clk), .we(arg_write && wstb[k]), .wa(wa), .wd(wdat[8 * k +: 8]),
+                    .ra(ldw), .rd(ld_rd[8 * k +: 8]));
+            end
+            always @(posedge ap_clk) begin
+                if (rst) begin
+                    loading <= 1'b0;
+                    ld_v <= 1'b0;
+                    kick <= 1'b0;
+                    pend <= 1'b0;
+                end else begin
+                    pend <= arg_read;
+                    ld_v <= loading;
+                    ldq <= ldw;
+                    kick <= ld_v && ldq == 6'h30;
+                    if (take) begin
+                        loading <= 1'b1;
+                        ldw <= 6'h04;
+                    end else if (loading) begin
+                        ldw <= ldw + 6'd1;
+                        if (ldw == 6'h30) loading <= 1'b0;
+                    end
+                end
+            end
+            assign engaged = busy || loading || ld_v || kick;
+            assign core_start = kick;
+            assign arg_wait = pend;
+            for (k = 0; k < 64; k = k + 1) begin : arg
+                // addresses, and the sizes of the exact h + 2 pad >= kh check, as written
+                if (PRESENT[k] && (k < 6'h16 || k == 6'h1c || k == 6'h1e || k == 6'h22 ||
+                                   k == 6'h24 || k == 6'h28)) begin : full
+                    reg [31:0] v;
+                    always @(posedge ap_clk)
+                        if (rst) v <= 32'd0;
+                        else if (ld_v && ldq == k) v <= ld_rd;
+                    assign regs[k] = v;
+                end else if (k == 6'h2c || k == 6'h2e) begin : act
+                    // act_min clamped to [-128, 128]; act_max to at most 127 and, below -128,
+                    // to -512 + its low byte: lo = max(act_min, -128), hi = min(act_max, 127)
+                    // then clamp as with the full values
+                    reg [9:0] v;
+                    wire [31:0] d = ld_rd;
+                    wire [9:0] amin = $signed(d) < -32'sd128 ? 10'h380 :
+                                      $signed(d) > 32'sd128 ? 10'd128 : d[9:0];
+                    wire [9:0] amax = $signed(d) > 32'sd127 ? 10'd127 :
+                                      $signed(d) < -32'sd128 ? {2'b10, d[7:0]} : d[9:0];
+                    always @(posedge ap_clk)
+                        if (rst) v <= 10'd0;
+                        else if (ld_v && ldq == k) v <= k == 6'h2c ? amin : amax;
+                    assign regs[k] = {{22{v[9]}}, v};
+                end else if (PRESENT[k]) begin : size
+                    // other sizes: -1 if negative, 65536 if above 65535, else themselves (the
+                    // core's checks answer alike: < 1, > 65535; op > 1, op == 1)
+                    reg       neg, big;
+                    reg [15:0] v;
+                    wire [31:0] d = ld_rd;
+                    always @(posedge ap_clk)
+                        if (rst) begin
+                            neg <= 1'b0;
+                            big <= 1'b0;
+                            v <= 16'd0;
+                        end else if (ld_v && ldq == k) begin
+                            neg <= d[31];
+                            big <= !d[31] && d[30:16] != 15'd0;
+                            v <= d[31] || d[30:16] != 15'd0 ? 16'd0 : d[15:0];
+                        end
+                    assign regs[k] = neg ? 32'hffff_ffff : {15'd0, big, v};
+                end else begin : none
+                    assign regs[k] = 32'd0;
+                end
             end
         end
     endgenerate
@@ -201,7 +301,7 @@ module hal_int8 #(
 
     hal_int8_core #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
                     .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW)) core (
-        .clk(ap_clk), .rst(rst), .start(ap_start && !busy), .busy(busy), .done(done),
+        .clk(ap_clk), .rst(rst), .start(core_start), .busy(busy), .done(done),
         .status(status),
         .a_x(addr64(regs[6'h04], regs[6'h05])), .a_w(addr64(regs[6'h07], regs[6'h08])),
         .a_bias(addr64(regs[6'h0a], regs[6'h0b])), .a_mult(addr64(regs[6'h0d], regs[6'h0e])),

@@ -3,13 +3,14 @@
 // until the end of the command.
 `default_nettype none
 module hal_int8_axi_wr #(
-    parameter integer AW = 64
+    parameter integer AW = 64,
+    parameter integer LENW = 32        // bits of a command's byte count
 ) (
     input  wire          clk,
     input  wire          rst,
     input  wire          cmd_valid,
     input  wire [AW-1:0] cmd_addr,
-    input  wire [31:0]   cmd_len,     // > 0
+    input  wire [LENW-1:0] cmd_len,   // > 0
     output wire          busy,
     input  wire          in_valid,
     input  wire [7:0]    in_data,
@@ -31,7 +32,7 @@ module hal_int8_axi_wr #(
     localparam [1:0] IDLE = 2'd0, COLLECT = 2'd1, SEND = 2'd2, DRAIN = 2'd3;
     reg [1:0]    state;
     reg [AW-1:0] addr;
-    reg [31:0]   left;
+    reg [LENW-1:0] left;
     reg [7:0]    outstanding;
     wire aw_fire = m_awvalid && m_awready;
     wire b_fire = m_bvalid;
@@ -62,8 +63,8 @@ module hal_int8_axi_wr #(
                     m_wdata[8 * addr[1:0] +: 8] <= in_data;
                     m_wstrb[addr[1:0]] <= 1'b1;
                     addr <= addr + 1'b1;
-                    left <= left - 32'd1;
-                    if (addr[1:0] == 2'd3 || left == 32'd1) begin
+                    left <= left - 1'b1;
+                    if (addr[1:0] == 2'd3 || left == 1) begin
                         m_awaddr <= {addr[AW-1:2], 2'b00};
                         m_awvalid <= 1'b1;
                         m_wvalid <= 1'b1;
@@ -75,7 +76,7 @@ module hal_int8_axi_wr #(
                     if (m_wready) m_wvalid <= 1'b0;
                     if ((!m_awvalid || m_awready) && (!m_wvalid || m_wready)) begin
                         m_wstrb <= 4'd0;
-                        state <= left == 32'd0 ? DRAIN : COLLECT;
+                        state <= left == 0 ? DRAIN : COLLECT;
                     end
                 end
                 default: if (outstanding == 8'd0 && !m_awvalid) state <= IDLE;  // DRAIN

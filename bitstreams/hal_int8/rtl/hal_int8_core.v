@@ -10,7 +10,7 @@
 //       acc = bias; for ky, kx, ic word: acc[p] += sum_q x[q] * w[p][q] (padding reads 0);
 //       requantize all lanes in parallel; max-pool into a row buffer; store pooled rows.
 // Sizes above 65535 and layers beyond the banks (XDEPTH, WDEPTH words; OW_MAX pooled columns)
-// or MAX_K products per output are refused with the LIMIT status bit.
+// or MAX_K = 2**17 - 1 products per output are refused with the LIMIT status bit.
 `default_nettype none
 module hal_int8_core #(
     parameter integer PE_OUT = 8,
@@ -58,7 +58,16 @@ module hal_int8_core #(
     localparam integer XAW = $clog2(XDEPTH);
     localparam integer WAW = $clog2(WDEPTH);
     localparam integer OAW = $clog2(OW_MAX);
-    localparam integer SAW = XAW + 20;          // signed input-bank address arithmetic
+    // input-bank address arithmetic modulo 2**SAW: only the low XAW bits address the bank, and
+    // inside the image (the only place it is read) the address is below XDEPTH
+    localparam integer SAW = XAW > 16 ? XAW : 16;
+    localparam integer LPW = (XAW > WAW ? XAW : WAW) + 1;  // loads: positions <= XDEPTH, WDEPTH
+    // read / write lengths: weights kk <= WDEPTH * PE_IN, inputs <= XDEPTH * PE_IN, 4 * PE_OUT
+    // parameter bytes, OW_MAX output bytes
+    localparam integer LEN0 = LPW + (PE_IN > 1 ? $clog2(PE_IN) : 0) + 1;
+    localparam integer LEN1 = $clog2(OW_MAX) + 1 > $clog2(PE_OUT) + 3 ? $clog2(OW_MAX) + 1 :
+                              $clog2(PE_OUT) + 3;
+    localparam integer LENW = LEN0 > LEN1 ? LEN0 : LEN1;
     localparam [15:0] PO = PE_OUT[15:0];
     localparam [15:0] PI = PE_IN[15:0];
     localparam [47:0] XD = {16'd0, XDEPTH[31:0]};
@@ -66,7 +75,6 @@ module hal_int8_core #(
     localparam [19:0] OM = OW_MAX[19:0];
     localparam integer LW = PE_OUT > 1 ? $clog2(PE_OUT) : 1;
     localparam integer OFW = AW < 48 ? AW : 48;  // byte offsets into buffers
-    localparam [47:0] MAX_K = 48'd131071;
     localparam [3:0] ERR_OP = 4'd1, ERR_SHAPE = 4'd2, ERR_LIMIT = 4'd4, ERR_QPARAM = 4'd8;
     localparam [2:0] K_BIAS = 3'd0, K_MULT = 3'd1, K_SHIFT = 3'd2, K_W = 3'd3, K_X = 3'd4;
     localparam [4:0] SETUP_LAST = 5'd22, TILE_FIRST = 5'd23, TILE_LAST = 5'd24;
@@ -124,12 +132,14 @@ module hal_int8_core #(
     reg signed [19:0] iy0, ix0, iy, ix;      // |.| < 2**18 once sizes are <= 65535
     reg signed [SAW-1:0] rowbase, colbase, kyoff, kxoff;
     reg [15:0] ky, kx, icw;
-    reg [23:0] ic0, wk;
+    reg [23:0] ic0;
+    reg [WAW-1:0] wk;
 
     // ---- per-lane parameters, accumulators, requantizers ----
     reg [31:0] p_bias [0:PE_OUT-1];
-    reg [31:0] p_mult [0:PE_OUT-1];
-    reg [31:0] p_shift [0:PE_OUT-1];
+    reg [30:0] p_mult [0:PE_OUT-1];
+    reg [5:0]  p_shift [0:PE_OUT-1];
+    reg [PE_OUT-1:0] p_bad;               // mult < 0 or shift outside 1 .. 62
     reg [31:0] acc [0:PE_OUT-1];
     localparam integer NRQ = RQ == 0 || RQ > PE_OUT ? PE_OUT : RQ;
     reg  [15:0] rq_base;                  // first lane of the requantizers' current turn
@@ -139,7 +149,7 @@ module hal_int8_core #(
 
     // ---- AXI read / write engines ----
     reg  [AW-1:0] rc_addr, wc_addr;
-    reg  [31:0]   rc_len, wc_len;
+    reg  [LENW-1:0] rc_len, wc_len;
     reg  [2:0]    kind;
     wire          rd_busy, rd_valid, wr_busy, wr_ready;
     wire [7:0]    rd_data;
@@ -151,10 +161,10 @@ module hal_int8_core #(
     reg  [15:0]   li;     // lane being loaded
     reg  [7:0]    ld_q;    // channel in the word being loaded
     reg  [15:0]   ld_w;    // channel word
-    reg  [31:0]   ld_pos;  // position (pixel or kernel tap)
-    reg  [23:0]   ld_a;    // bank address
+    reg  [LPW-1:0] ld_pos;  // position (pixel or kernel tap)
+    reg  [LPW-1:0] ld_a;    // bank address
 
-    hal_int8_axi_rd #(.AW(AW)) rd (
+    hal_int8_axi_rd #(.AW(AW), .LENW(LENW)) rd (
         .clk(clk), .rst(rst), .cmd_valid(state == S_RD), .cmd_addr(rc_addr), .cmd_len(rc_len),
         .busy(rd_busy), .out_valid(rd_valid), .out_data(rd_data), .out_ready(state == S_RDW),
         .m_arvalid(m_arvalid), .m_arready(m_arready), .m_araddr(m_araddr), .m_arlen(m_arlen),
@@ -162,7 +172,7 @@ module hal_int8_core #(
         .m_rdata(m_rdata), .m_rlast(m_rlast));
 
     wire [7:0] st_byte;
-    hal_int8_axi_wr #(.AW(AW)) wr (
+    hal_int8_axi_wr #(.AW(AW), .LENW(LENW)) wr (
         .clk(clk), .rst(rst), .cmd_valid(state == S_WR), .cmd_addr(wc_addr), .cmd_len(wc_len),
         .busy(wr_busy), .in_valid(state == S_ST1), .in_data(st_byte), .in_ready(wr_ready),
         .m_awvalid(m_awvalid), .m_awready(m_awready), .m_awaddr(m_awaddr), .m_awlen(m_awlen),
@@ -175,7 +185,7 @@ module hal_int8_core #(
     wire signed [SAW-1:0] x_addr_s = rowbase + colbase + kyoff + kxoff + $signed({{(SAW-16){1'b0}}, icw});
     /* verilator lint_on UNUSEDSIGNAL */
     wire [XAW-1:0] x_ra = x_addr_s[XAW-1:0];
-    wire [WAW-1:0] w_ra = wk[WAW-1:0] + icw[WAW-1:0];
+    wire [WAW-1:0] w_ra = wk + icw[WAW-1:0];
     wire in_img = iy >= 0 && iy < $signed({4'd0, h[15:0]}) && ix >= 0 && ix < $signed({4'd0, wd[15:0]});
     wire mac_issue = state == S_MAC;
     wire [7:0] xd [0:PE_IN-1];
@@ -205,6 +215,14 @@ module hal_int8_core #(
 
     function automatic [OFW-1:0] ofs(input [47:0] v);  // a size as an offset
         ofs = v[OFW-1:0];
+    endfunction
+
+    function automatic [LPW-1:0] lp(input [31:0] v);  // a load position or bank address
+        lp = v[LPW-1:0];
+    endfunction
+
+    function automatic [LENW-1:0] len(input [31:0] v);  // a command length (within LENW)
+        len = v[LENW-1:0];
     endfunction
     /* verilator lint_on UNUSEDSIGNAL */
 
@@ -239,7 +257,7 @@ module hal_int8_core #(
             end
             hal_int8_requant rq (
                 .clk(clk), .rst(rst), .start(state == S_RQ), .acc(acc[l]),
-                .m(p_mult[l][30:0]), .s(p_shift[l][5:0]), .lo(lo), .hi(hi),
+                .m(p_mult[l]), .s(p_shift[l]), .lo(lo), .hi(hi),
                 .y(rq_out[gp]), .busy(rq_busy[gp]));
         end
     endgenerate
@@ -247,27 +265,32 @@ module hal_int8_core #(
 
     // ---- MAC array: read banks (cycle 1), multiply (cycle 2), accumulate (cycle 3) ----
     reg               v1, v2, in1;
-    reg [PE_IN-1:0]   qok1;
-    reg signed [15:0] prod [0:PE_OUT*PE_IN-1];
+    reg [PE_IN-1:0]   qok1, ok2;  // ok2: products that count (inside the image, real channels)
+    reg signed [15:0] prod [0:PE_OUT*PE_IN-1];  // unconditional: the DSPs' output registers
     wire [23:0] cg_rem = {8'd0, cg} - ic0;
     integer i, j, i1, j1, i2, i3, j3;  // loop indices, one set per always block
     always @(posedge clk) begin
         v1 <= mac_issue;
         in1 <= in_img;
-        for (j = 0; j < PE_IN; j = j + 1)
+        for (j = 0; j < PE_IN; j = j + 1) begin
             qok1[j] <= $signed({{8{cg_rem[23]}}, cg_rem}) > j;
+            ok2[j] <= v1 && in1 && qok1[j];
+        end
         v2 <= v1;
         for (i = 0; i < PE_OUT; i = i + 1)
             for (j = 0; j < PE_IN; j = j + 1)
-                prod[i * PE_IN + j] <= v1 && in1 && qok1[j] ?
-                    $signed(xd[j]) * $signed(wdat[i * PE_IN + j]) : 16'sd0;
+                prod[i * PE_IN + j] <= $signed(xd[j]) * $signed(wdat[i * PE_IN + j]);
     end
-    reg [31:0] psum [0:PE_OUT-1];
+    // |int8 * int8| <= 2**14, so PE_IN products sum in PSW bits
+    localparam integer PSW = 17 + (PE_IN > 1 ? $clog2(PE_IN) : 0);
+    reg [PSW-1:0] psum [0:PE_OUT-1];
     always @* begin
         for (i1 = 0; i1 < PE_OUT; i1 = i1 + 1) begin
-            psum[i1] = 32'd0;
+            psum[i1] = {PSW{1'b0}};
             for (j1 = 0; j1 < PE_IN; j1 = j1 + 1)
-                psum[i1] = psum[i1] + {{16{prod[i1 * PE_IN + j1][15]}}, prod[i1 * PE_IN + j1]};
+                if (ok2[j1])
+                    psum[i1] = psum[i1] + {{(PSW-16){prod[i1 * PE_IN + j1][15]}},
+                                           prod[i1 * PE_IN + j1]};
         end
     end
 
@@ -305,18 +328,27 @@ module hal_int8_core #(
         endcase
     end
 
-    wire big = n > 32'd65535 || c > 32'd65535 || h > 32'd65535 || wd > 32'd65535 ||
-               o > 32'd65535 || kh > 32'd65535 || kw > 32'd65535 || stride > 32'd65535 ||
-               pad > 32'd65535 || groups > 32'd65535 || pool > 32'd65535;
+    /* verilator lint_off UNUSEDSIGNAL */
+    function automatic over16(input [31:0] v);  // v > 65535 as uint32
+        over16 = v[31:16] != 16'd0;
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
+    function automatic pos(input [31:0] v);  // v >= 1 as int32
+        pos = !v[31] && v != 32'd0;
+    endfunction
+    wire big = over16(n) || over16(c) || over16(h) || over16(wd) || over16(o) || over16(kh) ||
+               over16(kw) || over16(stride) || over16(pad) || over16(groups) || over16(pool);
     wire signed [33:0] hp = $signed({2'b00, h}) + 2 * $signed({2'b00, pad});
     wire signed [33:0] wp = $signed({2'b00, wd}) + 2 * $signed({2'b00, pad});
     wire [15:0] og_left = og - ocg;
+    // m_q > WD (step 11) or > XD (step 13); both are below 2**LPW
+    wire [LPW-1:0] m_lim = step == 5'd11 ? WD[LPW-1:0] : XD[LPW-1:0];
+    wire        m_over = m_q[47:LPW] != {(48-LPW){1'b0}} || m_q[LPW-1:0] > m_lim;
     reg  qbad;
     always @* begin
         qbad = 1'b0;
         for (i2 = 0; i2 < PE_OUT; i2 = i2 + 1)
-            if (i2 < lanes && (p_mult[i2][31] || p_shift[i2] < 32'd1 || p_shift[i2] > 32'd62))
-                qbad = 1'b1;
+            if (i2 < lanes && p_bad[i2]) qbad = 1'b1;
     end
 
     always @(posedge clk) begin
@@ -331,7 +363,7 @@ module hal_int8_core #(
             if (state == S_PIX && ox != owc)
                 for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= p_bias[i3];
             else if (v2)
-                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= acc[i3] + psum[i3];
+                for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1) acc[i3] <= acc[i3] + {{(32-PSW){psum[i3][PSW-1]}}, psum[i3]};
             case (state)
                 S_IDLE: if (start) begin
                     busy <= 1'b1;
@@ -340,10 +372,9 @@ module hal_int8_core #(
                     state <= r_op > 32'd1 ? S_FINISH : S_CHECK;
                 end
                 S_CHECK: begin
-                    if ($signed(n) < 1 || $signed(c) < 1 || $signed(h) < 1 || $signed(wd) < 1 ||
-                        $signed(o) < 1 || $signed(kh) < 1 || $signed(kw) < 1 ||
-                        $signed(stride) < 1 || $signed(pad) < 0 || $signed(pool) < 0 ||
-                        $signed(groups) < 1 || hp < $signed({2'b00, kh}) ||
+                    if (!pos(n) || !pos(c) || !pos(h) || !pos(wd) || !pos(o) || !pos(kh) ||
+                        !pos(kw) || !pos(stride) || pad[31] || pool[31] || !pos(groups) ||
+                        hp < $signed({2'b00, kh}) ||
                         wp < $signed({2'b00, kw})) begin
                         status <= ERR_SHAPE;
                         state <= S_FINISH;
@@ -371,10 +402,10 @@ module hal_int8_core #(
                         5'd7:  owc <= m_q[19:0];
                         5'd8:  cw <= m_q[15:0];
                         5'd9:  khw <= m_q[31:0];
-                        5'd10: begin kk <= m_q[31:0]; big_kk <= m_q > MAX_K; end
-                        5'd11: big_w <= m_q > WD;
+                        5'd10: begin kk <= m_q[31:0]; big_kk <= m_q[47:17] != 31'd0; end
+                        5'd11: big_w <= m_over;
                         5'd12: hw <= m_q[31:0];
-                        5'd13: big_x <= m_q > XD;
+                        5'd13: big_x <= m_over;
                         5'd14: xgrp <= m_q;
                         5'd15: ximg <= m_q[OFW-1:0];
                         5'd16: rs <= m_q[SAW-1:0];
@@ -412,7 +443,7 @@ module hal_int8_core #(
                 end
                 S_TILE: begin  // woff, yoff known: load bias
                     rc_addr <= a_bias + ext({30'd0, oc0, 2'b00});
-                    rc_len <= {14'd0, lanes, 2'b00};
+                    rc_len <= len({14'd0, lanes, 2'b00});
                     kind <= K_BIAS;
                     li <= 16'd0;
                     bi <= 2'd0;
@@ -423,17 +454,17 @@ module hal_int8_core #(
                     if (rd_valid) begin
                         if (kind == K_W || kind == K_X) begin
                             // next (channel, position): position runs fastest
-                            ld_a <= ld_a + {8'd0, cw};
-                            ld_pos <= ld_pos + 32'd1;
-                            if (ld_pos == (kind == K_W ? khw : hw) - 32'd1) begin
-                                ld_pos <= 32'd0;
+                            ld_a <= ld_a + lp({16'd0, cw});
+                            ld_pos <= ld_pos + 1'b1;
+                            if (ld_pos == lp(kind == K_W ? khw : hw) - 1'b1) begin
+                                ld_pos <= {LPW{1'b0}};
                                 if (ld_q == PI[7:0] - 8'd1) begin
                                     ld_q <= 8'd0;
                                     ld_w <= ld_w + 16'd1;
-                                    ld_a <= {8'd0, ld_w} + 24'd1;
+                                    ld_a <= lp({16'd0, ld_w}) + 1'b1;
                                 end else begin
                                     ld_q <= ld_q + 8'd1;
-                                    ld_a <= {8'd0, ld_w};
+                                    ld_a <= lp({16'd0, ld_w});
                                 end
                             end
                         end else begin
@@ -444,16 +475,24 @@ module hal_int8_core #(
                                 for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
                                     if ({16'd0, li} == i3) begin
                                         if (kind == K_BIAS) p_bias[i3] <= {rd_data, word[31:8]};
-                                        if (kind == K_MULT) p_mult[i3] <= {rd_data, word[31:8]};
-                                        if (kind == K_SHIFT) p_shift[i3] <= {rd_data, word[31:8]};
+                                        if (kind == K_MULT) begin
+                                            p_mult[i3] <= {rd_data[6:0], word[31:8]};
+                                            p_bad[i3] <= rd_data[7];
+                                        end
+                                        if (kind == K_SHIFT) begin
+                                            p_shift[i3] <= word[13:8];
+                                            if (rd_data != 8'd0 || word[31:14] != 18'd0 ||
+                                                word[13:8] == 6'd0 || word[13:8] == 6'd63)
+                                                p_bad[i3] <= 1'b1;
+                                        end
                                     end
                             end
                         end
                     end else if (!rd_busy) begin
                         ld_q <= 8'd0;
                         ld_w <= 16'd0;
-                        ld_pos <= 32'd0;
-                        ld_a <= 24'd0;
+                        ld_pos <= {LPW{1'b0}};
+                        ld_a <= {LPW{1'b0}};
                         li <= kind == K_W ? li + 16'd1 : 16'd0;
                         case (kind)
                             K_BIAS: begin
@@ -486,7 +525,7 @@ module hal_int8_core #(
                         state <= S_FINISH;
                     end else begin
                         rc_addr <= a_w + wid(woff);
-                        rc_len <= kk;
+                        rc_len <= len(kk);
                         kind <= K_W;
                         li <= 16'd0;
                         state <= S_RD;
@@ -508,7 +547,7 @@ module hal_int8_core #(
                         state <= S_ROW;
                     end else begin
                         rc_addr <= a_x + wid(xb_off) + wid(xg_off);
-                        rc_len <= xgrp[31:0];
+                        rc_len <= len(xgrp[31:0]);
                         kind <= K_X;
                         state <= S_RD;
                     end
@@ -533,7 +572,7 @@ module hal_int8_core #(
                     kx <= 16'd0;
                     icw <= 16'd0;
                     ic0 <= 24'd0;
-                    wk <= 24'd0;
+                    wk <= {WAW{1'b0}};
                     kyoff <= {SAW{1'b0}};
                     kxoff <= {SAW{1'b0}};
                     iy <= iy0;
@@ -554,7 +593,7 @@ module hal_int8_core #(
                         ic0 <= 24'd0;
                         kx <= kx + 16'd1;
                         kxoff <= kxoff + $signed({{(SAW-16){1'b0}}, cw});
-                        wk <= wk + {8'd0, cw};
+                        wk <= wk + cw[WAW-1:0];
                         ix <= ix + 20'sd1;
                         if (kx == kw[15:0] - 16'd1) begin
                             kx <= 16'd0;
@@ -600,7 +639,7 @@ module hal_int8_core #(
                     end else begin
                         wc_addr <= a_y + wid(yb_off) + wid(yoff) + wid(ylane_off) +
                                    ext({16'd0, yrow_off});
-                        wc_len <= {12'd0, pw};
+                        wc_len <= len({12'd0, pw});
                         qq <= 20'd0;
                         state <= S_WR;
                     end

@@ -10,7 +10,8 @@ module hal_int8_fabric #(
     parameter integer XDEPTH = 2048,
     parameter integer WDEPTH = 512,
     parameter integer RQ = 0,          // requantizers: 0 = one per lane, else shared by the lanes
-    parameter integer OW_MAX = 64
+    parameter integer OW_MAX = 64,
+    parameter integer ARGRAM = 0       // 1: argument registers in block RAM (hal_int8.v)
 ) (
     input  wire clk,
     input  wire rst_n,
@@ -34,7 +35,7 @@ module hal_int8_fabric #(
     wire [3:0]  m_wstrb;
 
     hal_int8 #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
-               .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW)) core (
+               .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW), .ARGRAM(ARGRAM)) core (
         .ap_clk(clk), .ap_rst_n(rst_n), .interrupt(irq),
         .s_axi_control_awvalid(si[0]), .s_axi_control_awready(awready),
         .s_axi_control_awaddr(si[8:1]), .s_axi_control_wvalid(si[9]),

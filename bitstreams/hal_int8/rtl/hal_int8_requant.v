@@ -1,7 +1,10 @@
 // Requantizer of one lane: y = clamp((acc * m + 2**(s-1)) >> s, lo, hi), bit for bit
-// backends/fpga/spec.py. The 64-bit product is formed serially (radix 4, 16 cycles), then
-// shifted right arithmetically by s - 1 (8 or 1 bits a cycle); the last shift adds the
-// rounding bit: floor((p + 2**(s-1)) / 2**s) == (floor(p / 2**(s-1)) + 1) >> 1.
+// backends/fpga/spec.py. The 64-bit product is formed serially, least significant digit first
+// (radix 4, 16 cycles: a 35-bit adder on the upper half, the lower half shifts in), then
+// shifted right arithmetically by s - 1 (8 or 1 bits a cycle); the last step adds the
+// rounding bit: floor((p + 2**(s-1)) / 2**s) == (floor(p / 2**(s-1)) + 1) >> 1. Rounding and
+// clamping run in 12 bits: lo >= -128 and hi <= 127, so a value outside [-2048, 2047]
+// clamps as any far-out value does.
 `default_nettype none
 module hal_int8_requant (
     input  wire        clk,
@@ -22,15 +25,23 @@ module hal_int8_requant (
     reg [5:0]  sh;
     wire [31:0] mm = {1'b0, m};
     wire [1:0]  d = mm[{digit, 1'b0} +: 2];
-    wire [63:0] a1 = {{32{acc[31]}}, acc};
-    wire [63:0] addend = d == 2'd0 ? 64'd0 : d == 2'd1 ? a1 : d == 2'd2 ? {a1[62:0], 1'b0} :
-                         a1 + {a1[62:0], 1'b0};
-    wire [63:0] v = ($signed(p) + 64'sd1) >>> 1;
-    wire [63:0] lo64 = {{32{lo[31]}}, lo};
-    wire [63:0] hi64 = {{32{hi[31]}}, hi};
-    wire [63:0] vlo = $signed(v) < $signed(lo64) ? lo64 : v;
-    /* verilator lint_off UNUSEDSIGNAL */  // clamped to int8 unless lo/hi are out of range
-    wire [63:0] vhi = $signed(vlo) > $signed(hi64) ? hi64 : vlo;
+    wire [33:0] a1 = {{2{acc[31]}}, acc};
+    wire [33:0] a3 = a1 + {a1[32:0], 1'b0};
+    wire [33:0] addend = d == 2'd0 ? 34'd0 : d == 2'd1 ? a1 : d == 2'd2 ? {a1[32:0], 1'b0} : a3;
+    // p + addend * 2**32, then / 4: exact, and after k digits |p| < 2**63
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [34:0] upper = {{3{p[63]}}, p[63:32]} + {addend[33], addend};
+    /* verilator lint_on UNUSEDSIGNAL */
+    wire        fits = p[63:11] == {53{p[11]}};
+    /* verilator lint_off UNUSEDSIGNAL */  // bit 0 is the rounded-off half
+    wire [12:0] r13 = {p[11], p[11:0]} + 13'd1;
+    /* verilator lint_on UNUSEDSIGNAL */
+    wire [11:0] v = fits ? r13[12:1] : p[63] ? 12'h800 : 12'h7ff;
+    wire [11:0] lo12 = !lo[31] && lo[30:7] != 24'd0 ? 12'd128 : lo[11:0];
+    wire [11:0] hi12 = hi[31] && hi[30:7] != {24{1'b1}} ? {4'b1110, hi[7:0]} : hi[11:0];
+    wire [11:0] vlo = $signed(v) < $signed(lo12) ? lo12 : v;
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [11:0] vhi = $signed(vlo) > $signed(hi12) ? hi12 : vlo;
     /* verilator lint_on UNUSEDSIGNAL */
     assign busy = state != IDLE;
     always @(posedge clk) begin
@@ -41,13 +52,13 @@ module hal_int8_requant (
                 IDLE: if (start) begin
                     sh <= s - 6'd1;
                     p <= 64'd0;
-                    digit <= 4'd15;
+                    digit <= 4'd0;
                     state <= MUL;
                 end
                 MUL: begin
-                    p <= {p[61:0], 2'b00} + addend;
-                    digit <= digit - 4'd1;
-                    if (digit == 4'd0) state <= SHIFT;
+                    p <= {upper[33:0], p[31:2]};
+                    digit <= digit + 4'd1;
+                    if (digit == 4'd15) state <= SHIFT;
                 end
                 SHIFT: begin
                     if (sh >= 6'd8) begin
