@@ -128,7 +128,7 @@ class FpgaBackend(Backend):
                                            options.extra.get("bitfile"))
         inputs = [v.name for v in model.graph.inputs]
         outputs = [v.name for v in model.graph.outputs]
-        return FpgaExecutable(device, transport, found.layers, inputs, outputs,
+        return FpgaExecutable(device, transport, found.steps, inputs, outputs,
                               manifest.load(_accelerator() / "manifest.json"), engine)
 
     def put(self, array: np.ndarray, device: Device):

@@ -12,7 +12,7 @@ from hal.backend import Buffer, Device, Executable
 from hal.errors import BackendError, InputError
 
 from .driver import Driver, LoadedLayer, output_shape
-from .qdq import Layer
+from .qdq import Layer, View
 from .transport import Memory, Transport
 
 
@@ -20,10 +20,19 @@ class FpgaBuffer(Buffer):
     """An array in memory the accelerator reaches (a board's DDR, a cl.Buffer, the emulator's)."""
 
     def __init__(self, device: Device, memory: Memory, shape: tuple, dtype,
-                 transport: Transport | None = None):
+                 transport: Transport | None = None, base: FpgaBuffer | None = None):
         super().__init__(device, shape, dtype)
         self.memory, self.transport = memory, transport
-        weakref.finalize(self, memory.free)
+        self.base = base  # a view keeps its base (which owns and frees the memory) alive
+        if base is None:
+            weakref.finalize(self, memory.free)
+
+    def view(self, shape: tuple) -> FpgaBuffer:
+        """The same bytes under another shape of as many elements (nothing is copied)."""
+        if int(np.prod(shape, dtype=np.int64)) != int(np.prod(self.shape, dtype=np.int64)):
+            raise BackendError(f"cannot view {list(self.shape)} as {list(shape)}")
+        return FpgaBuffer(self.device, self.memory, tuple(shape), self.dtype, self.transport,
+                          self.base or self)
 
     def _to_host(self) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))
@@ -42,13 +51,14 @@ class FpgaExecutable(Executable):
     device between them. Per-layer cycles (the accelerator's ``cycles`` register) and the
     wall time of the last call go into ``info`` for the placement report."""
 
-    def __init__(self, device: Device, transport: Transport, layers: list[Layer],
+    def __init__(self, device: Device, transport: Transport, steps: list[Layer | View],
                  input_names: Sequence[str], output_names: Sequence[str], manifest: dict,
                  engine: str):
         super().__init__(device, input_names, output_names)
         self.transport, self.driver = transport, Driver(transport)
-        self.layers = layers
-        self.loaded: list[LoadedLayer] = [self.driver.load(layer) for layer in layers]
+        self.steps = steps
+        self.layers = [s for s in steps if s.op != "view"]  # one accelerator start each
+        self.loaded: dict[int, LoadedLayer] = {id(s): self.driver.load(s) for s in self.layers}
         self.boards = [(name, float(t["clock_mhz"])) for name, t in
                        manifest.get("targets", {}).items()
                        if t.get("clock_mhz") and "rtl" not in t]  # HLS-kernel cycles
@@ -60,7 +70,7 @@ class FpgaExecutable(Executable):
         self.last_wall_s = 0.0
         sim = "simulated, " if transport.simulated else ""
         self.info["accelerator"] = f"hal_int8 on {device.string} ({sim}{engine})"
-        self.info["layers"] = "; ".join(layer.describe() for layer in layers) + \
+        self.info["layers"] = "; ".join(step.describe() for step in steps) + \
             (" (simulated)" if transport.simulated else "")
 
     def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
@@ -74,22 +84,25 @@ class FpgaExecutable(Executable):
             values[name] = buf
         t0 = time.perf_counter()
         cycles = []
-        for layer, loaded in zip(self.layers, self.loaded):
+        for layer in self.steps:
             x = values[layer.x]
             if tuple(x.shape[1:]) != tuple(layer.in_shape):
                 raise InputError(f"{self.device.string}: {layer.describe()} expects input "
                                  f"[N, {', '.join(map(str, layer.in_shape))}], got "
                                  f"{list(x.shape)}")
             n = int(x.shape[0])
+            if layer.op == "view":
+                values[layer.y] = x.view((n, *layer.out_shape))
+                continue
             shape = output_shape(layer, n)
             mem = self.transport.allocate(max(int(np.prod(shape)), 1))
             out = FpgaBuffer(self.device, mem, shape, np.int8, self.transport)
             if n:
-                cycles.append(self.driver.run(loaded, x.memory, mem, n))
+                cycles.append(self.driver.run(self.loaded[id(layer)], x.memory, mem, n))
             values[layer.y] = out  # intermediates are freed with their buffers after the call
         self.last_wall_s = time.perf_counter() - t0
         self.last_cycles = cycles
-        self._report(int(x.shape[0]) if self.layers else 0)
+        self._report(int(x.shape[0]) if self.steps else 0)
         missing = [o for o in self.output_names if o not in values]
         if missing:
             raise BackendError(f"{self.device.string}: segment outputs {missing} are not "
@@ -100,9 +113,10 @@ class FpgaExecutable(Executable):
         sim = "simulated " if self.transport.simulated else ""
         tag = " (simulated)" if self.transport.simulated else ""
         total = sum(self.last_cycles)
+        cycles = dict(zip(map(id, self.layers), self.last_cycles))
         self.info["layers"] = "; ".join(
-            f"{layer.describe()}: {c:,} cycles" for layer, c in zip(self.layers, self.last_cycles)
-        ) + tag
+            step.describe() + (f": {cycles[id(step)]:,} cycles" if id(step) in cycles else "")
+            for step in self.steps) + tag
         self.info["cycles"] = (f"{total:,} for batch {n}, from the {sim}accelerator's cycles "
                                f"register")
         what = {"emu": "emulator", "opencl": "OpenCL runtime", "pynq": "pynq device"}.get(

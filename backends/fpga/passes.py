@@ -1,4 +1,4 @@
-"""The FPGA flow's own pass: make each accelerator layer's nodes contiguous.
+"""The FPGA flow's own pass: make each accelerator layer's (and view's) nodes contiguous.
 
 The partitioner cuts a graph into runs of consecutive nodes. A QDQ graph may list a weight's
 DequantizeLinear anywhere before its Conv (topological order allows it), which would split a
@@ -25,8 +25,8 @@ class GroupLayers(HalPass):
         graph = model.graph
         found = qdq.analyse(graph)
         moved = 0
-        for layer in found.layers:
-            op = next(n for n in layer.nodes if n.op_type in qdq.OPS)
+        for layer in found.steps:
+            op = qdq.anchor(layer)
             k = layer.nodes.index(op)
             before, after = layer.nodes[:k], layer.nodes[k + 1:]
             order = list(graph)
@@ -42,6 +42,8 @@ class GroupLayers(HalPass):
             if after:
                 graph.insert_after(op, after)
             moved += 1
+        views = len(found.steps) - len(found.layers)
         self.detail = f"{len(found.layers)} accelerator layer(s)" + \
+            (f", {views} view(s)" if views else "") + \
             (f", {moved} regrouped" if moved else "")
         return PassResult(model, bool(moved))

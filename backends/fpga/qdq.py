@@ -359,14 +359,64 @@ def match(node: ir.Node) -> Layer:
 
 
 @dataclass
+class View:
+    """DQ -> Flatten -> Q at one scale and zero point: on int8 data that is the same bytes
+    under another shape (Q(DQ(x)) == x exactly), so the accelerator's buffer is passed on as
+    it is, with no start and no copy, and the layers either side stay in one segment."""
+
+    nodes: list  # the DQ, the Flatten, the Q
+    x: str
+    y: str
+    in_shape: tuple  # the static part of the input shape
+    names: dict = field(default_factory=dict)
+
+    op = "view"
+
+    @property
+    def out_shape(self) -> tuple:
+        return (int(np.prod(self.in_shape)),)
+
+    def describe(self) -> str:
+        return f"flatten {'×'.join(map(str, self.in_shape))}→{self.out_shape[0]} (a view)"
+
+
+def match_view(node: ir.Node) -> View | None:
+    """The view around Flatten ``node``, or None when it is not one."""
+    if not is_onnx(node, "Flatten") or _attr(node, "axis", 1) != 1:
+        return None
+    dq = _producer(node.inputs[0], "DequantizeLinear")
+    q = sole_consumer(node.outputs[0])
+    if dq is None or q is None or not is_onnx(q, "QuantizeLinear") or len(q.inputs) < 3:
+        return None
+    shape = dq.inputs[0].shape
+    try:
+        _zero_point(dq, ir.DataType.INT8, "view")
+        _zero_point(q, ir.DataType.INT8, "view")
+        same = _scale(dq, "view") == _scale(q, "view")
+    except Refused:
+        return None
+    if not (same and dq.inputs[0].dtype == ir.DataType.INT8
+            and q.outputs[0].dtype == ir.DataType.INT8 and sole_consumer(dq.outputs[0]) is node
+            and _attr(q, "saturate", 1) == 1 and not _attr(q, "block_size", 0)
+            and shape is not None and len(shape) >= 2
+            and all(isinstance(d, int) for d in shape[1:])):
+        return None
+    return View(nodes=[dq, node, q], x=dq.inputs[0].name, y=q.outputs[0].name,
+                in_shape=tuple(int(d) for d in shape[1:]),
+                names={"op": node.name, "output": q.outputs[0].name})
+
+
+@dataclass
 class Analysis:
     layers: list  # Layer, in graph order
-    owner: dict  # id(node) -> Layer
+    owner: dict  # id(node) -> Layer or View
     refused: dict  # id(op node) -> reason
+    steps: list = field(default_factory=list)  # layers and views, in graph order
 
 
 def analyse(graph: ir.Graph) -> Analysis:
     layers, owner, refused = [], {}, {}
+    order = {id(n): i for i, n in enumerate(graph)}
     for node in graph:
         if not is_onnx(node, *OPS):
             continue
@@ -380,7 +430,20 @@ def analyse(graph: ir.Graph) -> Analysis:
             continue
         layers.append(layer)
         owner.update({id(n): layer for n in layer.nodes})
-    return Analysis(layers, owner, refused)
+    # a view only where it joins accelerator layers: alone it would add copies, not save them
+    ends = {layer.y for layer in layers} | {layer.x for layer in layers}
+    views = [v for v in map(match_view, graph) if v is not None and (v.x in ends or v.y in ends)
+             and not any(id(n) in owner for n in v.nodes)]
+    for v in views:
+        owner.update({id(n): v for n in v.nodes})
+    steps = sorted(layers + views, key=lambda s: order[id(anchor(s))])
+    return Analysis(layers, owner, refused, steps)
+
+
+def anchor(step: Layer | View) -> ir.Node:
+    """The node a layer or view is built around: its Conv/Gemm/MatMul, or the Flatten."""
+    return step.nodes[1] if step.op == "view" else next(n for n in step.nodes
+                                                        if n.op_type in OPS)
 
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
