@@ -192,7 +192,11 @@ class RtlTransport(Transport):
                               if isinstance(v, dict) and isinstance(v.get("rtl"), dict))
                 raise BackendError(f"fpga@rtl: target {target!r} has no RTL parameters in the "
                                    f"manifest; RTL targets: {', '.join(have) or 'none'}")
-            self.params = {**SIM_PARAMS, **{k.upper(): int(v) for k, v in rtl["params"].items()}}
+            # AW narrows only the fabric's address ports (the board's memory window): the
+            # simulation keeps 64-bit addresses for its buffers above 4 GiB; results and
+            # cycles do not depend on it
+            self.params = {**SIM_PARAMS, **{k.upper(): int(v) for k, v in rtl["params"].items()
+                                            if k.upper() != "AW"}}
         self.target = target
         self.open()
 

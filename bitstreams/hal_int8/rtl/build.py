@@ -30,19 +30,25 @@ BUILD = "make -C bitstreams/hal_int8 -f rtl/Makefile bitstreams"  # or `make bit
 SOURCES = ["hal_int8_fabric.v", "hal_int8.v", "hal_int8_core.v", "hal_int8_ram.v",
            "hal_int8_seqmath.v", "hal_int8_requant.v", "hal_int8_axi_rd.v", "hal_int8_axi_wr.v"]
 
+#: options of the core for parts without room for the general one (hal_int8.v parameters)
+SMALL = {"OW_MAX": 16, "RQ": 1, "ARGRAM": 1, "SZW": 10, "AW": 24, "GROUPS": 0, "CYW": 32,
+         "RQ_RADIX": 2}
+
 #: per target: the part, candidate core parameters (largest first) and the clock asked of
 #: nextpnr (the Fmax it reports is what the design reaches, pass or fail)
 TARGETS = {
     "ice40-up5k": {
         "family": "ice40", "device": "iCE40UP5K-SG48", "pnr_args": ["--up5k", "--package", "sg48"],
         "freq_mhz": 24,
-        # argument registers in block RAM (ARGRAM), one shared requantizer: the control logic
-        # (layer set-up, address generation, AXI engines) still needs ~5800 LUT4s and ~2950
-        # flip-flops in yosys (7742 LCs packed), more than the 5280 of the part whatever the
-        # array; the smallest array is tried so the record says by how much it misses
+        # the small-part core: argument registers in block RAM (ARGRAM), sizes below 1024
+        # (SZW), a 16 MiB memory window (AW), no grouped convolutions (GROUPS), a 32-bit cycle
+        # counter (CYW: one layer up to 179 s at 24 MHz), a radix-2 requantizer shared by the
+        # lanes; buffers large enough for LeNet. The control logic is most of the part, so the
+        # array is what is left: 2 x 2 and 1 x 2 need more than its 5280 logic cells
         "candidates": [
-            {"PE_OUT": 2, "PE_IN": 2, "XDEPTH": 2048, "WDEPTH": 512, "OW_MAX": 32, "RQ": 1,
-             "ARGRAM": 1},
+            {"PE_OUT": 2, "PE_IN": 2, "XDEPTH": 2048, "WDEPTH": 512, **SMALL},
+            {"PE_OUT": 1, "PE_IN": 2, "XDEPTH": 2048, "WDEPTH": 512, **SMALL},
+            {"PE_OUT": 1, "PE_IN": 1, "XDEPTH": 4096, "WDEPTH": 1024, **SMALL},
         ],
     },
     "ecp5-25f": {

@@ -12,6 +12,10 @@ module hal_int8 #(
     parameter integer WDEPTH = 1024,
     parameter integer RQ = 0,          // requantizers: 0 = one per lane, else shared by the lanes
     parameter integer OW_MAX = 256,
+    parameter integer SZW = 16,        // size bits: a layer with a size >= 2**SZW gets LIMIT
+    parameter integer GROUPS = 1,      // 0: a layer with groups > 1 gets LIMIT (no group loop)
+    parameter integer CYW = 64,        // cycle counter bits (the register pair reads 0 above)
+    parameter integer RQ_RADIX = 4,    // requantizer: radix 4 (16-cycle product) or 2 (32)
     parameter integer AW = 64,
     // 1: the argument registers live in block RAM; at ap_start a loader reads them (48 cycles)
     // into narrow copies the core needs, in the form its checks give the same answers on
@@ -76,7 +80,8 @@ module hal_int8 #(
     reg        ap_start, gie;
     reg        ap_done /* verilator public_flat_rd */;  // the co-simulation waits on it
     reg [1:0]  ier, isr;
-    reg [63:0] cycles;
+    reg [CYW-1:0] cycles;
+    wire [63:0] cycles64 = {{(64-CYW){1'b0}}, cycles};
     wire       busy, done;
     wire [3:0] status;
     wire       engaged;  // loading the arguments or running a layer
@@ -115,8 +120,8 @@ module hal_int8 #(
             6'h02: rval = {30'd0, ier};
             6'h03: rval = {30'd0, isr};
             6'h32: rval = {28'd0, status};
-            6'h34: rval = cycles[31:0];
-            6'h35: rval = cycles[63:32];
+            6'h34: rval = cycles64[31:0];
+            6'h35: rval = cycles64[63:32];
             default: rval = ARGRAM != 0 ? 32'd0 : regs[ra];  // ARGRAM: from block RAM, below
         endcase
     end
@@ -132,7 +137,7 @@ module hal_int8 #(
             gie <= 1'b0;
             ier <= 2'd0;
             isr <= 2'd0;
-            cycles <= 64'd0;
+            cycles <= {CYW{1'b0}};
         end else begin
             if (s_axi_control_bvalid && s_axi_control_bready) s_axi_control_bvalid <= 1'b0;
             if (s_axi_control_awvalid && s_axi_control_awready && !wr_now) begin
@@ -168,11 +173,11 @@ module hal_int8 #(
             end
             if (take) begin
                 ap_done <= 1'b0;
-                cycles <= 64'd0;
+                cycles <= {CYW{1'b0}};
             end
             if (engaged) begin
                 ap_start <= 1'b0;
-                cycles <= cycles + 64'd1;
+                cycles <= cycles + 1'b1;
             end
             if (done) begin
                 ap_done <= 1'b1;
@@ -266,22 +271,24 @@ module hal_int8 #(
                         else if (ld_v && ldq == k) v <= k == 6'h2c ? amin : amax;
                     assign regs[k] = {{22{v[9]}}, v};
                 end else if (PRESENT[k]) begin : size
-                    // other sizes: -1 if negative, 65536 if above 65535, else themselves (the
-                    // core's checks answer alike: < 1, > 65535; op > 1, op == 1)
+                    // other sizes: bit 31 if negative, 2**SZW if above 2**SZW - 1, else
+                    // themselves (the core's checks answer alike: < 1, >= 2**SZW; op > 1,
+                    // op == 0; a negative size is refused before its other bits count)
                     reg       neg, big;
-                    reg [15:0] v;
+                    reg [SZW-1:0] v;
                     wire [31:0] d = ld_rd;
+                    wire      over = d[30:SZW] != {(31-SZW){1'b0}};
                     always @(posedge ap_clk)
                         if (rst) begin
                             neg <= 1'b0;
                             big <= 1'b0;
-                            v <= 16'd0;
+                            v <= {SZW{1'b0}};
                         end else if (ld_v && ldq == k) begin
                             neg <= d[31];
-                            big <= !d[31] && d[30:16] != 15'd0;
-                            v <= d[31] || d[30:16] != 15'd0 ? 16'd0 : d[15:0];
+                            big <= !d[31] && over;
+                            v <= d[31] || over ? {SZW{1'b0}} : d[SZW-1:0];
                         end
-                    assign regs[k] = neg ? 32'hffff_ffff : {15'd0, big, v};
+                    assign regs[k] = {neg, {(30-SZW){1'b0}}, big, v};
                 end else begin : none
                     assign regs[k] = 32'd0;
                 end
@@ -300,7 +307,8 @@ module hal_int8 #(
     /* verilator lint_on UNUSEDSIGNAL */
 
     hal_int8_core #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
-                    .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW)) core (
+                    .OW_MAX(OW_MAX), .RQ(RQ), .SZW(SZW), .GROUPS(GROUPS),
+                    .RQ_RADIX(RQ_RADIX), .AW(AW)) core (
         .clk(ap_clk), .rst(rst), .start(core_start), .busy(busy), .done(done),
         .status(status),
         .a_x(addr64(regs[6'h04], regs[6'h05])), .a_w(addr64(regs[6'h07], regs[6'h08])),

@@ -9,8 +9,9 @@
 //       (skipped when that image and group are already there), then for each output pixel:
 //       acc = bias; for ky, kx, ic word: acc[p] += sum_q x[q] * w[p][q] (padding reads 0);
 //       requantize all lanes in parallel; max-pool into a row buffer; store pooled rows.
-// Sizes above 65535 and layers beyond the banks (XDEPTH, WDEPTH words; OW_MAX pooled columns)
-// or MAX_K = 2**17 - 1 products per output are refused with the LIMIT status bit.
+// Sizes of 2**SZW or more (65536 by default) and layers beyond the banks (XDEPTH, WDEPTH words;
+// OW_MAX pooled columns) or MAX_K = 2**17 - 1 products per output are refused with the LIMIT
+// status bit. Counters and set-up results are as wide as those limits let them be.
 `default_nettype none
 module hal_int8_core #(
     parameter integer PE_OUT = 8,
@@ -19,6 +20,9 @@ module hal_int8_core #(
     parameter integer WDEPTH = 1024,   // words of PE_IN bytes per lane in the weight banks
     parameter integer OW_MAX = 256,    // pooled output columns of the row buffer
     parameter integer RQ = 0,          // requantizers: 0 = one per lane, N = N shared in turns
+    parameter integer SZW = 16,        // size bits: a size >= 2**SZW is refused (LIMIT)
+    parameter integer GROUPS = 1,      // 0: no loop over groups, a layer with groups > 1 gets LIMIT
+    parameter integer RQ_RADIX = 4,    // requantizer product digits: 4 (16 cycles) or 2 (32)
     parameter integer AW = 64          // AXI address bits
 ) (
     input  wire          clk,
@@ -60,7 +64,7 @@ module hal_int8_core #(
     localparam integer OAW = $clog2(OW_MAX);
     // input-bank address arithmetic modulo 2**SAW: only the low XAW bits address the bank, and
     // inside the image (the only place it is read) the address is below XDEPTH
-    localparam integer SAW = XAW > 16 ? XAW : 16;
+    localparam integer SAW = XAW;
     localparam integer LPW = (XAW > WAW ? XAW : WAW) + 1;  // loads: positions <= XDEPTH, WDEPTH
     // read / write lengths: weights kk <= WDEPTH * PE_IN, inputs <= XDEPTH * PE_IN, 4 * PE_OUT
     // parameter bytes, OW_MAX output bytes
@@ -68,13 +72,29 @@ module hal_int8_core #(
     localparam integer LEN1 = $clog2(OW_MAX) + 1 > $clog2(PE_OUT) + 3 ? $clog2(OW_MAX) + 1 :
                               $clog2(PE_OUT) + 3;
     localparam integer LENW = LEN0 > LEN1 ? LEN0 : LEN1;
-    localparam [15:0] PO = PE_OUT[15:0];
-    localparam [15:0] PI = PE_IN[15:0];
-    localparam [47:0] XD = {16'd0, XDEPTH[31:0]};
-    localparam [47:0] WD = {16'd0, WDEPTH[31:0]};
-    localparam [19:0] OM = OW_MAX[19:0];
+    localparam [SZW-1:0] PO = PE_OUT[SZW-1:0];
+    localparam [SZW-1:0] PI = PE_IN[SZW-1:0];
+    localparam [7:0] PI8 = PE_IN[7:0];
+    localparam GRP = GROUPS != 0;
     localparam integer LW = PE_OUT > 1 ? $clog2(PE_OUT) : 1;
     localparam integer OFW = AW < 48 ? AW : 48;  // byte offsets into buffers
+    // output coordinates: oh <= h + 2 pad - kh + 1 < 3 * 2**SZW; input coordinates (signed)
+    // run from -pad to below -pad + ow * stride <= w + pad - kw + stride
+    localparam integer CW = SZW + 2;
+    localparam integer ICW = SZW + 3;
+    localparam integer KB = 17;            // kh * kw and products per output: MAX_K = 2**KB - 1
+    localparam integer YW = CW + OAW + 1;  // bytes of one output channel: ph * pw, pw <= OW_MAX
+    // set-up multiplier/divider width: exact for every product whose size is checked
+    // (kh * kw and kk against MAX_K, hw * cw against XDEPTH, ph * pw), modulo 2**OFW for offsets
+    localparam integer MW0 = OFW > 2 * SZW ? OFW : 2 * SZW;
+    localparam integer MW1 = LPW + SZW > KB + SZW ? LPW + SZW : KB + SZW;
+    localparam integer MW2 = MW0 > MW1 ? MW0 : MW1;
+    localparam integer MW = MW2 > YW ? MW2 : YW;
+    /* verilator lint_off WIDTH */
+    localparam [MW-1:0] XD = XDEPTH;
+    localparam [MW-1:0] WD = WDEPTH;
+    localparam [CW-1:0] OM = OW_MAX;
+    /* verilator lint_on WIDTH */
     localparam [3:0] ERR_OP = 4'd1, ERR_SHAPE = 4'd2, ERR_LIMIT = 4'd4, ERR_QPARAM = 4'd8;
     localparam [2:0] K_BIAS = 3'd0, K_MULT = 3'd1, K_SHIFT = 3'd2, K_W = 3'd3, K_X = 3'd4;
     localparam [4:0] SETUP_LAST = 5'd22, TILE_FIRST = 5'd23, TILE_LAST = 5'd24;
@@ -89,50 +109,68 @@ module hal_int8_core #(
     reg [4:0] state;
 
     // ---- layer registers (latched at start; gemm is a 1x1 conv of N 1x1 images) ----
-    wire        gemm = r_op == 32'd1;
-    wire [31:0] n = r_n, c = r_c, o = r_o;
-    wire [31:0] h = gemm ? 32'd1 : r_h, wd = gemm ? 32'd1 : r_wd;
-    wire [31:0] kh = gemm ? 32'd1 : r_kh, kw = gemm ? 32'd1 : r_kw;
-    wire [31:0] stride = gemm ? 32'd1 : r_stride, groups = gemm ? 32'd1 : r_groups;
-    wire [31:0] pad = gemm ? 32'd0 : r_pad, pool = gemm ? 32'd0 : r_pool;
-    wire [31:0] lo = $signed(r_act_min) > -32'sd128 ? r_act_min : -32'sd128;
-    wire [31:0] hi = $signed(r_act_max) < 32'sd127 ? r_act_max : 32'sd127;
-    /* verilator lint_off UNUSEDSIGNAL */  // pk <= 65535 once checked
-    wire [31:0] pk = $signed(pool) > 32'sd1 ? pool : 32'd1;
-    /* verilator lint_on UNUSEDSIGNAL */
+    // the conv-only registers (h, wd, kh, kw, stride, pad, groups, pool) count only for a conv:
+    // checked with `conv`, and read as 1 (0 for pad and pool) by the sequencer for a gemm
+    wire        conv = r_op == 32'd0;
+    // the sizes in SZW bits, as the sequencer uses them once `big` has been checked
+    localparam [SZW-1:0] S1 = {{(SZW-1){1'b0}}, 1'b1};
+    wire [SZW-1:0] ns = r_n[SZW-1:0], cs = r_c[SZW-1:0], os = r_o[SZW-1:0];
+    wire [SZW-1:0] hs = conv ? r_h[SZW-1:0] : S1, ws = conv ? r_wd[SZW-1:0] : S1;
+    wire [SZW-1:0] khs = conv ? r_kh[SZW-1:0] : S1, kws = conv ? r_kw[SZW-1:0] : S1;
+    wire [SZW-1:0] ss = conv ? r_stride[SZW-1:0] : S1, gs = conv ? r_groups[SZW-1:0] : S1;
+    wire [SZW-1:0] pads = conv ? r_pad[SZW-1:0] : {SZW{1'b0}};
+    wire [SZW-1:0] pool_s = conv ? r_pool[SZW-1:0] : {SZW{1'b0}};
+    wire [SZW-1:0] pks = |pool_s[SZW-1:1] ? pool_s : S1;  // pool window: max(pool, 1)
+    // activation bounds in 12 bits, latched at start (hal_int8_requant): lo = max(act_min,
+    // -128) and hi = min(act_max, 127), where lo > 128 acts as 128 and hi < -128 as its low
+    // byte below -256, as the clamp of a 12-bit value gives the same result for them
+    reg  [11:0] lo12, hi12;
+    wire [11:0] lo12_in = $signed(r_act_min) < -32'sd128 ? 12'hf80 :
+                          $signed(r_act_min) > 32'sd128 ? 12'd128 : r_act_min[11:0];
+    wire [11:0] hi12_in = $signed(r_act_max) > 32'sd127 ? 12'd127 :
+                          $signed(r_act_max) < -32'sd128 ? {4'b1110, r_act_max[7:0]} :
+                          r_act_max[11:0];
 
     // ---- derived sizes (set-up steps of the sequential unit) ----
     reg [4:0]  step;
-    reg [15:0] cg, og, cw;
-    reg [16:0] rem0, rem1;
-    reg [19:0] oh, ow, ph, pw, ohc, owc;
-    reg [31:0] khw, kk, hw, ychan;
+    reg [SZW-1:0] cg, og, cw;
+    reg [SZW:0] rem0, rem1;
+    reg [CW-1:0] oh, ow, ph, pw, ohc, owc;
+    reg [KB-1:0] khw, kk;                 // with big_kk: exact below 2**KB
+    reg [LPW-1:0] hw;                     // with big_x: exact up to XDEPTH
+    reg [YW-1:0] ychan;
     reg        big_kk, big_w, big_x;
-    reg [47:0] xgrp;
+    reg [LENW-1:0] xgrp;                  // <= XDEPTH * PE_IN bytes unless big_x
     reg [OFW-1:0] ximg, yimg, woff, yoff;
     reg [SAW-1:0] rs, srs, prs, scw, pcw;
 
-    reg         m_start, m_div;
-    reg  [47:0] m_a;
-    reg  [15:0] m_b;
-    wire [47:0] m_q;
-    wire [16:0] m_r;
-    wire        m_busy;
-    hal_int8_seqmath seqmath (.clk(clk), .rst(rst), .start(m_start), .is_div(m_div), .a(m_a),
-                              .b(m_b), .q(m_q), .r(m_r), .busy(m_busy));
+    reg           m_start, m_div;
+    reg  [MW-1:0] m_a;
+    reg  [SZW-1:0] m_b;
+    wire [MW-1:0] m_q;
+    /* verilator lint_off UNUSEDSIGNAL */  // the remainders are only compared with zero
+    wire [SZW:0]  m_r;
+    /* verilator lint_on UNUSEDSIGNAL */
+    wire          m_busy;
+    hal_int8_seqmath #(.AW(MW), .BW(SZW)) seqmath (
+        .clk(clk), .rst(rst), .start(m_start), .is_div(m_div), .a(m_a), .b(m_b), .q(m_q),
+        .r(m_r), .busy(m_busy));
 
     // ---- loop state ----
-    reg [15:0] g, ocg, goc, oc0, b, st_p;
-    reg [15:0] lanes;
-    reg [OFW-1:0] xg_off, xb_off, yb_off, ylane_off;
-    reg [31:0] yrow_off;
+    reg [SZW-1:0] g, ocg, goc, oc0, b, st_p;
+    reg [SZW-1:0] lanes;
+    reg [OFW-1:0] xg_off;
+    // running addresses: the image's input (xb_a), the image's (yimg_a) and the pooled row's
+    // (yrow_a) output of the tile's first channel; wc_addr steps through the tile's channels
+    reg [AW-1:0] xb_a, yimg_a, yrow_a;
     reg        xv;
-    reg [15:0] xkb, xkg;
-    reg [19:0] oy, ox, rsub, csub, py, px, qq;
-    reg signed [19:0] iy0, ix0, iy, ix;      // |.| < 2**18 once sizes are <= 65535
+    reg [SZW-1:0] xkb, xkg;
+    reg [CW-1:0] oy, ox, rsub, csub, py, px, qq;
+    reg signed [ICW-1:0] iy0, ix0, iy, ix;
+    localparam signed [ICW-1:0] ONE = {{(ICW-1){1'b0}}, 1'b1};
     reg signed [SAW-1:0] rowbase, colbase, kyoff, kxoff;
-    reg [15:0] ky, kx, icw;
-    reg [23:0] ic0;
+    reg [SZW-1:0] ky, kx, icw;
+    reg [SZW:0] ic0;
     reg [WAW-1:0] wk;
 
     // ---- per-lane parameters, accumulators, requantizers ----
@@ -142,7 +180,7 @@ module hal_int8_core #(
     reg [PE_OUT-1:0] p_bad;               // mult < 0 or shift outside 1 .. 62
     reg [31:0] acc [0:PE_OUT-1];
     localparam integer NRQ = RQ == 0 || RQ > PE_OUT ? PE_OUT : RQ;
-    reg  [15:0] rq_base;                  // first lane of the requantizers' current turn
+    reg  [SZW-1:0] rq_base;                  // first lane of the requantizers' current turn
     reg  [7:0]  rq_y [0:PE_OUT-1];        // requantized lanes
     wire [7:0]  rq_out [0:NRQ-1];
     wire [NRQ-1:0] rq_busy;
@@ -158,9 +196,9 @@ module hal_int8_core #(
     reg  [31:0]   word;
     /* verilator lint_on UNUSEDSIGNAL */
     reg  [1:0]    bi;
-    reg  [15:0]   li;     // lane being loaded
+    reg  [SZW-1:0] li;    // lane being loaded
     reg  [7:0]    ld_q;    // channel in the word being loaded
-    reg  [15:0]   ld_w;    // channel word
+    reg  [SZW-1:0] ld_w;  // channel word
     reg  [LPW-1:0] ld_pos;  // position (pixel or kernel tap)
     reg  [LPW-1:0] ld_a;    // bank address
 
@@ -181,26 +219,25 @@ module hal_int8_core #(
         .m_bready(m_bready));
 
     // ---- banks ----
-    /* verilator lint_off UNUSEDSIGNAL */  // inside the image it is < XDEPTH
-    wire signed [SAW-1:0] x_addr_s = rowbase + colbase + kyoff + kxoff + $signed({{(SAW-16){1'b0}}, icw});
+    // channel words as bank address terms (modulo the bank sizes)
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [SZW+SAW+WAW-1:0] icw_x = {{(SAW+WAW){1'b0}}, icw};
+    wire [SZW+SAW+WAW-1:0] cw_x = {{(SAW+WAW){1'b0}}, cw};
     /* verilator lint_on UNUSEDSIGNAL */
+    wire signed [SAW-1:0] x_addr_s = rowbase + colbase + kyoff + kxoff + $signed(icw_x[SAW-1:0]);
     wire [XAW-1:0] x_ra = x_addr_s[XAW-1:0];
-    wire [WAW-1:0] w_ra = wk + icw[WAW-1:0];
-    wire in_img = iy >= 0 && iy < $signed({4'd0, h[15:0]}) && ix >= 0 && ix < $signed({4'd0, wd[15:0]});
+    wire [WAW-1:0] w_ra = wk + icw_x[WAW-1:0];
+    wire in_img = iy >= 0 && iy < $signed({3'd0, hs}) && ix >= 0 && ix < $signed({3'd0, ws});
     wire mac_issue = state == S_MAC;
     wire [7:0] xd [0:PE_IN-1];
     wire [7:0] wdat [0:PE_OUT*PE_IN-1];
     wire [7:0] od [0:PE_OUT-1];
     wire [OAW-1:0] o_ra = state == S_ST0 || state == S_ST1 ? qq[OAW-1:0] : px[OAW-1:0];
-    wire o_first = rsub == 20'd0 && csub == 20'd0;
+    wire o_first = ~|rsub && ~|csub;
 
     /* verilator lint_off UNUSEDSIGNAL */
-    function automatic [AW-1:0] ext(input [47:0] v);  // zero-extend or cut to AW bits
-        reg [63:0] t;
-        begin
-            t = {16'd0, v};
-            ext = t[AW-1:0];
-        end
+    function automatic [AW-1:0] ext(input [63:0] v);  // cut to AW bits
+        ext = v[AW-1:0];
     endfunction
     /* verilator lint_on UNUSEDSIGNAL */
 
@@ -213,16 +250,21 @@ module hal_int8_core #(
         end
     endfunction
 
-    function automatic [OFW-1:0] ofs(input [47:0] v);  // a size as an offset
+    function automatic [OFW-1:0] ofs(input [63:0] v);  // a size as an offset
         ofs = v[OFW-1:0];
     endfunction
 
-    function automatic [LPW-1:0] lp(input [31:0] v);  // a load position or bank address
+    function automatic [LPW-1:0] lp(input [63:0] v);  // a load position or bank address
         lp = v[LPW-1:0];
     endfunction
 
-    function automatic [LENW-1:0] len(input [31:0] v);  // a command length (within LENW)
+    function automatic [LENW-1:0] len(input [63:0] v);  // a command length (within LENW)
         len = v[LENW-1:0];
+    endfunction
+
+    // zero-extended to 64 bits, for the functions above
+    function automatic [63:0] zs(input [SZW-1:0] v);
+        zs = {{(64-SZW){1'b0}}, v};
     endfunction
     /* verilator lint_on UNUSEDSIGNAL */
 
@@ -251,13 +293,13 @@ module hal_int8_core #(
                 assign l = gp;
             end else begin : shared
                 /* verilator lint_off UNUSEDSIGNAL */  // below PE_OUT
-                wire [15:0] rl = rq_base + gp;
+                wire [SZW-1:0] rl = rq_base + gp[SZW-1:0];
                 /* verilator lint_on UNUSEDSIGNAL */
                 assign l = rl[LW-1:0];
             end
-            hal_int8_requant rq (
+            hal_int8_requant #(.RADIX(RQ_RADIX)) rq (
                 .clk(clk), .rst(rst), .start(state == S_RQ), .acc(acc[l]),
-                .m(p_mult[l]), .s(p_shift[l]), .lo(lo), .hi(hi),
+                .m(p_mult[l]), .s(p_shift[l]), .lo(lo12), .hi(hi12),
                 .y(rq_out[gp]), .busy(rq_busy[gp]));
         end
     endgenerate
@@ -267,13 +309,13 @@ module hal_int8_core #(
     reg               v1, v2, in1;
     reg [PE_IN-1:0]   qok1, ok2;  // ok2: products that count (inside the image, real channels)
     reg signed [15:0] prod [0:PE_OUT*PE_IN-1];  // unconditional: the DSPs' output registers
-    wire [23:0] cg_rem = {8'd0, cg} - ic0;
+    wire [SZW+1:0] cg_rem = {2'b00, cg} - {1'b0, ic0};
     integer i, j, i1, j1, i2, i3, j3;  // loop indices, one set per always block
     always @(posedge clk) begin
         v1 <= mac_issue;
         in1 <= in_img;
         for (j = 0; j < PE_IN; j = j + 1) begin
-            qok1[j] <= $signed({{8{cg_rem[23]}}, cg_rem}) > j;
+            qok1[j] <= $signed({{(30-SZW){cg_rem[SZW+1]}}, cg_rem}) > j;
             ok2[j] <= v1 && in1 && qok1[j];
         end
         v2 <= v1;
@@ -295,55 +337,66 @@ module hal_int8_core #(
     end
 
     // ---- set-up step operands ----
+    /* verilator lint_off UNUSEDSIGNAL */
+    function automatic [MW-1:0] opa(input [63:0] v);  // an operand as MW bits
+        opa = v[MW-1:0];
+    endfunction
+    /* verilator lint_on UNUSEDSIGNAL */
+    // h + 2 pad - kh, wd + 2 pad - kw: >= 0 and < 3 * 2**SZW once checked
+    wire [CW-1:0] hk = {2'b00, hs} + {1'b0, pads, 1'b0} - {2'b00, khs};
+    wire [CW-1:0] wk2 = {2'b00, ws} + {1'b0, pads, 1'b0} - {2'b00, kws};
     always @* begin
         m_div = 1'b0;
-        m_a = 48'd0;
-        m_b = 16'd0;
+        m_a = {MW{1'b0}};
+        m_b = {SZW{1'b0}};
         case (step)
-            5'd0:  begin m_div = 1'b1; m_a = {16'd0, c}; m_b = groups[15:0]; end
-            5'd1:  begin m_div = 1'b1; m_a = {16'd0, o}; m_b = groups[15:0]; end
-            5'd2:  begin m_div = 1'b1; m_a = {16'd0, h + 2 * pad - kh}; m_b = stride[15:0]; end
-            5'd3:  begin m_div = 1'b1; m_a = {16'd0, wd + 2 * pad - kw}; m_b = stride[15:0]; end
-            5'd4:  begin m_div = 1'b1; m_a = {28'd0, oh}; m_b = pk[15:0]; end
-            5'd5:  begin m_div = 1'b1; m_a = {28'd0, ow}; m_b = pk[15:0]; end
-            5'd6:  begin m_a = {28'd0, ph}; m_b = pk[15:0]; end
-            5'd7:  begin m_a = {28'd0, pw}; m_b = pk[15:0]; end
-            5'd8:  begin m_div = 1'b1; m_a = {32'd0, cg} + {32'd0, PI} - 48'd1; m_b = PI; end
-            5'd9:  begin m_a = {16'd0, kh}; m_b = kw[15:0]; end
-            5'd10: begin m_a = {16'd0, khw}; m_b = cg; end
-            5'd11: begin m_a = {16'd0, khw}; m_b = cw; end
-            5'd12: begin m_a = {16'd0, h}; m_b = wd[15:0]; end
-            5'd13: begin m_a = {16'd0, hw}; m_b = cw; end
-            5'd14: begin m_a = {16'd0, hw}; m_b = cg; end
-            5'd15: begin m_a = {16'd0, hw}; m_b = c[15:0]; end
-            5'd16: begin m_a = {16'd0, wd}; m_b = cw; end
-            5'd17: begin m_a = {{(48-SAW){1'b0}}, rs}; m_b = stride[15:0]; end
-            5'd18: begin m_a = {32'd0, cw}; m_b = stride[15:0]; end
-            5'd19: begin m_a = {{(48-SAW){1'b0}}, rs}; m_b = pad[15:0]; end
-            5'd20: begin m_a = {32'd0, cw}; m_b = pad[15:0]; end
-            5'd21: begin m_a = {28'd0, ph}; m_b = pw[15:0]; end
-            5'd22: begin m_a = {16'd0, ychan}; m_b = o[15:0]; end
-            5'd23: begin m_a = {16'd0, kk}; m_b = oc0; end
-            default: begin m_a = {16'd0, ychan}; m_b = oc0; end
+            5'd0:  begin m_div = 1'b1; m_a = opa(zs(cs)); m_b = gs; end
+            5'd1:  begin m_div = 1'b1; m_a = opa(zs(os)); m_b = gs; end
+            5'd2:  begin m_div = 1'b1; m_a = opa({{(64-CW){1'b0}}, hk}); m_b = ss; end
+            5'd3:  begin m_div = 1'b1; m_a = opa({{(64-CW){1'b0}}, wk2}); m_b = ss; end
+            5'd4:  begin m_div = 1'b1; m_a = opa({{(64-CW){1'b0}}, oh}); m_b = pks; end
+            5'd5:  begin m_div = 1'b1; m_a = opa({{(64-CW){1'b0}}, ow}); m_b = pks; end
+            5'd6:  begin m_a = opa({{(64-CW){1'b0}}, ph}); m_b = pks; end
+            5'd7:  begin m_a = opa({{(64-CW){1'b0}}, pw}); m_b = pks; end
+            5'd8:  begin m_div = 1'b1; m_a = opa(zs(cg) + zs(PI) - 64'd1); m_b = PI; end
+            5'd9:  begin m_a = opa(zs(khs)); m_b = kws; end
+            5'd10: begin m_a = opa({{(64-KB){1'b0}}, khw}); m_b = cg; end
+            5'd11: begin m_a = opa({{(64-KB){1'b0}}, khw}); m_b = cw; end
+            5'd12: begin m_a = opa(zs(hs)); m_b = ws; end
+            5'd13: begin m_a = opa({{(64-LPW){1'b0}}, hw}); m_b = cw; end
+            5'd14: begin m_a = opa({{(64-LPW){1'b0}}, hw}); m_b = cg; end
+            5'd15: begin m_a = opa({{(64-LPW){1'b0}}, hw}); m_b = cs; end
+            5'd16: begin m_a = opa(zs(ws)); m_b = cw; end
+            5'd17: begin m_a = opa({{(64-SAW){1'b0}}, rs}); m_b = ss; end
+            5'd18: begin m_a = opa(zs(cw)); m_b = ss; end
+            5'd19: begin m_a = opa({{(64-SAW){1'b0}}, rs}); m_b = pads; end
+            5'd20: begin m_a = opa(zs(cw)); m_b = pads; end
+            // pw < 2**SZW unless pw > OW_MAX (refused, ychan then unused)
+            5'd21: begin m_a = opa({{(64-CW){1'b0}}, ph}); m_b = pw[SZW-1:0]; end
+            5'd22: begin m_a = opa({{(64-YW){1'b0}}, ychan}); m_b = os; end
+            5'd23: begin m_a = opa({{(64-KB){1'b0}}, kk}); m_b = oc0; end
+            default: begin m_a = opa({{(64-YW){1'b0}}, ychan}); m_b = oc0; end
         endcase
     end
 
     /* verilator lint_off UNUSEDSIGNAL */
-    function automatic over16(input [31:0] v);  // v > 65535 as uint32
-        over16 = v[31:16] != 16'd0;
+    function automatic over(input [31:0] v);  // v >= 2**SZW as uint32
+        over = v[31:SZW] != {(32-SZW){1'b0}};
     endfunction
     /* verilator lint_on UNUSEDSIGNAL */
     function automatic pos(input [31:0] v);  // v >= 1 as int32
         pos = !v[31] && v != 32'd0;
     endfunction
-    wire big = over16(n) || over16(c) || over16(h) || over16(wd) || over16(o) || over16(kh) ||
-               over16(kw) || over16(stride) || over16(pad) || over16(groups) || over16(pool);
-    wire signed [33:0] hp = $signed({2'b00, h}) + 2 * $signed({2'b00, pad});
-    wire signed [33:0] wp = $signed({2'b00, wd}) + 2 * $signed({2'b00, pad});
-    wire [15:0] og_left = og - ocg;
+    wire big = over(r_n) || over(r_c) || over(r_o) ||
+               conv && (over(r_h) || over(r_wd) || over(r_kh) || over(r_kw) || over(r_stride) ||
+                        over(r_pad) || over(r_groups) || over(r_pool));
+    wire signed [33:0] hp = $signed({2'b00, r_h}) + 2 * $signed({2'b00, r_pad});
+    wire signed [33:0] wp = $signed({2'b00, r_wd}) + 2 * $signed({2'b00, r_pad});
+    wire [SZW-1:0] og_left = og - ocg;
     // m_q > WD (step 11) or > XD (step 13); both are below 2**LPW
     wire [LPW-1:0] m_lim = step == 5'd11 ? WD[LPW-1:0] : XD[LPW-1:0];
-    wire        m_over = m_q[47:LPW] != {(48-LPW){1'b0}} || m_q[LPW-1:0] > m_lim;
+    wire        m_over = m_q[MW-1:LPW] != {(MW-LPW){1'b0}} || m_q[LPW-1:0] > m_lim;
+    wire [CW-1:0] pk_last = {2'b00, pks} - {{(CW-1){1'b0}}, 1'b1};  // pool window - 1
     reg  qbad;
     always @* begin
         qbad = 1'b0;
@@ -367,15 +420,18 @@ module hal_int8_core #(
             case (state)
                 S_IDLE: if (start) begin
                     busy <= 1'b1;
-                    rq_base <= 16'd0;
+                    rq_base <= {SZW{1'b0}};
+                    lo12 <= lo12_in;
+                    hi12 <= hi12_in;
                     status <= r_op > 32'd1 ? ERR_OP : 4'd0;
                     state <= r_op > 32'd1 ? S_FINISH : S_CHECK;
                 end
                 S_CHECK: begin
-                    if (!pos(n) || !pos(c) || !pos(h) || !pos(wd) || !pos(o) || !pos(kh) ||
-                        !pos(kw) || !pos(stride) || pad[31] || pool[31] || !pos(groups) ||
-                        hp < $signed({2'b00, kh}) ||
-                        wp < $signed({2'b00, kw})) begin
+                    if (!pos(r_n) || !pos(r_c) || !pos(r_o) ||
+                        conv && (!pos(r_h) || !pos(r_wd) || !pos(r_kh) || !pos(r_kw) ||
+                                 !pos(r_stride) || r_pad[31] || r_pool[31] || !pos(r_groups) ||
+                                 hp < $signed({2'b00, r_kh}) ||
+                                 wp < $signed({2'b00, r_kw}))) begin
                         status <= ERR_SHAPE;
                         state <= S_FINISH;
                     end else if (big) begin
@@ -392,28 +448,29 @@ module hal_int8_core #(
                 end
                 S_MATHW: if (!m_start && !m_busy) begin
                     case (step)
-                        5'd0:  begin cg <= m_q[15:0]; rem0 <= m_r; end
-                        5'd1:  begin og <= m_q[15:0]; rem1 <= m_r; end
-                        5'd2:  oh <= m_q[19:0] + 20'd1;
-                        5'd3:  ow <= m_q[19:0] + 20'd1;
-                        5'd4:  ph <= m_q[19:0];
-                        5'd5:  pw <= m_q[19:0];
-                        5'd6:  ohc <= m_q[19:0];
-                        5'd7:  owc <= m_q[19:0];
-                        5'd8:  cw <= m_q[15:0];
-                        5'd9:  khw <= m_q[31:0];
-                        5'd10: begin kk <= m_q[31:0]; big_kk <= m_q[47:17] != 31'd0; end
+                        5'd0:  begin cg <= m_q[SZW-1:0]; rem0 <= m_r; end
+                        5'd1:  begin og <= m_q[SZW-1:0]; rem1 <= m_r; end
+                        5'd2:  oh <= m_q[CW-1:0] + {{(CW-1){1'b0}}, 1'b1};
+                        5'd3:  ow <= m_q[CW-1:0] + {{(CW-1){1'b0}}, 1'b1};
+                        5'd4:  ph <= m_q[CW-1:0];
+                        5'd5:  pw <= m_q[CW-1:0];
+                        5'd6:  ohc <= m_q[CW-1:0];
+                        5'd7:  owc <= m_q[CW-1:0];
+                        5'd8:  cw <= m_q[SZW-1:0];
+                        // kh * kw and kk: exact below 2**KB, else refused (big_kk)
+                        5'd9:  begin khw <= m_q[KB-1:0]; big_kk <= |m_q[MW-1:KB]; end
+                        5'd10: begin kk <= m_q[KB-1:0]; big_kk <= big_kk || |m_q[MW-1:KB]; end
                         5'd11: big_w <= m_over;
-                        5'd12: hw <= m_q[31:0];
-                        5'd13: big_x <= m_over;
-                        5'd14: xgrp <= m_q;
+                        5'd12: begin hw <= m_q[LPW-1:0]; big_x <= |m_q[MW-1:LPW]; end
+                        5'd13: big_x <= big_x || m_over;
+                        5'd14: xgrp <= m_q[LENW-1:0];
                         5'd15: ximg <= m_q[OFW-1:0];
                         5'd16: rs <= m_q[SAW-1:0];
                         5'd17: srs <= m_q[SAW-1:0];
                         5'd18: scw <= m_q[SAW-1:0];
                         5'd19: prs <= m_q[SAW-1:0];
                         5'd20: pcw <= m_q[SAW-1:0];
-                        5'd21: ychan <= m_q[31:0];
+                        5'd21: ychan <= m_q[YW-1:0];
                         5'd22: yimg <= m_q[OFW-1:0];
                         5'd23: woff <= m_q[OFW-1:0];
                         default: yoff <= m_q[OFW-1:0];
@@ -423,17 +480,17 @@ module hal_int8_core #(
                              step == TILE_LAST ? S_TILE : S_MATH;
                 end
                 S_CHECK2: begin
-                    if (rem0 != 17'd0 || rem1 != 17'd0 || ph == 20'd0 || pw == 20'd0) begin
+                    if (|rem0 || |rem1 || ~|ph || ~|pw) begin
                         status <= ERR_SHAPE;
                         state <= S_FINISH;
-                    end else if (big_kk || big_w || big_x || pw > OM) begin
+                    end else if (big_kk || big_w || big_x || pw > OM || (!GRP && gs != S1)) begin
                         status <= ERR_LIMIT;
                         state <= S_FINISH;
                     end else begin
-                        g <= 16'd0;
-                        ocg <= 16'd0;
-                        goc <= 16'd0;
-                        oc0 <= 16'd0;
+                        g <= {SZW{1'b0}};
+                        ocg <= {SZW{1'b0}};
+                        goc <= {SZW{1'b0}};
+                        oc0 <= {SZW{1'b0}};
                         xg_off <= {OFW{1'b0}};
                         xv <= 1'b0;
                         lanes <= og < PO ? og : PO;
@@ -442,10 +499,10 @@ module hal_int8_core #(
                     end
                 end
                 S_TILE: begin  // woff, yoff known: load bias
-                    rc_addr <= a_bias + ext({30'd0, oc0, 2'b00});
-                    rc_len <= len({14'd0, lanes, 2'b00});
+                    rc_addr <= a_bias + ext(zs(oc0) << 2);
+                    rc_len <= len(zs(lanes) << 2);
                     kind <= K_BIAS;
-                    li <= 16'd0;
+                    li <= {SZW{1'b0}};
                     bi <= 2'd0;
                     state <= S_RD;
                 end
@@ -454,26 +511,26 @@ module hal_int8_core #(
                     if (rd_valid) begin
                         if (kind == K_W || kind == K_X) begin
                             // next (channel, position): position runs fastest
-                            ld_a <= ld_a + lp({16'd0, cw});
+                            ld_a <= ld_a + lp(zs(cw));
                             ld_pos <= ld_pos + 1'b1;
-                            if (ld_pos == lp(kind == K_W ? khw : hw) - 1'b1) begin
+                            if (ld_pos == (kind == K_W ? lp({{(64-KB){1'b0}}, khw}) : hw) - 1'b1) begin
                                 ld_pos <= {LPW{1'b0}};
-                                if (ld_q == PI[7:0] - 8'd1) begin
+                                if (ld_q == PI8 - 8'd1) begin
                                     ld_q <= 8'd0;
-                                    ld_w <= ld_w + 16'd1;
-                                    ld_a <= lp({16'd0, ld_w}) + 1'b1;
+                                    ld_w <= ld_w + 1'b1;
+                                    ld_a <= lp(zs(ld_w)) + 1'b1;
                                 end else begin
                                     ld_q <= ld_q + 8'd1;
-                                    ld_a <= lp({16'd0, ld_w});
+                                    ld_a <= lp(zs(ld_w));
                                 end
                             end
                         end else begin
                             word <= {rd_data, word[31:8]};
                             bi <= bi + 2'd1;
                             if (bi == 2'd3) begin
-                                li <= li + 16'd1;
+                                li <= li + 1'b1;
                                 for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
-                                    if ({16'd0, li} == i3) begin
+                                    if ({{(32-SZW){1'b0}}, li} == i3) begin
                                         if (kind == K_BIAS) p_bias[i3] <= {rd_data, word[31:8]};
                                         if (kind == K_MULT) begin
                                             p_mult[i3] <= {rd_data[6:0], word[31:8]};
@@ -490,25 +547,25 @@ module hal_int8_core #(
                         end
                     end else if (!rd_busy) begin
                         ld_q <= 8'd0;
-                        ld_w <= 16'd0;
+                        ld_w <= {SZW{1'b0}};
                         ld_pos <= {LPW{1'b0}};
                         ld_a <= {LPW{1'b0}};
-                        li <= kind == K_W ? li + 16'd1 : 16'd0;
+                        li <= kind == K_W ? li + 1'b1 : {SZW{1'b0}};
                         case (kind)
                             K_BIAS: begin
-                                rc_addr <= a_mult + ext({30'd0, oc0, 2'b00});
+                                rc_addr <= a_mult + ext(zs(oc0) << 2);
                                 kind <= K_MULT;
                                 state <= S_RD;
                             end
                             K_MULT: begin
-                                rc_addr <= a_shift + ext({30'd0, oc0, 2'b00});
+                                rc_addr <= a_shift + ext(zs(oc0) << 2);
                                 kind <= K_SHIFT;
                                 state <= S_RD;
                             end
                             K_SHIFT: state <= S_QCHK;
                             K_W: begin
-                                rc_addr <= rc_addr + ext({16'd0, kk});
-                                state <= li + 16'd1 == lanes ? S_IMG : S_RD;
+                                rc_addr <= rc_addr + ext({{(64-KB){1'b0}}, kk});
+                                state <= li + 1'b1 == lanes ? S_IMG : S_RD;
                             end
                             default: begin  // K_X
                                 xv <= 1'b1;
@@ -525,84 +582,84 @@ module hal_int8_core #(
                         state <= S_FINISH;
                     end else begin
                         rc_addr <= a_w + wid(woff);
-                        rc_len <= len(kk);
+                        rc_len <= len({{(64-KB){1'b0}}, kk});
                         kind <= K_W;
-                        li <= 16'd0;
+                        li <= {SZW{1'b0}};
                         state <= S_RD;
                     end
-                    b <= 16'd0;
-                    xb_off <= {OFW{1'b0}};
-                    yb_off <= {OFW{1'b0}};
+                    b <= {SZW{1'b0}};
+                    xb_a <= a_x + (GRP ? wid(xg_off) : {AW{1'b0}});
+                    yimg_a <= a_y + wid(yoff);
                 end
                 S_IMG: begin
-                    oy <= 20'd0;
-                    rsub <= 20'd0;
-                    py <= 20'd0;
-                    yrow_off <= 32'd0;
-                    iy0 <= -$signed({4'd0, pad[15:0]});
+                    oy <= {CW{1'b0}};
+                    rsub <= {CW{1'b0}};
+                    py <= {CW{1'b0}};
+                    yrow_a <= yimg_a;
+                    iy0 <= -$signed({3'b000, pads});
                     rowbase <= -$signed(prs);
-                    if ({16'd0, b} == n) begin
+                    if (b == ns) begin
                         state <= S_NEXTTILE;
-                    end else if (xv && xkb == b && xkg == g) begin
+                    end else if (xv && xkb == b && (!GRP || xkg == g)) begin
                         state <= S_ROW;
                     end else begin
-                        rc_addr <= a_x + wid(xb_off) + wid(xg_off);
-                        rc_len <= len(xgrp[31:0]);
+                        rc_addr <= xb_a;
+                        rc_len <= len({{(64-LENW){1'b0}}, xgrp});
                         kind <= K_X;
                         state <= S_RD;
                     end
                 end
                 S_ROW: begin
-                    ox <= 20'd0;
-                    csub <= 20'd0;
-                    px <= 20'd0;
-                    ix0 <= -$signed({4'd0, pad[15:0]});
+                    ox <= {CW{1'b0}};
+                    csub <= {CW{1'b0}};
+                    px <= {CW{1'b0}};
+                    ix0 <= -$signed({3'b000, pads});
                     colbase <= -$signed(pcw);
                     if (oy == ohc) begin
-                        b <= b + 16'd1;
-                        xb_off <= xb_off + ximg;
-                        yb_off <= yb_off + yimg;
+                        b <= b + 1'b1;
+                        xb_a <= xb_a + wid(ximg);
+                        yimg_a <= yimg_a + wid(yimg);
                         state <= S_IMG;
                     end else begin
                         state <= S_PIX;
                     end
                 end
                 S_PIX: begin
-                    ky <= 16'd0;
-                    kx <= 16'd0;
-                    icw <= 16'd0;
-                    ic0 <= 24'd0;
+                    ky <= {SZW{1'b0}};
+                    kx <= {SZW{1'b0}};
+                    icw <= {SZW{1'b0}};
+                    ic0 <= {(SZW+1){1'b0}};
                     wk <= {WAW{1'b0}};
                     kyoff <= {SAW{1'b0}};
                     kxoff <= {SAW{1'b0}};
                     iy <= iy0;
                     ix <= ix0;
                     if (ox == owc) begin
-                        st_p <= 16'd0;
-                        ylane_off <= {OFW{1'b0}};
-                        state <= rsub == pk[19:0] - 20'd1 ? S_STORE : S_NEXTROW;
+                        st_p <= {SZW{1'b0}};
+                        wc_addr <= yrow_a;
+                        state <= rsub == pk_last ? S_STORE : S_NEXTROW;
                     end else begin
                         state <= S_MAC;
                     end
                 end
                 S_MAC: begin
-                    icw <= icw + 16'd1;
-                    ic0 <= ic0 + {8'd0, PI};
-                    if (icw == cw - 16'd1) begin
-                        icw <= 16'd0;
-                        ic0 <= 24'd0;
-                        kx <= kx + 16'd1;
-                        kxoff <= kxoff + $signed({{(SAW-16){1'b0}}, cw});
-                        wk <= wk + cw[WAW-1:0];
-                        ix <= ix + 20'sd1;
-                        if (kx == kw[15:0] - 16'd1) begin
-                            kx <= 16'd0;
+                    icw <= icw + 1'b1;
+                    ic0 <= ic0 + {1'b0, PI};
+                    if (icw == cw - 1'b1) begin
+                        icw <= {SZW{1'b0}};
+                        ic0 <= {(SZW+1){1'b0}};
+                        kx <= kx + 1'b1;
+                        kxoff <= kxoff + $signed(cw_x[SAW-1:0]);
+                        wk <= wk + cw_x[WAW-1:0];
+                        ix <= ix + ONE;
+                        if (kx == kws - 1'b1) begin
+                            kx <= {SZW{1'b0}};
                             kxoff <= {SAW{1'b0}};
                             ix <= ix0;
-                            ky <= ky + 16'd1;
+                            ky <= ky + 1'b1;
                             kyoff <= kyoff + rs;
-                            iy <= iy + 20'sd1;
-                            if (ky == kh[15:0] - 16'd1) state <= S_D1;
+                            iy <= iy + ONE;
+                            if (ky == khs - 1'b1) state <= S_D1;
                         end
                     end
                 end
@@ -612,24 +669,24 @@ module hal_int8_core #(
                 S_RQW: if (rq_busy == {NRQ{1'b0}}) begin
                     for (i3 = 0; i3 < PE_OUT; i3 = i3 + 1)
                         for (j3 = 0; j3 < NRQ; j3 = j3 + 1)
-                            if ({16'd0, rq_base} + j3 == i3) rq_y[i3] <= rq_out[j3];
-                    if (rq_base + NRQ[15:0] >= lanes) begin
-                        rq_base <= 16'd0;
+                            if ({{(32-SZW){1'b0}}, rq_base} + j3 == i3) rq_y[i3] <= rq_out[j3];
+                    if (rq_base + NRQ[SZW-1:0] >= lanes) begin
+                        rq_base <= {SZW{1'b0}};
                         state <= S_UPD0;
                     end else begin
-                        rq_base <= rq_base + NRQ[15:0];
+                        rq_base <= rq_base + NRQ[SZW-1:0];
                         state <= S_RQ;
                     end
                 end
                 S_UPD0: state <= S_UPD1;
                 S_UPD1: begin
-                    ox <= ox + 20'd1;
-                    ix0 <= ix0 + $signed({4'd0, stride[15:0]});
+                    ox <= ox + 1'b1;
+                    ix0 <= ix0 + $signed({3'b000, ss});
                     colbase <= colbase + scw;
-                    csub <= csub + 20'd1;
-                    if (csub == pk[19:0] - 20'd1) begin
-                        csub <= 20'd0;
-                        px <= px + 20'd1;
+                    csub <= csub + 1'b1;
+                    if (csub == pk_last) begin
+                        csub <= {CW{1'b0}};
+                        px <= px + 1'b1;
                     end
                     state <= S_PIX;
                 end
@@ -637,51 +694,49 @@ module hal_int8_core #(
                     if (st_p == lanes) begin
                         state <= S_NEXTROW;
                     end else begin
-                        wc_addr <= a_y + wid(yb_off) + wid(yoff) + wid(ylane_off) +
-                                   ext({16'd0, yrow_off});
-                        wc_len <= len({12'd0, pw});
-                        qq <= 20'd0;
+                        wc_len <= len({{(64-CW){1'b0}}, pw});
+                        qq <= {CW{1'b0}};
                         state <= S_WR;
                     end
                 end
                 S_WR: state <= S_ST0;
                 S_ST0: state <= S_ST1;
                 S_ST1: if (wr_ready) begin
-                    qq <= qq + 20'd1;
-                    state <= qq == pw - 20'd1 ? S_STW : S_ST0;
+                    qq <= qq + 1'b1;
+                    state <= qq == pw - 1'b1 ? S_STW : S_ST0;
                 end
                 S_STW: if (!wr_busy) begin
-                    st_p <= st_p + 16'd1;
-                    ylane_off <= ylane_off + ofs({16'd0, ychan});
+                    st_p <= st_p + 1'b1;
+                    wc_addr <= wc_addr + ext({{(64-YW){1'b0}}, ychan});
                     state <= S_STORE;
                 end
                 S_NEXTROW: begin
-                    oy <= oy + 20'd1;
-                    iy0 <= iy0 + $signed({4'd0, stride[15:0]});
+                    oy <= oy + 1'b1;
+                    iy0 <= iy0 + $signed({3'b000, ss});
                     rowbase <= rowbase + srs;
-                    rsub <= rsub + 20'd1;
-                    if (rsub == pk[19:0] - 20'd1) begin
-                        rsub <= 20'd0;
-                        py <= py + 20'd1;
-                        yrow_off <= yrow_off + {12'd0, pw};
+                    rsub <= rsub + 1'b1;
+                    if (rsub == pk_last) begin
+                        rsub <= {CW{1'b0}};
+                        py <= py + 1'b1;
+                        yrow_a <= yrow_a + ext({{(64-CW){1'b0}}, pw});
                     end
                     state <= S_ROW;
                 end
                 S_NEXTTILE: begin
-                    if (ocg + PO < og) begin
+                    if ({1'b0, ocg} + {1'b0, PO} < {1'b0, og}) begin
                         ocg <= ocg + PO;
                         oc0 <= oc0 + PO;
                         lanes <= og_left - PO < PO ? og_left - PO : PO;
                         step <= TILE_FIRST;
                         state <= S_MATH;
-                    end else if ({16'd0, g} + 32'd1 == groups) begin
+                    end else if (!GRP || g + 1'b1 == gs) begin
                         state <= S_FINISH;
                     end else begin
-                        g <= g + 16'd1;
-                        ocg <= 16'd0;
+                        g <= g + 1'b1;
+                        ocg <= {SZW{1'b0}};
                         goc <= goc + og;
                         oc0 <= goc + og;
-                        xg_off <= xg_off + ofs(xgrp);
+                        xg_off <= xg_off + ofs({{(64-LENW){1'b0}}, xgrp});
                         lanes <= og < PO ? og : PO;
                         step <= TILE_FIRST;
                         state <= S_MATH;

@@ -11,14 +11,18 @@ module hal_int8_fabric #(
     parameter integer WDEPTH = 512,
     parameter integer RQ = 0,          // requantizers: 0 = one per lane, else shared by the lanes
     parameter integer OW_MAX = 64,
-    parameter integer ARGRAM = 0       // 1: argument registers in block RAM (hal_int8.v)
+    parameter integer ARGRAM = 0,      // 1: argument registers in block RAM (hal_int8.v)
+    parameter integer SZW = 16,        // size bits (hal_int8.v)
+    parameter integer GROUPS = 1,      // 0: no grouped convolutions (hal_int8.v)
+    parameter integer CYW = 64,        // cycle counter bits (hal_int8.v)
+    parameter integer RQ_RADIX = 4,    // requantizer radix (hal_int8.v)
+    parameter integer AW = 32          // address bits of the memory window the core reaches
 ) (
     input  wire clk,
     input  wire rst_n,
     input  wire sin,
     output reg  sout
 );
-    localparam integer AW = 32;
     localparam integer NI = 1 + 8 + 1 + 32 + 4 + 1 + 1 + 8 + 1 + 1 + 1 + 32 + 1 + 1 + 1 + 1;
     reg [NI-1:0] si;
     always @(posedge clk) si <= {si[NI-2:0], sin};
@@ -35,7 +39,8 @@ module hal_int8_fabric #(
     wire [3:0]  m_wstrb;
 
     hal_int8 #(.PE_OUT(PE_OUT), .PE_IN(PE_IN), .XDEPTH(XDEPTH), .WDEPTH(WDEPTH),
-               .OW_MAX(OW_MAX), .RQ(RQ), .AW(AW), .ARGRAM(ARGRAM)) core (
+               .OW_MAX(OW_MAX), .RQ(RQ), .SZW(SZW), .GROUPS(GROUPS), .CYW(CYW), .AW(AW),
+               .RQ_RADIX(RQ_RADIX), .ARGRAM(ARGRAM)) core (
         .ap_clk(clk), .ap_rst_n(rst_n), .interrupt(irq),
         .s_axi_control_awvalid(si[0]), .s_axi_control_awready(awready),
         .s_axi_control_awaddr(si[8:1]), .s_axi_control_wvalid(si[9]),
