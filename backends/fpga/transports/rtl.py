@@ -40,7 +40,8 @@ MEMORY_BYTES = 1 << 30  # the harness's memory (calloc: pages exist once touched
 #: (so its cycles times that bitstream's Fmax estimate the part), buffers sized for the zoo
 #: (their depth changes which layers fit, never a layer's cycles)
 SIM_PARAMS = {"PE_OUT": 7, "PE_IN": 4, "RQ": 0, "XDEPTH": 65536, "WDEPTH": 8192, "OW_MAX": 1024}
-ARRAY_KEYS = ("PE_OUT", "PE_IN", "RQ")
+#: the parameters a layer's cycles depend on (with their defaults in hal_int8.v)
+ARRAY_KEYS = {"PE_OUT": 8, "PE_IN": 8, "RQ": 0, "RQ_RADIX": 4}
 #: memory model: cycles from an accepted read address to its first beat, and from a write to
 #: its response (a DDR controller behind an interconnect is in this range)
 READ_LATENCY, WRITE_LATENCY = 24, 12
@@ -171,8 +172,10 @@ class RtlTransport(Transport):
     simulated = True
 
     def __init__(self, params: dict[str, int] | None = None, memory_bytes: int = MEMORY_BYTES,
-                 read_latency: int = READ_LATENCY, write_latency: int = WRITE_LATENCY):
+                 read_latency: int = READ_LATENCY, write_latency: int = WRITE_LATENCY,
+                 default_target: str | None = None):
         self.params = {**SIM_PARAMS, **(params or {})}
+        self.default_target = default_target  # the target ``load`` uses when given none
         self._memory_bytes = memory_bytes
         self._latency = (read_latency, write_latency)
         self._lib = self._sim = None
@@ -184,6 +187,7 @@ class RtlTransport(Transport):
     def load(self, accelerator: Path, manifest: dict, target: str | None) -> None:
         """Build (or find cached) the simulation of ``target``'s core parameters: a manifest
         target with an ``rtl`` entry (``ice40-up5k``, ``ecp5-25f``), else ``SIM_PARAMS``."""
+        target = target if target is not None else self.default_target
         if target is not None:
             entry = (manifest.get("targets") or {}).get(target)
             rtl = entry.get("rtl") if isinstance(entry, dict) else None
@@ -211,7 +215,7 @@ class RtlTransport(Transport):
         if not isinstance(rtl, dict) or not isinstance(rtl.get("params"), dict):
             return False
         p = {k.upper(): int(v) for k, v in rtl["params"].items()}
-        return all(p.get(k, 0) == self.params.get(k, 0) for k in ARRAY_KEYS)
+        return all(p.get(k, d) == self.params.get(k, d) for k, d in ARRAY_KEYS.items())
 
     def open(self) -> None:
         """Start the simulation (``load`` does this; tests may call it directly)."""
@@ -284,9 +288,29 @@ def discover() -> list:
         compiler()
     except BackendError as exc:
         return [Found(usable=False, simulated=True, reason=str(exc))]
-    return [Found(name="hal_int8 Verilog RTL, Verilated (cycle-accurate; built on first use)",
-                  simulated=True)]
+    found = [Found(name="hal_int8 Verilog RTL, Verilated (cycle-accurate; built on first use)",
+                   simulated=True)]
+    # fpga:1@rtl, ...: the cores of built bitstreams whose PE array the default one is not
+    # (their cycles, times their Fmax, are their estimates)
+    for target in _other_built_cores():
+        found.append(Found(index=len(found), simulated=True, handle=target,
+                           name=f"hal_int8 Verilog RTL, the {target} bitstream's core, Verilated",
+                           details={"target": target}))
+    return found
+
+
+def _other_built_cores() -> list[str]:
+    from .. import manifest
+
+    try:
+        targets = manifest.load(accelerator_dir() / "manifest.json").get("targets") or {}
+    except BackendError:
+        return []
+    default = RtlTransport()
+    return [name for name, t in sorted(targets.items()) if isinstance(t, dict)
+            and t.get("status") == "built" and isinstance(t.get("rtl"), dict)
+            and isinstance(t["rtl"].get("params"), dict) and not default.matches(t)]
 
 
 def connect(handle, **options) -> RtlTransport:
-    return RtlTransport()
+    return RtlTransport(default_target=handle)

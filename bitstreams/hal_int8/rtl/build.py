@@ -38,8 +38,10 @@ SMALL = {"OW_MAX": 16, "RQ": 1, "ARGRAM": 1, "SZW": 10, "AW": 24, "GROUPS": 0, "
 #: nextpnr (the Fmax it reports is what the design reaches, pass or fail)
 TARGETS = {
     "ice40-up5k": {
-        "family": "ice40", "device": "iCE40UP5K-SG48", "pnr_args": ["--up5k", "--package", "sg48"],
-        "freq_mhz": 24,
+        "family": "ice40", "device": "iCE40UP5K-SG48",
+        "pnr_args": ["--up5k", "--package", "sg48", "--timing-allow-fail"],
+        # 12 MHz: the part's own 48 MHz oscillator divided by 4 (the 1 x 1 core reaches ~18)
+        "freq_mhz": 12,
         # the small-part core: argument registers in block RAM (ARGRAM), sizes below 1024
         # (SZW), a 16 MiB memory window (AW), no grouped convolutions (GROUPS), a 32-bit cycle
         # counter (CYW: one layer up to 179 s at 24 MHz), a radix-2 requantizer shared by the
