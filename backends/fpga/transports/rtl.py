@@ -42,6 +42,7 @@ MEMORY_BYTES = 1 << 30  # the harness's memory (calloc: pages exist once touched
 SIM_PARAMS = {"PE_OUT": 7, "PE_IN": 4, "RQ": 0, "XDEPTH": 65536, "WDEPTH": 8192, "OW_MAX": 1024}
 #: the parameters a layer's cycles depend on (with their defaults in hal_int8.v)
 ARRAY_KEYS = {"PE_OUT": 8, "PE_IN": 8, "RQ": 0, "RQ_RADIX": 4}
+FABRIC_AW = 32  # hal_int8_fabric.v's default address bits
 #: memory model: cycles from an accepted read address to its first beat, and from a write to
 #: its response (a DDR controller behind an interconnect is in this range)
 READ_LATENCY, WRITE_LATENCY = 24, 12
@@ -145,15 +146,15 @@ def _load(path: Path):
 class RtlMemory(Memory):
     """A range of the harness's memory (what the AXI master reads and writes)."""
 
-    def __init__(self, view: np.ndarray, address: int, nbytes: int):
-        self._view, self.address, self.nbytes = view, address, nbytes
+    def __init__(self, view: np.ndarray, address: int, nbytes: int, base: int = BASE):
+        self._view, self.address, self.nbytes, self._base = view, address, nbytes, base
 
     def write(self, data: np.ndarray, offset: int = 0) -> None:
         raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         if offset < 0 or offset + raw.size > self.nbytes:
             raise BackendError(f"write of {raw.size} bytes at offset {offset} overruns a "
                                f"{self.nbytes}-byte buffer")
-        start = self.address - BASE + offset
+        start = self.address - self._base + offset
         self._view[start:start + raw.size] = raw
 
     def read(self, dtype, count: int, offset: int = 0) -> np.ndarray:
@@ -161,7 +162,7 @@ class RtlMemory(Memory):
         if offset < 0 or offset + size > self.nbytes:
             raise BackendError(f"read of {size} bytes at offset {offset} overruns a "
                                f"{self.nbytes}-byte buffer")
-        start = self.address - BASE + offset
+        start = self.address - self._base + offset
         return self._view[start:start + size].copy().view(dtype)
 
 
@@ -196,11 +197,10 @@ class RtlTransport(Transport):
                               if isinstance(v, dict) and isinstance(v.get("rtl"), dict))
                 raise BackendError(f"fpga@rtl: target {target!r} has no RTL parameters in the "
                                    f"manifest; RTL targets: {', '.join(have) or 'none'}")
-            # AW narrows only the fabric's address ports (the board's memory window): the
-            # simulation keeps 64-bit addresses for its buffers above 4 GiB; results and
-            # cycles do not depend on it
-            self.params = {**SIM_PARAMS, **{k.upper(): int(v) for k, v in rtl["params"].items()
-                                            if k.upper() != "AW"}}
+            # a target is the place-and-route wrapper's core: its address window (AW, 32 there
+            # unless named) sets the width of the set-up divider, so of its cycles
+            self.params = {**SIM_PARAMS, "AW": FABRIC_AW,
+                           **{k.upper(): int(v) for k, v in rtl["params"].items()}}
         self.target = target
         self.open()
 
@@ -223,9 +223,14 @@ class RtlTransport(Transport):
             lib = _load(build(self.params))
         self.close()
         self._lib = lib
-        self._sim = lib.hal_rtl_new(BASE, self._memory_bytes, *self._latency)
+        # buffers above 4 GiB where the core's addresses reach there, else from 0 up to the
+        # end of its window
+        aw = int(self.params.get("AW", 64))
+        self._base = BASE if aw > 32 else 0
+        self._size = min(self._memory_bytes, 1 << aw) if aw < 64 else self._memory_bytes
+        self._sim = lib.hal_rtl_new(self._base, self._size, *self._latency)
         ptr = lib.hal_rtl_mem(self._sim)
-        self._view = np.ctypeslib.as_array(ptr, shape=(self._memory_bytes,))
+        self._view = np.ctypeslib.as_array(ptr, shape=(self._size,))
         self._next = 0
 
     def _handle(self):
@@ -250,11 +255,11 @@ class RtlTransport(Transport):
             raise BackendError(f"cannot allocate {nbytes} bytes")
         self._handle()
         start = self._next
-        if start + nbytes > self._memory_bytes:
-            raise BackendError(f"fpga@rtl: the simulated memory of {self._memory_bytes} bytes is "
+        if start + nbytes > self._size:
+            raise BackendError(f"fpga@rtl: the simulated memory of {self._size} bytes is "
                                f"full (asked for {nbytes} more); close and reopen the device")
         self._next = start + -(-nbytes // ALIGN) * ALIGN
-        return RtlMemory(self._view, BASE + start, nbytes)
+        return RtlMemory(self._view, self._base + start, nbytes, self._base)
 
     def wait(self, timeout_s: float = 10.0, max_cycles: int = 1 << 40) -> None:
         """Clock the design until ``ap_done`` (the simulated time is unbounded by ``timeout_s``:
