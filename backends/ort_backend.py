@@ -164,14 +164,27 @@ class OrtBackend(Backend):
         if options.precision == "fp16":
             proto = _to_fp16(proto, device)
         provider = _PROVIDERS[device.info.kind]
-        try:
-            session = ort.InferenceSession(proto.SerializeToString(), so, providers=[provider])
-        except Exception as exc:
-            raise BackendError(f"onnxruntime could not build a session for {device.string}: "
-                               f"{str(exc).strip()[:500]}") from None
+        disabled: list[str] = []
+        while True:
+            try:
+                session = ort.InferenceSession(proto.SerializeToString(), so, providers=[provider],
+                                               disabled_optimizers=disabled)
+                break
+            except Exception as exc:
+                text = str(exc).strip()
+                if qdq and fuses_qdq and not disabled and _QDQ_PROPAGATION_BUG in text:
+                    disabled = [_QDQ_PROPAGATION]
+                    continue
+                raise BackendError(f"onnxruntime could not build a session for {device.string}: "
+                                   f"{text[:500]}") from None
         info = {"graph_optimization_level": _LEVELS[options.opt_level],
                 "providers": ", ".join(session.get_providers()),
                 "intra_op_num_threads": threads or "onnxruntime default"}
+        if disabled:
+            info["disabled_optimizers"] = (
+                f"{_QDQ_PROPAGATION}: with it onnxruntime {ort.__version__} builds a "
+                f"QuantizeLinear whose zero point type disagrees with its output_dtype on this "
+                f"graph (Q/DQ moved across MaxPool, then s8 turned to u8) and refuses the model")
         if expanded:
             info["expanded_hal_ops"] = expanded
         if options.precision != "fp32":
@@ -378,6 +391,13 @@ class OrtDeviceExecutable(Executable):
             binding.bind_output(name, device.info.kind, device.info.index)
         self.session.run_with_iobinding(binding)
         return [OrtBuffer(v, device) for v in binding.get_outputs()]
+
+
+# onnxruntime's QDQ propagation (moving Q/DQ across MaxPool, Reshape...) followed by its s8 to
+# u8 rewrite can leave a QuantizeLinear that fails its own type check; such a model is built
+# again with the propagation off, and the executable's info says so
+_QDQ_PROPAGATION = "QDQPropagationTransformer"
+_QDQ_PROPAGATION_BUG = "does not match y_zero_point type"
 
 
 def _int8_saturates() -> bool:

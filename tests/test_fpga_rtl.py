@@ -207,6 +207,87 @@ def test_bitstream_target_configuration(target):
         t.close()
 
 
+def _case(rng, op, c, h, wd, o, k, pool=0, groups=1):
+    """A seeded layer as registers and buffers (y sized by the spec's output shape)."""
+    if op == "gemm":
+        x = rng.integers(-128, 128, (1, c), dtype=np.int8)
+        w = rng.integers(-128, 128, (o, c), dtype=np.int8)
+        y = np.zeros((1, o), np.int8)
+    else:
+        x = rng.integers(-128, 128, (1, c, h, wd), dtype=np.int8)
+        w = rng.integers(-128, 128, (o, c // groups, k, k), dtype=np.int8)
+        pk = max(pool, 1)
+        y = np.zeros((1, o, (h - k + 1) // pk, (wd - k + 1) // pk), np.int8)
+    return {"x": x, "w": w, "y": y, "bias": np.zeros(o, np.int32),
+            "mult": np.full(o, 1 << 30, np.int32), "shift": np.full(o, 40, np.int32),
+            "op": int(op == "gemm"), "n": 1, "c": c, "h": h, "wd": wd, "o": o, "kh": k, "kw": k,
+            "stride": 1, "pad": 0, "groups": groups, "act_min": -128, "act_max": 127,
+            "pool": pool}
+
+
+@pytest.mark.slow
+def test_core_limits_match_the_small_core():
+    """rtl.core_limit, which placement and the driver use, says beforehand exactly what the
+    iCE40 core answers with LIMIT: each of its limits, at the edge and one past it."""
+    man = json.loads((ACC / "manifest.json").read_text())
+    if "rtl" not in man.get("targets", {}).get("ice40-up5k", {}):
+        pytest.skip("ice40-up5k has no RTL entry in the manifest yet (make bitstreams)")
+    t = rtl.RtlTransport()
+    t.load(ACC, man, "ice40-up5k")
+    p = t.params
+    assert (p["PE_IN"], p["XDEPTH"], p["WDEPTH"], p["OW_MAX"], p["SZW"], p["GROUPS"]) == \
+        (1, 4096, 1024, 16, 10, 0)
+    rng = np.random.default_rng(11)
+    cases = [  # (op, c, h, wd, o, k, pool, groups), the limit at its edge, then one past it
+        ("conv", 1, 4, 16, 2, 1, 0, 1), ("conv", 1, 4, 17, 2, 1, 0, 1),  # OW_MAX
+        ("conv", 1, 64, 64, 1, 1, 4, 1), ("conv", 1, 64, 65, 1, 1, 4, 1),  # XDEPTH
+        ("conv", 1, 32, 32, 2, 32, 0, 1), ("conv", 1, 33, 33, 2, 33, 0, 1),  # WDEPTH
+        ("gemm", 8, 1, 1, 1023, 1, 0, 1), ("gemm", 8, 1, 1, 1024, 1, 0, 1),  # SZW
+        ("conv", 2, 5, 5, 2, 3, 0, 1), ("conv", 2, 5, 5, 2, 3, 0, 2),  # GROUPS=0
+    ]
+    try:
+        for i, (op, c, h, wd, o, k, pool, groups) in enumerate(cases):
+            why = rtl.core_limit(p, op, c, h, wd, o, k, k, 1, 0, groups, pool)
+            assert (why is None) == (i % 2 == 0), (cases[i], why)
+            _, status, _ = run_registers(t, _case(rng, op, c, h, wd, o, k, pool, groups))
+            assert status == (0 if why is None else 4), (cases[i], why, status)
+        # the driver refuses such a layer before it starts, naming the limit
+        layer = Layer("conv", [], "x", "y", np.ones((2, 1, 3, 3), np.int8),
+                      np.zeros(2, np.int32), np.full(2, 1 << 30, np.int32),
+                      np.full(2, 40, np.int32), in_shape=(2, 5, 5), groups=2)
+        with pytest.raises(BackendError, match="GROUPS=0"):
+            Driver(t).load(layer)
+    finally:
+        t.close()
+
+
+def test_placement_keeps_what_the_core_refuses_off_it():
+    """On fpga:1@rtl (the iCE40 core) the layers beyond that core go to the fallback with
+    the core's reason, before anything runs; fpga@rtl keeps them."""
+    import hal
+    from hal.backends.fpga import FpgaBackend
+    from hal.backends.fpga.qdq import analyse
+
+    if not rtl._other_built_cores():
+        pytest.skip("no other bitstream core built (make bitstreams)")
+    info = {d.string: d for d in hal.devices()}
+    small = next(d for d in info.values() if d.backend == "rtl" and d.index == 1)
+    default = next(d for d in info.values() if d.backend == "rtl" and d.index == 0)
+    model = hal.compile("dwsep", "cpu@reference", precision="int8").model
+    found = analyse(model.graph)
+    backend = FpgaBackend()
+    convs = [layer for layer in found.layers if layer.op == "conv"]
+    depthwise = [layer for layer in convs if layer.groups > 1]
+    assert depthwise
+    for layer in depthwise:
+        op = next(n for n in layer.nodes if n.op_type == "Conv")
+        assert backend.supports(op, default) is True
+        why = backend.supports(op, small)
+        assert isinstance(why, str) and "GROUPS=0" in why
+        # every node of the layer goes with it
+        assert all(backend.supports(n, small) == why for n in layer.nodes)
+
+
 def test_rtl_sources_are_packaged():
     names = {p.name for p in (ACC / "rtl").iterdir()}
     assert set(rtl.SOURCES) | {"harness.cpp", "hal_int8_fabric.v", "build.py"} <= names

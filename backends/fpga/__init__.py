@@ -9,6 +9,7 @@ node goes to the CPU fallback, and the integers match ``spec`` bit for bit on ev
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -99,9 +100,17 @@ class FpgaBackend(Backend):
         if graph is None:
             return f"{node.op_type}: {GENERIC_REASON}"
         found = qdq.analysis(graph)
-        if id(node) in found.owner:
-            return True
-        return found.refused.get(id(node)) or f"{node.op_type} is {GENERIC_REASON}"
+        step = found.owner.get(id(node))
+        if step is None:
+            return found.refused.get(id(node)) or f"{node.op_type} is {GENERIC_REASON}"
+        if step.op != "view":
+            return _core_refuses(step, device) or True
+        # a view is worth it only beside a layer this device runs
+        beside = [s for s in found.layers if s.y == step.x or s.x == step.y]
+        if all(_core_refuses(s, device) for s in beside):
+            return (f"{node.op_type} {node.name!r}: a reshape between int8 layers, kept on the "
+                    f"accelerator only beside a layer {device.string} runs")
+        return True
 
     def flow(self, options: CompileOptions):
         from hal.passes import Flow, ShapeInference, cleanup_passes
@@ -135,6 +144,24 @@ class FpgaBackend(Backend):
         from .executable import put
 
         return put(device, self.transport(device)[0], np.ascontiguousarray(array))
+
+
+def _core_refuses(layer, device: DeviceInfo) -> str | None:
+    """Why the core ``device`` simulates refuses ``layer`` beyond the specification's limits
+    (the cores of ``fpga:N@rtl`` are built smaller), or None."""
+    if device.backend != "rtl":
+        return None
+    from .transports import rtl
+
+    why = rtl.core_limit(_rtl_params(device.details.get("target")), *layer.sizes())
+    return f"{device.string} cannot run {layer.describe()}: {why}" if why else None
+
+
+@functools.cache
+def _rtl_params(target: str | None) -> dict:
+    from .transports import rtl
+
+    return rtl.device_params(target)
 
 
 def _accelerator():

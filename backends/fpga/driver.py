@@ -61,11 +61,8 @@ class Driver:
 
     def load(self, layer: Layer) -> LoadedLayer:
         """Check the layer against the accelerator's limits and put its constants in memory."""
-        c = layer.in_shape[0]
-        h, wd = layer.in_shape[1:] if layer.op == "conv" else (1, 1)
-        kh, kw = layer.w.shape[2:] if layer.op == "conv" else (1, 1)
-        why = check_limits(layer.op, c, h, wd, layer.out_channels, kh, kw, layer.stride,
-                           layer.pad, layer.groups, layer.pool)
+        args = layer.sizes()
+        why = check_limits(*args) or self.transport.layer_limit(*args)
         if why:
             raise BackendError(f"hal_int8 cannot run {layer.describe()}: {why}")
         return LoadedLayer(layer, self.upload(layer.w.astype(np.int8)),
@@ -81,6 +78,10 @@ class Driver:
             (c, h, wd), (kh, kw) = layer.in_shape, layer.w.shape[2:]
         else:
             (c,), h, wd, kh, kw = layer.in_shape, 1, 1, 1, 1
+        why = t.batch_limit(n)
+        if why:
+            raise BackendError(f"fpga@{t.name}: hal_int8 cannot run {layer.describe()}: {why}; "
+                               f"run smaller batches")
         for name, mem in (("x", x), ("w", loaded.w), ("bias", loaded.bias),
                           ("mult", loaded.mult), ("shift", loaded.shift), ("y", y)):
             off = T.ADDRESS_REGS[name]

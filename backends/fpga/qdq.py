@@ -56,6 +56,15 @@ class Layer:
     def out_channels(self) -> int:
         return int(self.w.shape[0])
 
+    def sizes(self) -> tuple:
+        """(op, c, h, wd, o, kh, kw, stride, pad, groups, pool): what ``check_limits`` takes."""
+        if self.op == "conv":
+            (c, h, wd), (kh, kw) = self.in_shape, self.w.shape[2:]
+        else:
+            (c,), h, wd, kh, kw = self.in_shape, 1, 1, 1, 1
+        return (self.op, c, h, wd, self.out_channels, kh, kw, self.stride, self.pad,
+                self.groups, self.pool)
+
     def describe(self) -> str:
         if self.op == "gemm":
             return f"gemm {self.in_shape[0]}→{self.out_channels}"

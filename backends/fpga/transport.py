@@ -83,5 +83,15 @@ class Transport(abc.ABC):
                 raise BackendError(f"fpga@{self.name}: the accelerator did not finish within "
                                    f"{timeout_s} s (CTRL=0x{self.read_reg(CTRL):x})")
 
+    def layer_limit(self, op: str, c: int, h: int, wd: int, o: int, kh: int, kw: int,
+                    stride: int, pad: int, groups: int, pool: int) -> str | None:
+        """Why this instance's build of hal_int8 refuses the layer beyond the specification's
+        own limits (a smaller core), or None; the specification's are checked for all."""
+        return None
+
+    def batch_limit(self, n: int) -> str | None:
+        """Why this instance cannot run a batch of ``n`` in one start, or None."""
+        return None
+
     def close(self) -> None:
         """Release the device (nothing by default)."""

@@ -40,6 +40,9 @@ MEMORY_BYTES = 1 << 30  # the harness's memory (calloc: pages exist once touched
 #: (so its cycles times that bitstream's Fmax estimate the part), buffers sized for the zoo
 #: (their depth changes which layers fit, never a layer's cycles)
 SIM_PARAMS = {"PE_OUT": 7, "PE_IN": 4, "RQ": 0, "XDEPTH": 65536, "WDEPTH": 8192, "OW_MAX": 1024}
+#: defaults of hal_int8.v's parameters that limit which layers the core runs
+DEFAULTS = {"PE_IN": 8, "XDEPTH": 8192, "WDEPTH": 1024, "OW_MAX": 256, "SZW": 16, "GROUPS": 1}
+MAX_K = (1 << 17) - 1  # products per output (the core's KB = 17 bit counters)
 #: the parameters a layer's cycles depend on (with their defaults in hal_int8.v)
 ARRAY_KEYS = {"PE_OUT": 8, "PE_IN": 8, "RQ": 0, "RQ_RADIX": 4}
 FABRIC_AW = 32  # hal_int8_fabric.v's default address bits
@@ -190,19 +193,16 @@ class RtlTransport(Transport):
         target with an ``rtl`` entry (``ice40-up5k``, ``ecp5-25f``), else ``SIM_PARAMS``."""
         target = target if target is not None else self.default_target
         if target is not None:
-            entry = (manifest.get("targets") or {}).get(target)
-            rtl = entry.get("rtl") if isinstance(entry, dict) else None
-            if not isinstance(rtl, dict) or not isinstance(rtl.get("params"), dict):
-                have = sorted(k for k, v in (manifest.get("targets") or {}).items()
-                              if isinstance(v, dict) and isinstance(v.get("rtl"), dict))
-                raise BackendError(f"fpga@rtl: target {target!r} has no RTL parameters in the "
-                                   f"manifest; RTL targets: {', '.join(have) or 'none'}")
-            # a target is the place-and-route wrapper's core: its address window (AW, 32 there
-            # unless named) sets the width of the set-up divider, so of its cycles
-            self.params = {**SIM_PARAMS, "AW": FABRIC_AW,
-                           **{k.upper(): int(v) for k, v in rtl["params"].items()}}
+            self.params = target_params(manifest, target)
         self.target = target
         self.open()
+
+    def layer_limit(self, op: str, c: int, h: int, wd: int, o: int, kh: int, kw: int,
+                    stride: int, pad: int, groups: int, pool: int) -> str | None:
+        return core_limit(self.params, op, c, h, wd, o, kh, kw, stride, pad, groups, pool)
+
+    def batch_limit(self, n: int) -> str | None:
+        return batch_limit(self.params, n)
 
     def describe(self) -> str:
         p = self.params
@@ -282,6 +282,67 @@ class RtlTransport(Transport):
             self._lib.hal_rtl_free(self._sim)
             self._sim = None
             self._view = None
+
+
+def target_params(manifest: dict, target: str) -> dict[str, int]:
+    """The core parameters of manifest ``target``'s bitstream (its ``rtl.params``)."""
+    entry = (manifest.get("targets") or {}).get(target)
+    rtl = entry.get("rtl") if isinstance(entry, dict) else None
+    if not isinstance(rtl, dict) or not isinstance(rtl.get("params"), dict):
+        have = sorted(k for k, v in (manifest.get("targets") or {}).items()
+                      if isinstance(v, dict) and isinstance(v.get("rtl"), dict))
+        raise BackendError(f"fpga@rtl: target {target!r} has no RTL parameters in the "
+                           f"manifest; RTL targets: {', '.join(have) or 'none'}")
+    # a target is the place-and-route wrapper's core: its address window (AW, 32 there unless
+    # named) sets the width of the set-up divider, so of its cycles
+    return {**SIM_PARAMS, "AW": FABRIC_AW,
+            **{k.upper(): int(v) for k, v in rtl["params"].items()}}
+
+
+def core_limit(params: dict[str, int], op: str, c: int, h: int, wd: int, o: int, kh: int,
+               kw: int, stride: int, pad: int, groups: int, pool: int) -> str | None:
+    """Why the core built with ``params`` would answer a layer with the LIMIT status (its own
+    checks in hal_int8_core.v, beforehand), or None. The batch is checked by ``batch_limit``."""
+    p = {**DEFAULTS, **params}
+    if op == "gemm":
+        h = wd = kh = kw = stride = groups = 1
+        pad = pool = 0
+    size = 1 << p["SZW"]
+    sizes = {"input channels": c, "output channels": o}
+    if op == "conv":
+        sizes.update({"height": h, "width": wd, "kernel height": kh, "kernel width": kw,
+                      "stride": stride, "pad": pad, "groups": groups, "pool": pool})
+    for what, v in sizes.items():
+        if v >= size:
+            return f"{what} {v} is not below this core's 2**SZW = {size}"
+    if groups > 1 and not p["GROUPS"]:
+        return f"groups={groups}: this core is built without grouped convolutions (GROUPS=0)"
+    cg = c // groups
+    words = -(-cg // p["PE_IN"])  # words of PE_IN channels
+    pk = max(pool, 1)
+    pw = ((wd + 2 * pad - kw) // stride + 1) // pk
+    for what, have, cap in (("products per output (C/groups·kh·kw)", kh * kw * cg, MAX_K),
+                            ("weight bank words per lane", kh * kw * words, p["WDEPTH"]),
+                            ("input bank words (one image of one group)", h * wd * words,
+                             p["XDEPTH"]),
+                            ("pooled output width", pw, p["OW_MAX"])):
+        if have > cap:
+            return f"{what} {have} exceed this core's {cap}"
+    return None
+
+
+def batch_limit(params: dict[str, int], n: int) -> str | None:
+    size = 1 << {**DEFAULTS, **params}["SZW"]
+    return None if n < size else f"batch {n} is not below this core's 2**SZW = {size}"
+
+
+def device_params(target: str | None) -> dict[str, int]:
+    """The core parameters ``fpga@rtl`` (None) or a built target's device simulates."""
+    from .. import manifest
+
+    if target is None:
+        return dict(SIM_PARAMS)
+    return target_params(manifest.load(accelerator_dir() / "manifest.json"), target)
 
 
 def discover() -> list:
