@@ -170,7 +170,7 @@ class OrtBackend(Backend):
                 session = ort.InferenceSession(proto.SerializeToString(), so, providers=[provider],
                                                disabled_optimizers=disabled)
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail types
                 text = str(exc).strip()
                 if qdq and fuses_qdq and not disabled and _QDQ_PROPAGATION_BUG in text:
                     disabled = [_QDQ_PROPAGATION]

@@ -264,9 +264,10 @@ def test_core_limits_match_the_small_core():
 def test_placement_keeps_what_the_core_refuses_off_it():
     """On fpga:1@rtl (the iCE40 core) the layers beyond that core go to the fallback with
     the core's reason, before anything runs; fpga@rtl keeps them."""
-    import hal
     from hal.backends.fpga import FpgaBackend
     from hal.backends.fpga.qdq import analyse
+
+    import hal
 
     if not rtl._other_built_cores():
         pytest.skip("no other bitstream core built (make bitstreams)")
