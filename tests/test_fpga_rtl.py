@@ -257,6 +257,17 @@ def test_core_limits_match_the_small_core():
                       np.full(2, 40, np.int32), in_shape=(2, 5, 5), groups=2)
         with pytest.raises(BackendError, match="GROUPS=0"):
             Driver(t).load(layer)
+        # a batch of 2**SZW or more is split by the driver into starts the core takes
+        n = t.max_batch() + 7
+        x = rng.integers(-128, 128, (n, 8), dtype=np.int8)
+        g = Layer("gemm", [], "x", "y", rng.integers(-128, 128, (3, 8), dtype=np.int8),
+                  np.zeros(3, np.int32), np.full(3, 1 << 30, np.int32), np.full(3, 38, np.int32),
+                  in_shape=(8,))
+        drv = Driver(t)
+        loaded, xm, ym = drv.load(g), drv.upload(x), t.allocate(n * 3)
+        assert drv.run(loaded, xm, ym, n) > 0
+        np.testing.assert_array_equal(ym.read(np.int8, n * 3).reshape(n, 3),
+                                      spec.gemm(x, g.w, g.bias, g.m, g.s))
     finally:
         t.close()
 

@@ -72,21 +72,30 @@ class Driver:
 
     def run(self, loaded: LoadedLayer, x: Memory, y: Memory, n: int,
             timeout_s: float = 60.0) -> int:
-        """One start of the accelerator: ``y`` = layer(``x``) for a batch of ``n``; the cycles."""
+        """``y`` = layer(``x``) for a batch of ``n``: one start, or one per part of the batch
+        where this build of the core takes fewer images at once; the cycles, summed."""
+        layer = loaded.layer
+        step = self.transport.max_batch() or max(n, 1)
+        x_bytes = int(np.prod(layer.in_shape))
+        y_bytes = int(np.prod(output_shape(layer, 1)[1:]))
+        cycles = 0
+        for i in range(0, n, step):
+            cycles += self._start(loaded, x.address + i * x_bytes, y.address + i * y_bytes,
+                                  min(step, n - i), timeout_s)
+        return cycles
+
+    def _start(self, loaded: LoadedLayer, x: int, y: int, n: int, timeout_s: float) -> int:
         t, layer = self.transport, loaded.layer
         if layer.op == "conv":
             (c, h, wd), (kh, kw) = layer.in_shape, layer.w.shape[2:]
         else:
             (c,), h, wd, kh, kw = layer.in_shape, 1, 1, 1, 1
-        why = t.batch_limit(n)
-        if why:
-            raise BackendError(f"fpga@{t.name}: hal_int8 cannot run {layer.describe()}: {why}; "
-                               f"run smaller batches")
-        for name, mem in (("x", x), ("w", loaded.w), ("bias", loaded.bias),
-                          ("mult", loaded.mult), ("shift", loaded.shift), ("y", y)):
+        for name, address in (("x", x), ("w", loaded.w.address),
+                              ("bias", loaded.bias.address), ("mult", loaded.mult.address),
+                              ("shift", loaded.shift.address), ("y", y)):
             off = T.ADDRESS_REGS[name]
-            t.write_reg(off, mem.address & 0xFFFFFFFF)
-            t.write_reg(off + 4, mem.address >> 32)
+            t.write_reg(off, address & 0xFFFFFFFF)
+            t.write_reg(off + 4, address >> 32)
         scalars = {"op": OP_CODES[layer.op], "n": n, "c": c, "h": h, "wd": wd,
                    "o": layer.out_channels, "kh": kh, "kw": kw, "stride": layer.stride,
                    "pad": layer.pad, "groups": layer.groups, "act_min": layer.act_min,

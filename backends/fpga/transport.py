@@ -89,8 +89,8 @@ class Transport(abc.ABC):
         own limits (a smaller core), or None; the specification's are checked for all."""
         return None
 
-    def batch_limit(self, n: int) -> str | None:
-        """Why this instance cannot run a batch of ``n`` in one start, or None."""
+    def max_batch(self) -> int | None:
+        """The most images one start takes (the driver splits larger batches), None: any."""
         return None
 
     def close(self) -> None:

@@ -201,8 +201,8 @@ class RtlTransport(Transport):
                     stride: int, pad: int, groups: int, pool: int) -> str | None:
         return core_limit(self.params, op, c, h, wd, o, kh, kw, stride, pad, groups, pool)
 
-    def batch_limit(self, n: int) -> str | None:
-        return batch_limit(self.params, n)
+    def max_batch(self) -> int:
+        return (1 << {**DEFAULTS, **self.params}["SZW"]) - 1  # n is a size like the others
 
     def describe(self) -> str:
         p = self.params
@@ -302,7 +302,7 @@ def target_params(manifest: dict, target: str) -> dict[str, int]:
 def core_limit(params: dict[str, int], op: str, c: int, h: int, wd: int, o: int, kh: int,
                kw: int, stride: int, pad: int, groups: int, pool: int) -> str | None:
     """Why the core built with ``params`` would answer a layer with the LIMIT status (its own
-    checks in hal_int8_core.v, beforehand), or None. The batch is checked by ``batch_limit``."""
+    checks in hal_int8_core.v, beforehand), or None; larger batches are split (``max_batch``)."""
     p = {**DEFAULTS, **params}
     if op == "gemm":
         h = wd = kh = kw = stride = groups = 1
@@ -329,11 +329,6 @@ def core_limit(params: dict[str, int], op: str, c: int, h: int, wd: int, o: int,
         if have > cap:
             return f"{what} {have} exceed this core's {cap}"
     return None
-
-
-def batch_limit(params: dict[str, int], n: int) -> str | None:
-    size = 1 << {**DEFAULTS, **params}["SZW"]
-    return None if n < size else f"batch {n} is not below this core's 2**SZW = {size}"
 
 
 def device_params(target: str | None) -> dict[str, int]:

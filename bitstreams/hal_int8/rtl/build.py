@@ -34,6 +34,8 @@ SOURCES = ["hal_int8_fabric.v", "hal_int8.v", "hal_int8_core.v", "hal_int8_ram.v
 SMALL = {"OW_MAX": 16, "RQ": 1, "ARGRAM": 1, "SZW": 10, "AW": 24, "GROUPS": 0, "CYW": 32,
          "RQ_RADIX": 2}
 
+PNR_TIMEOUT_S = 600
+
 #: per target: the part, candidate core parameters (largest first) and the clock asked of
 #: nextpnr (the Fmax it reports is what the design reaches, pass or fail)
 TARGETS = {
@@ -152,7 +154,8 @@ def synth(t: dict, tl: dict, params: dict, work: Path) -> Path:
     return out
 
 
-def pnr(t: dict, tl: dict, netlist: Path, work: Path) -> tuple[bool, str]:
+def pnr(t: dict, tl: dict, netlist: Path, work: Path,
+        timeout_s: float | None = None) -> tuple[bool, str]:
     logf = work / "nextpnr.log"
     args = [tl["nextpnr"], *t["pnr_args"], "--json", str(netlist), "--freq", str(t["freq_mhz"]),
             "--log", str(logf), "--seed", "1"]
@@ -160,7 +163,12 @@ def pnr(t: dict, tl: dict, netlist: Path, work: Path) -> tuple[bool, str]:
         args += ["--asc", str(work / "hal_int8.asc"), "--pcf-allow-unconstrained"]
     else:
         args += ["--textcfg", str(work / "hal_int8.config"), "--lpf-allow-unconstrained"]
-    res = subprocess.run(args, capture_output=True, text=True, check=False)
+    try:
+        res = subprocess.run(args, capture_output=True, text=True, check=False,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        text = logf.read_text() if logf.exists() else ""
+        return False, text + f"\nERROR: no legal placement within {timeout_s:.0f} s (stopped)"
     text = logf.read_text() if logf.exists() else res.stdout + res.stderr
     return res.returncode == 0, text
 
@@ -196,7 +204,10 @@ def build_target(name: str, out: Path) -> dict:
         t0 = time.monotonic()
         netlist = synth(t, tl, params, work)
         log(f"{name}: place and route {label}")
-        ok, text = pnr(t, tl, netlist, work)
+        # a part nearly full can keep the placer searching for a long time: a larger array
+        # gets PNR_TIMEOUT_S before the next is tried; the last one runs to the end
+        final = params is t["candidates"][-1]
+        ok, text = pnr(t, tl, netlist, work, None if final else PNR_TIMEOUT_S)
         if not ok:
             why = next((ln for ln in text.splitlines() if "ERROR" in ln), "nextpnr failed")
             log(f"{name}: {label} does not fit or route: {why.strip()}")
