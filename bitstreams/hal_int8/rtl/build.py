@@ -124,9 +124,11 @@ def tools(family: str) -> dict[str, str]:
 def version(exe: str) -> str:
     for flag in ("-V", "--version"):
         res = subprocess.run([exe, flag], capture_output=True, text=True, check=False)
-        out = (res.stdout + res.stderr).strip().splitlines()
+        # YoWASP tools print "Preparing to run ..." while compiling themselves on first use
+        out = [ln.strip() for ln in (res.stdout + res.stderr).splitlines()
+               if ln.strip() and not ln.startswith("Preparing to run")]
         if res.returncode == 0 and out:
-            return out[0].strip()
+            return out[0]
     return "unknown"
 
 
