@@ -296,8 +296,8 @@ def constant_of_shape(n: NodeView):
 
 def _range(start, limit, delta):
     dtype = start.dtype
-    s, l, d = start.item(), limit.item(), delta.item()
-    count = max(math.ceil((l - s) / d), 0)
+    s, end, d = start.item(), limit.item(), delta.item()
+    count = max(math.ceil((end - s) / d), 0)
     return (start + torch.arange(count, device=start.device, dtype=dtype) * delta).to(dtype)
 
 

@@ -103,7 +103,7 @@ def dims(x) -> list:
     return [d if d is not None else dyn[i] for i, d in enumerate(static_shape)]
 
 
-from hal.backends.tf_backend.kernels import (  # noqa: F401
+from hal.backends.tf_backend.kernels import (  # noqa: F401, E402 - registers the kernels
     elementwise,
     fused,
     nn,

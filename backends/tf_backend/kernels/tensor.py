@@ -182,17 +182,17 @@ def pad(cx, x, pads, constant_value=None, axes=None, mode="constant"):
     if mode == "reflect":
         return tf.pad(x, paddings, mode="REFLECT")
     if mode == "edge":
-        for a, (l, h) in enumerate(paddings):
-            if l or h:
-                first = tf.gather(x, [0] * l, axis=a)
+        for a, (lo, h) in enumerate(paddings):
+            if lo or h:
+                first = tf.gather(x, [0] * lo, axis=a)
                 last = tf.gather(x, [x.shape[a] - 1] * h, axis=a)
                 x = tf.concat([first, x, last], axis=a)
         return x
     if mode == "wrap":
-        for a, (l, h) in enumerate(paddings):
-            if l or h:
+        for a, (lo, h) in enumerate(paddings):
+            if lo or h:
                 n = x.shape[a]
-                idx = [(i % n) for i in range(-l, n + h)]
+                idx = [(i % n) for i in range(-lo, n + h)]
                 x = tf.gather(x, idx, axis=a)
         return x
     raise ValueError(f"Pad mode {mode!r} is not supported")
