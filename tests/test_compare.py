@@ -350,3 +350,19 @@ def test_rounds_must_be_positive():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(hal.OptionError, match="rounds"):
             compare(["mlp"], ["cpu@reference"], rounds=bad)
+
+
+def test_a_simulated_device_is_best_only_where_no_real_one_ran():
+    from hal.compare.results import Results
+    from hal.compare.row import Row
+
+    rows = [Row(model="m", batch=1, device="fpga@rtl", precision="int8", p50_ms=0.5,
+                simulated=True),
+            Row(model="m", batch=1, device="cpu@ort", precision="int8", p50_ms=2.0),
+            Row(model="n", batch=1, device="fpga@emu", precision="int8", p50_ms=3.0,
+                simulated=True),
+            Row(model="n", batch=1, device="fpga@rtl", precision="int8", p50_ms=9.0,
+                simulated=True)]
+    best = Results(rows, {}).best()
+    assert best[("m", 1, "int8")].device == "cpu@ort"
+    assert best[("n", 1, "int8")].device == "fpga@emu"

@@ -181,7 +181,8 @@ def _bars(groups: list, title: str) -> str:
                    f"<text x='{xx:.1f}' y='{h - 14}' text-anchor='middle'>{_fmt(t)}</text>")
     y = 30
     for model, bars in groups:
-        best = min(p50 for _, p50, _, _, _ in bars)
+        real = [p50 for _, p50, _, _, sim in bars if not sim]  # as Results.best: real first
+        best = min(real or [p50 for _, p50, _, _, _ in bars])
         out.append(f"<text x='4' y='{y + 10}' font-weight='700'>{escape(model)}</text>")
         for label, p50, p90, color, sim in bars:
             x0, x1 = x(10.0 ** x.lo), x(p50)
@@ -197,7 +198,7 @@ def _bars(groups: list, title: str) -> str:
             if p90 and p90 > p50:
                 out.append(f"<line x1='{x1:.1f}' x2='{x(p90):.1f}' y1='{y + bar_h / 2 - 1}' "
                            f"y2='{y + bar_h / 2 - 1}' stroke='#333'/>")
-            mark = " ★" if p50 == best else ""
+            mark = " ★" if p50 == best and (not sim or not real) else ""
             out.append(f"<text x='{x(p90 or p50) + 4:.1f}' y='{y + bar_h - 3}' "
                        f"fill='#333'>{p50:.3g}{mark}</text></g>")
             y += bar_h

@@ -34,14 +34,16 @@ class Results:
     # -- best rows ------------------------------------------------------------------------
     def best(self) -> dict[tuple, Row]:
         """The best row per (model, batch, precision): lowest p50 (p90 for SingleStream,
-        highest throughput for MLPerf Offline and Server)."""
+        highest throughput for MLPerf Offline and Server). A simulated device's time is its
+        simulator's, not the hardware's: it is best only where no real device was measured."""
         out: dict[tuple, Row] = {}
         for r in self.rows:
             score = _score(r)
             if score is None:
                 continue
             key = (r.model, r.batch, r.precision)
-            if key not in out or score < _score(out[key]):
+            have = out.get(key)
+            if have is None or (r.simulated, score) < (have.simulated, _score(have)):
                 out[key] = r
         return out
 

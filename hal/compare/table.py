@@ -31,7 +31,8 @@ def rich_table(results, title: str | None = None) -> Table:
     rounds = max((r.rounds for r in rows), default=1)
     spread = (f"± half the range of the p50s of {rounds} rounds" if rounds > 1
               else "± median absolute deviation of the calls")
-    t = Table(title=title, caption="★ best device for the model and batch; "
+    t = Table(title=title, caption="★ best device for the model and batch (simulated ones only where "
+              "no real device ran); "
               f"(sim) simulated device; {spread}; error column shows why a row failed",
               header_style="bold", expand=False)
     cols = [("model", "left"), ("batch", "right"), ("device", "left"), ("prec", "left"),
