@@ -164,17 +164,15 @@ class OrtBackend(Backend):
         if options.precision == "fp16":
             proto = _to_fp16(proto, device)
         provider = _PROVIDERS[device.info.kind]
-        disabled: list[str] = []
-        while True:
+        for disabled in ([], [_QDQ_PROPAGATION]):
             try:
                 session = ort.InferenceSession(proto.SerializeToString(), so, providers=[provider],
                                                disabled_optimizers=disabled)
                 break
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail types
                 text = str(exc).strip()
-                if qdq and fuses_qdq and not disabled and _QDQ_PROPAGATION_BUG in text:
-                    disabled = [_QDQ_PROPAGATION]
-                    continue
+                if not disabled and qdq and fuses_qdq and _QDQ_PROPAGATION_BUG in text:
+                    continue  # once more without the propagation
                 raise BackendError(f"onnxruntime could not build a session for {device.string}: "
                                    f"{text[:500]}") from None
         info = {"graph_optimization_level": _LEVELS[options.opt_level],

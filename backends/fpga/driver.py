@@ -86,10 +86,7 @@ class Driver:
 
     def _start(self, loaded: LoadedLayer, x: int, y: int, n: int, timeout_s: float) -> int:
         t, layer = self.transport, loaded.layer
-        if layer.op == "conv":
-            (c, h, wd), (kh, kw) = layer.in_shape, layer.w.shape[2:]
-        else:
-            (c,), h, wd, kh, kw = layer.in_shape, 1, 1, 1, 1
+        _, c, h, wd, _, kh, kw, *_ = layer.sizes()
         for name, address in (("x", x), ("w", loaded.w.address),
                               ("bias", loaded.bias.address), ("mult", loaded.mult.address),
                               ("shift", loaded.shift.address), ("y", y)):
