@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import numpy as np
 
 from hal.device import DeviceInfo
-from hal.errors import HalError, InputError
+from hal.errors import InputError, OptionError
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -260,11 +260,10 @@ class Backend(abc.ABC):
             return f"{self.name} has no kernel for {node.op_type}"
         return True
 
-    def flow(self, options: CompileOptions) -> Flow:
-        """The named pass pipeline run on the IR before ``compile``."""
-        from hal.passes import default_flow
-
-        return default_flow(self.name, options)
+    def flow(self, options: CompileOptions) -> Flow | None:
+        """The named pass pipeline run on the IR before ``compile``; None (the default) runs
+        the shared one, ``hal.passes.default_flow``."""
+        return None
 
     @abc.abstractmethod
     def compile(self, model: ir.Model, device: Device, options: CompileOptions) -> Executable:
@@ -287,7 +286,15 @@ class Backend(abc.ABC):
         return DeviceInfo(kind=kind, index=index, backend=self.name, usable=False, reason=reason, **kw)
 
 
-def check_precision(backend: Backend, options: CompileOptions) -> None:
-    if options.precision not in backend.precisions:
-        raise HalError(f"backend {backend.name!r} cannot compile for precision "
-                       f"{options.precision!r}; it supports {list(backend.precisions)}")
+def check_precision(backend: Backend, precision: str | CompileOptions, where: str = "",
+                    hint: str = "") -> None:
+    """The one precision check (the compiler's and each backend's): raise OptionError unless
+    ``precision`` is one HAL knows and ``backend`` compiles for."""
+    if isinstance(precision, CompileOptions):
+        precision = precision.precision
+    if precision not in CompileOptions.PRECISIONS:
+        raise OptionError(f"precision {precision!r} is not one of "
+                          f"{list(CompileOptions.PRECISIONS)}")
+    if precision not in backend.precisions:
+        raise OptionError(f"{where or backend.name} cannot compile for precision {precision!r}; "
+                          f"{backend.name} supports {list(backend.precisions)}{hint}")

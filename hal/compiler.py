@@ -12,10 +12,11 @@ from typing import Any, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from hal.backend import Buffer, CompileOptions, Device, Transfers
+from hal.backend import Buffer, CompileOptions, Device, Transfers, check_precision
 from hal.errors import BackendError, HalError, InputError, OptionError
 from hal.ir.model import Model
 from hal.ir.validate import validate
+from hal.passes import default_flow
 from hal.partition import Fallback, Segment, place, segment_model, segments, shape_info
 from hal.registry import REGISTRY
 
@@ -57,7 +58,7 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
         ir_model, pass_log = qflow.run(work.ir)
         work = Model(ir_model, hal_model.name)
         flow_names.append(qflow.name)
-    flow = dev.backend.flow(opts)
+    flow = dev.backend.flow(opts) or default_flow(dev.backend.name, opts)
     ir_model, flow_log = flow.run(work.ir)
     pass_log += flow_log
     flow_names.append(flow.name)
@@ -144,18 +145,12 @@ def _options(dev: Device, options: dict) -> CompileOptions:
                           + (f" and {dev.backend.name} also takes {sorted(dev.backend.options)}"
                              if dev.backend.options else ""))
     opts = CompileOptions(**core, extra=dict(extra))
-    if opts.precision not in CompileOptions.PRECISIONS:
-        raise OptionError(f"precision {opts.precision!r} is not one of "
-                          f"{list(CompileOptions.PRECISIONS)}")
-    if opts.precision not in dev.backend.precisions:
-        hint = ""
-        if opts.precision == "int8":
-            able = sorted(d.string for d in REGISTRY.usable() if not d.alias_of
-                          and "int8" in REGISTRY.resolve(d.string).backend.precisions)
-            hint = (f"; int8 (QuantizeLinear/DequantizeLinear) runs on {', '.join(able)}"
-                    if able else "")
-        raise OptionError(f"{dev.string} cannot compile for precision {opts.precision!r}; "
-                          f"{dev.backend.name} supports {list(dev.backend.precisions)}{hint}")
+    hint = ""
+    if opts.precision == "int8" and "int8" not in dev.backend.precisions:
+        able = sorted(d.string for d in REGISTRY.usable() if not d.alias_of
+                      and "int8" in REGISTRY.resolve(d.string).backend.precisions)
+        hint = f"; int8 (QuantizeLinear/DequantizeLinear) runs on {', '.join(able)}" if able else ""
+    check_precision(dev.backend, opts.precision, dev.string, hint)
     _check_int8_options(opts, core)
     if not isinstance(opts.opt_level, int) or not 0 <= opts.opt_level <= 3:
         raise OptionError(f"opt_level must be an int from 0 to 3, got {opts.opt_level!r}")

@@ -200,7 +200,7 @@ def test_int8_runs_qdq_graphs():
     c = hal.compile(qdq, "cpu@ort", precision="int8", fallback=None)
     assert c.executables[0].info["qdq_nodes"] == 3
     # the same arithmetic in numpy + the reference Conv: quantize x, dequantize both
-    from hal.backends.reference.ops import OPS
+    from hal.oracle import OPS
     from onnx import numpy_helper
 
     xd = np.clip(np.round(x / np.float32(0.05)), -128, 127).astype(np.float32) * np.float32(0.05)

@@ -335,7 +335,7 @@ def test_an_already_quantized_model_runs_as_given(lenet_int8, tmp_path):
 def test_first_digits_layer_matches_the_fpga_integer_spec(power_of_two):
     """The QDQ layer, evaluated in float, equals the FPGA integer spec within one LSB."""
     from hal.backends.fpga import spec
-    from hal.backends.reference.ops import OPS
+    from hal.oracle import OPS
 
     cm = hal.compile("digits", "cpu@reference", precision="int8", power_of_two=power_of_two)
     conv = next(n for n in cm.model.graph if n.op_type == "Conv")

@@ -201,7 +201,7 @@ def test_tpu_runs_the_zoo():
 @pytest.mark.parametrize("xla", [True, False])
 def test_fused_ops_match_their_unfused_form(op, activation, params, xla):
     import onnx_ir as ir
-    from hal.backends.reference.ops import OPS
+    from hal.oracle import OPS
 
     from hal.backend import CompileOptions
 

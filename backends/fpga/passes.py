@@ -13,7 +13,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.passes._graph import HalPass
+from hal.passes.base import HalPass
 
 from . import qdq
 

@@ -23,7 +23,9 @@ from functools import cache
 import numpy as np
 import onnx_ir as ir
 
-from hal.passes._graph import const, is_onnx, sole_consumer
+from hal.ir.graph import const, sole_consumer
+from hal.ir.schemas import is_onnx
+from hal.ir.attributes import attribute
 
 from . import spec
 from .files import accelerator_dir
@@ -122,11 +124,6 @@ def check_limits(op: str, c: int, h: int, wd: int, o: int, kh: int, kw: int, str
 
 # -- matching ------------------------------------------------------------------------------
 
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
-
-
 def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
     p = v.producer() if v is not None else None
     return p if p is not None and is_onnx(p, op) else None
@@ -184,10 +181,10 @@ def _dq_const(v: ir.Value, dtype: ir.DataType, axis: int, size: int, what: str
                       f"DequantizeLinear")
     _zero_point(dq, dtype, what)
     s = _scale(dq, what, size)
-    if const(dq.inputs[1]).size > 1 and _attr(dq, "axis", 1) % arr.ndim != axis:
-        raise Refused(f"{what}: per-channel scale on axis {_attr(dq, 'axis', 1)}, expected the "
+    if const(dq.inputs[1]).size > 1 and attribute(dq, "axis", 1) % arr.ndim != axis:
+        raise Refused(f"{what}: per-channel scale on axis {attribute(dq, 'axis', 1)}, expected the "
                       f"output-channel axis {axis}")
-    if _attr(dq, "block_size", 0):
+    if attribute(dq, "block_size", 0):
         raise Refused(f"{what}: blocked quantization is not supported")
     if sole_consumer(dq.outputs[0]) is None:
         raise Refused(f"{what}: the dequantized constant feeds other nodes too")
@@ -218,7 +215,7 @@ def _output_chain(op: ir.Node, what: str) -> tuple[list, int, int, ir.Node, np.n
         raise Refused(f"{what}: {q.name!r} must quantize to int8 with an explicit zero point")
     _zero_point(q, ir.DataType.INT8, what)
     s_y = _scale(q, what)
-    if _attr(q, "saturate", 1) != 1 or _attr(q, "block_size", 0):
+    if attribute(q, "saturate", 1) != 1 or attribute(q, "block_size", 0):
         raise Refused(f"{what}: {q.name!r} uses attributes the accelerator does not implement")
     act_min, act_max = spec.INT8_MIN, spec.INT8_MAX
     if act is not None and act.op_type == "Relu":
@@ -263,13 +260,13 @@ def _pool_chain(q: ir.Node, s_y: np.ndarray) -> tuple[list, int, ir.Node]:
         same = _scale(dq, "pool") == s_y and _scale(q2, "pool") == s_y
     except Refused:
         return [], 0, q
-    k = list(_attr(pool, "kernel_shape", ()))
+    k = list(attribute(pool, "kernel_shape", ()))
     ok = (same and len(k) == 2 and k[0] == k[1] and k[0] > 1
-          and list(_attr(pool, "strides", k)) == k
-          and not any(_attr(pool, "pads", (0, 0, 0, 0)))
-          and all(d == 1 for d in _attr(pool, "dilations", (1, 1)))
-          and _attr(pool, "auto_pad", "NOTSET") in ("NOTSET", "VALID")
-          and not _attr(pool, "ceil_mode", 0) and not _attr(pool, "storage_order", 0)
+          and list(attribute(pool, "strides", k)) == k
+          and not any(attribute(pool, "pads", (0, 0, 0, 0)))
+          and all(d == 1 for d in attribute(pool, "dilations", (1, 1)))
+          and attribute(pool, "auto_pad", "NOTSET") in ("NOTSET", "VALID")
+          and not attribute(pool, "ceil_mode", 0) and not attribute(pool, "storage_order", 0)
           and q2.outputs[0].dtype == ir.DataType.INT8)
     return ([dq, pool, q2], int(k[0]), q2) if ok else ([], 0, q)
 
@@ -283,17 +280,17 @@ def _conv(node: ir.Node, what: str):
     o = int(wv.shape[0])
     dqw, w, s_w = _dq_const(wv, ir.DataType.INT8, 0, o, f"{what} weight")
     kh, kw = w.shape[2:]
-    strides = list(_attr(node, "strides", (1, 1)))
-    pads = list(_attr(node, "pads", (0, 0, 0, 0)))
-    if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET",):
+    strides = list(attribute(node, "strides", (1, 1)))
+    pads = list(attribute(node, "pads", (0, 0, 0, 0)))
+    if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET",):
         raise Refused(f"{what}: auto_pad is not supported (the flow's cleanup makes pads explicit)")
-    if any(d != 1 for d in _attr(node, "dilations", (1, 1))):
+    if any(d != 1 for d in attribute(node, "dilations", (1, 1))):
         raise Refused(f"{what}: dilated convolutions are not supported")
     if strides[0] != strides[1]:
         raise Refused(f"{what}: strides {strides} differ per axis")
     if len(set(pads)) != 1:
         raise Refused(f"{what}: pads {pads} are not the same on every side")
-    groups = int(_attr(node, "group", 1))
+    groups = int(attribute(node, "group", 1))
     return {"op": "conv", "w": np.ascontiguousarray(w), "s_w": s_w, "dqw": dqw,
             "stride": int(strides[0]), "pad": int(pads[0]), "groups": groups, "in_shape": x_shape,
             "kh": int(kh), "kw": int(kw)}
@@ -305,11 +302,11 @@ def _gemm(node: ir.Node, what: str):
     if wv is None or wv.shape is None or len(wv.shape) != 2:
         raise Refused(f"{what}: the weight must be a 2-D constant")
     if node.op_type == "Gemm":
-        if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or \
+        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or \
                 (len(node.inputs) > 2 and node.inputs[2] is not None
-                 and _attr(node, "beta", 1.0) != 1.0):
+                 and attribute(node, "beta", 1.0) != 1.0):
             raise Refused(f"{what}: transA, alpha and beta must keep their defaults")
-        trans_b = bool(_attr(node, "transB", 0))
+        trans_b = bool(attribute(node, "transB", 0))
     else:
         trans_b = False
     o = int(wv.shape[0] if trans_b else wv.shape[1])
@@ -391,7 +388,7 @@ class View:
 
 def match_view(node: ir.Node) -> View | None:
     """The view around Flatten ``node``, or None when it is not one."""
-    if not is_onnx(node, "Flatten") or _attr(node, "axis", 1) != 1:
+    if not is_onnx(node, "Flatten") or attribute(node, "axis", 1) != 1:
         return None
     dq = _producer(node.inputs[0], "DequantizeLinear")
     q = sole_consumer(node.outputs[0])
@@ -406,7 +403,7 @@ def match_view(node: ir.Node) -> View | None:
         return None
     if not (same and dq.inputs[0].dtype == ir.DataType.INT8
             and q.outputs[0].dtype == ir.DataType.INT8 and sole_consumer(dq.outputs[0]) is node
-            and _attr(q, "saturate", 1) == 1 and not _attr(q, "block_size", 0)
+            and attribute(q, "saturate", 1) == 1 and not attribute(q, "block_size", 0)
             and shape is not None and len(shape) >= 2
             and all(isinstance(d, int) for d in shape[1:])):
         return None

@@ -17,14 +17,10 @@ approximates, average pooling — falls back through HAL's partitioner.
 from __future__ import annotations
 
 import onnx_ir as ir
+from hal.ir.attributes import attribute
 
 LAYERS = ("Conv", "Gemm", "MatMul")
 BETWEEN = ("MaxPool", "Flatten")
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def _producer_op(v: ir.Value | None) -> str | None:
@@ -104,16 +100,16 @@ def _local(node: ir.Node) -> str | None:
             return f"{op} input is not quantized (no DequantizeLinear before it)"
         if _consumer_ops(node) != {"QuantizeLinear"}:
             return f"{op} output is not requantized by a QuantizeLinear"
-        if op == "Flatten" and _attr(node, "axis", 1) != 1:
+        if op == "Flatten" and attribute(node, "axis", 1) != 1:
             return "hls4ml flattens with axis=1 only"
         if op == "MaxPool":
-            k = _attr(node, "kernel_shape") or []
+            k = attribute(node, "kernel_shape") or []
             if len(k) != 2:
                 return "hls4ml runs 2-D MaxPool only here"
-            if _attr(node, "ceil_mode", 0) or any(d != 1 for d in _attr(node, "dilations",
+            if attribute(node, "ceil_mode", 0) or any(d != 1 for d in attribute(node, "dilations",
                                                                          [1, 1])):
                 return "hls4ml's MaxPool has no ceil_mode or dilation"
-            if _attr(node, "auto_pad", "NOTSET") != "NOTSET":
+            if attribute(node, "auto_pad", "NOTSET") != "NOTSET":
                 return "hls4ml's ONNX MaxPool takes explicit pads, not auto_pad"
         return None
     return (f"hls4ml (through HAL) runs quantized Conv/Gemm/MatMul/Relu/MaxPool/Flatten "
@@ -160,14 +156,14 @@ def _layer_reason(node: ir.Node) -> str | None:
         shape = ins[0].shape
         if shape is not None and len(shape) != 4:
             return "hls4ml runs 2-D Conv only here"
-        if _attr(node, "group", 1) != 1:
+        if attribute(node, "group", 1) != 1:
             return "grouped/depthwise Conv (group > 1) is not mapped to hls4ml here"
-        if any(d != 1 for d in _attr(node, "dilations", [1, 1])):
+        if any(d != 1 for d in attribute(node, "dilations", [1, 1])):
             return "hls4ml's Conv has no dilation"
-        if _attr(node, "auto_pad", "NOTSET") != "NOTSET":
+        if attribute(node, "auto_pad", "NOTSET") != "NOTSET":
             return "hls4ml's ONNX Conv takes explicit pads, not auto_pad"
-    if op == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
-                         or _attr(node, "beta", 1.0) != 1.0):
+    if op == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
+                         or attribute(node, "beta", 1.0) != 1.0):
         return "Gemm with transA, alpha or beta is not mapped to hls4ml"
     if op == "MatMul" and ins[0].shape is not None and len(ins[0].shape) != 2:
         return "hls4ml runs 2-D MatMul (a dense layer) only"

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import onnx_ir as ir
 from hal.backends.jax_backend.kernels import KERNELS, STATIC_INPUTS, Context
-from hal.backends.reference.executor import attribute_value
+from hal.ir.attributes import attribute_value
 
 from hal.errors import BackendError
 from hal.ir.static import needed_static, value_dtypes
@@ -138,7 +138,7 @@ def _eval(step: Step, env: dict, cx: Context, dtypes: dict) -> None:
 
 def _static_eval(step: Step, args: list, cx: Context):
     """A node whose inputs are all known while tracing: computed in numpy, never traced."""
-    from hal.backends.reference.ops import OPS
+    from hal.oracle import OPS
 
     op = step.node.op_type
     if op in SHAPE_ONLY:

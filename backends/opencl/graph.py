@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from hal.backends.reference.executor import attribute_value
+from hal.ir.attributes import attribute_value
 
 #: Activation codes shared with kernels/activation.h.
 ACT = {"Relu": 1, "Clip": 2, "Sigmoid": 3, "Tanh": 4, "Gelu": 5, "LeakyRelu": 7}

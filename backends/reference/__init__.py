@@ -1,12 +1,14 @@
-"""``cpu@reference``: numpy, the oracle every other device is checked against.
+"""``cpu@reference``: the numpy oracle every other device is checked against.
 
-Correct first, fast second: each op is a plain numpy function of ONNX semantics.
+The kernels and the interpreter are HAL's own (``hal.oracle``): this backend only puts
+them behind the device interface. It runs the model as written, with no optimization.
 """
 
 from __future__ import annotations
 
 from hal.backend import Backend, CompileOptions, Device, check_precision
 from hal.device import DeviceInfo
+from hal.ir.schemas import FUSED_OPS
 
 
 class ReferenceBackend(Backend):
@@ -14,19 +16,19 @@ class ReferenceBackend(Backend):
     kinds = ("cpu",)
     priority = 0  # the oracle, never the fastest choice for a bare "cpu"
     requires = ("numpy",)
-    hal_ops = frozenset({"FusedConv", "FusedGemm"})  # so it can take fused segments as fallback
+    hal_ops = FUSED_OPS  # so it can take fused segments as fallback
     precisions = ("fp32", "int8")  # int8: the QDQ graph of hal.passes.quantize, run as written
 
     @property
     def ops(self) -> frozenset[str]:  # type: ignore[override]
-        from hal.backends.reference.ops import OPS
+        from hal.oracle import OPS
 
         return frozenset(OPS) - self.hal_ops
 
     def probe(self) -> list[DeviceInfo]:
         import numpy as np
 
-        from hal.backends.reference.ops import OPS
+        from hal.oracle import OPS
 
         ok = np.array_equal(OPS["Add"](np.ones(2, np.float32), np.ones(2, np.float32)), [2, 2])
         return [DeviceInfo("cpu", 0, self.name, name="numpy reference", usable=ok,
@@ -35,7 +37,7 @@ class ReferenceBackend(Backend):
     def supports(self, node, device: DeviceInfo) -> bool | str:
         ok = super().supports(node, device)
         if ok is True and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            from hal.backends.reference.ops.quant import QUANT_DTYPES
+            from hal.oracle.quant import QUANT_DTYPES
 
             ints = [v for v in (node.outputs[0] if node.op_type == "QuantizeLinear"
                                 else node.inputs[0],) if v is not None and v.dtype is not None]
@@ -51,7 +53,7 @@ class ReferenceBackend(Backend):
         return Flow("reference.exact", cleanup_passes())  # the oracle runs the model as written
 
     def compile(self, model, device: Device, options: CompileOptions):
-        from hal.backends.reference.executor import ReferenceExecutable
+        from .executor import ReferenceExecutable
 
-        check_precision(self, options)
+        check_precision(self, options.precision)
         return ReferenceExecutable(model, device)

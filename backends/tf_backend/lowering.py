@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import tensorflow as tf
-from hal.backends.reference.executor import attribute_value
+from hal.ir.attributes import attribute_value
 from hal.backends.tf_backend.kernels import KERNELS, NHWC, STATIC_INPUTS, Context
 from hal.backends.tf_backend.kernels.elementwise import LAYOUT_FREE, LAYOUT_FREE_BINARY
 from hal.backends.tf_backend.kernels.nn import to_first, to_last
@@ -229,7 +229,7 @@ def _store(step: Step, res, env: dict, dtypes: dict, static: bool) -> None:
 
 def _static_eval(step: Step, args: list, cx: Context):
     """A node whose inputs are all known while tracing: computed in numpy, never traced."""
-    from hal.backends.reference.ops import OPS
+    from hal.oracle import OPS
 
     op = step.op
     if op in SHAPE_ONLY or any(isinstance(a, tf.Tensor) for a in args):

@@ -13,16 +13,12 @@ import onnx_ir as ir
 from hal.errors import ModelError
 from hal.ir import shapes as S
 from hal.ir.model import Model
-from hal.passes._graph import HAL_DOMAIN, HAL_OPS
+from hal.ir.attributes import attribute as _attr
+from hal.ir.schemas import ACTIVATIONS, FUSED_OPS, HAL_DOMAIN
 
 
 def _node_name(node: ir.Node) -> str:
     return f"node {node.name!r} ({node.op_type})" if node.name else f"an unnamed {node.op_type} node"
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def _const(v: ir.Value | None) -> np.ndarray | None:
@@ -64,9 +60,9 @@ class _Validator:
                 raise ModelError(f"{_node_name(node)}: op {node.op_type!r} is not known to any "
                                  f"registered backend; rewrite it with supported ops or install "
                                  f"a backend plugin that provides it (see `hal devices`)")
-            if node.domain == HAL_DOMAIN and node.op_type not in HAL_OPS:
+            if node.domain == HAL_DOMAIN and node.op_type not in FUSED_OPS:
                 raise ModelError(f"{_node_name(node)}: {node.op_type!r} is not one of HAL's own "
-                                 f"{HAL_DOMAIN} ops {sorted(HAL_OPS)}; use a standard ONNX op")
+                                 f"{HAL_DOMAIN} ops {sorted(FUSED_OPS)}; use a standard ONNX op")
             for i, v in enumerate(node.inputs):
                 if v is None or not v.name:
                     continue
@@ -129,8 +125,6 @@ class _Validator:
         self.check_Conv(node)
 
     def _check_activation(self, node: ir.Node) -> None:
-        from hal.passes.activation import ACTIVATIONS
-
         act = _attr(node, "activation", "")
         if act not in ACTIVATIONS:
             self.fail(node, f"attribute activation={act!r} is not one HAL fuses "

@@ -1,9 +1,7 @@
 """Activation fusion: Conv/Gemm -> activation into one ``ai.hal`` FusedConv/FusedGemm.
 
-The fused node has the Conv/Gemm inputs and attributes plus ``activation`` (the
-ONNX op type of the activation) and ``activation_params`` ([min, max] for Clip,
-[alpha] for LeakyRelu, [] otherwise). It is not standard ONNX, so only flows of
-backends that list the ops in ``Backend.hal_ops`` run this pass.
+The fused ops are HAL's own (``hal.ir.schemas``); they are not standard ONNX, so only
+flows of backends that list them in ``Backend.hal_ops`` run this pass.
 """
 
 from __future__ import annotations
@@ -13,17 +11,9 @@ import math
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.passes._graph import (
-    HAL_DOMAIN,
-    HalPass,
-    is_onnx,
-    optional_const,
-    replace_value,
-    sole_consumer,
-)
-
-ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Gelu")
-
+from hal.ir.graph import optional_const, replace_value, sole_consumer
+from hal.ir.schemas import ACTIVATIONS, HAL_DOMAIN, is_onnx
+from hal.passes.base import HalPass
 
 def activation_params(act: ir.Node) -> list[float] | None:
     """The fused node's ``activation_params`` for ``act``, or None if it cannot be fused."""

@@ -11,16 +11,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.passes._graph import (
-    HalPass,
-    add_initializer,
-    const,
-    is_onnx,
-    optional_const,
-    replace_value,
-    set_input,
-    sole_consumer,
-)
+from hal.ir.graph import add_initializer, const, optional_const, replace_value, set_input, sole_consumer
+from hal.ir.schemas import is_onnx
+from hal.passes.base import HalPass
 
 
 def _bn_factors(bn: ir.Node):

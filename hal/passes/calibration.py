@@ -134,26 +134,24 @@ class TensorStats:
 
 def collect(model: ir.Model, names: Sequence[str], batches: Sequence[dict[str, np.ndarray]]
             ) -> dict[str, TensorStats]:
-    """Run ``model`` (float) on cpu@reference over ``batches``; statistics of ``names``."""
-    from hal.backend import CompileOptions
-    from hal.registry import REGISTRY
+    """Run ``model`` (float) through the oracle over ``batches``; statistics of ``names``."""
+    from hal.oracle.interpreter import Interpreter
 
     g = model.graph
     values = {v.name: v for v in g.inputs}
     values.update({o.name: o for n in g for o in n.outputs if o.name})
     wanted = [values[n] for n in dict.fromkeys(names)]
     added = [v for v in wanted if not v.is_graph_output()]
-    dev = REGISTRY.resolve("cpu@reference")
-    g.outputs.extend(added)  # temporarily: the reference reads the graph once, at compile
+    g.outputs.extend(added)  # temporarily: the interpreter reads the graph once
     try:
-        exe = dev.backend.compile(model, dev, CompileOptions())
+        exe = Interpreter(g, "calibration")
     finally:
         for _ in added:
             g.outputs.pop()
     stats = {v.name: TensorStats() for v in wanted}
     index = {n: i for i, n in enumerate(exe.output_names)}
     for batch in batches:
-        outs = exe(*[batch[n] for n in exe.input_names])
+        outs = exe([batch[n] for n in exe.input_names])
         for name, s in stats.items():
             s.update(outs[index[name]])
     return stats

@@ -13,7 +13,10 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
-from hal.passes._graph import HalPass, add_initializer, const
+from hal.ir.graph import add_initializer, const
+from hal.oracle import OPS
+from hal.oracle.interpreter import evaluate
+from hal.passes.base import HalPass
 
 FOLD_LIMIT = 1 << 20  # elements
 #: ops whose result is not a function of their inputs alone
@@ -46,9 +49,6 @@ class ConstantFolding(HalPass):
         self.keep_dequantize = keep_dequantize
 
     def _evaluate(self, node: ir.Node) -> list[np.ndarray] | None:
-        from hal.backends.reference.executor import attribute_value
-        from hal.backends.reference.ops import OPS
-
         if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED:
             return None
         if self.keep_dequantize and node.op_type == "DequantizeLinear":
@@ -67,12 +67,10 @@ class ConstantFolding(HalPass):
         if sum(a.size for a in args if a is not None) > self.size_limit:
             return None
         try:
-            attrs = {k: attribute_value(a) for k, a in node.attributes.items()}
             with np.errstate(all="ignore"):
-                res = OPS[node.op_type](*args, **attrs)
+                arrays = evaluate(node, args)
         except Exception:  # noqa: BLE001  (a kernel rejecting its input: leave it to run time)
             return None
-        arrays = [np.asarray(a) for a in (res if isinstance(res, (tuple, list)) else [res])]
         if len(arrays) < len([o for o in node.outputs if o.uses()]) or \
                 any(a.size > self.size_limit for a in arrays):
             return None

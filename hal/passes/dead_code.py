@@ -6,7 +6,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from hal.passes._graph import HalPass
+from hal.passes.base import HalPass
 
 
 class DeadCodeElimination(HalPass):

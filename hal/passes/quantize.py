@@ -21,17 +21,16 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.passes._graph import HalPass, add_initializer, const, is_onnx, set_input, sole_consumer
+from hal.ir.graph import add_initializer, const, set_input, sole_consumer
+from hal.ir.schemas import is_onnx
+from hal.passes.base import HalPass
 from hal.passes.calibration import TensorStats, collect
+from hal.ir.attributes import attribute
 
 COMPUTE = ("Conv", "Gemm", "MatMul")
 PASS_THROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose")
 QMAX = 127
 _I32 = (np.iinfo(np.int32).min, np.iinfo(np.int32).max)
-
-
-def _attr(node: ir.Node, name: str, default):
-    return node.attributes[name].value if name in node.attributes else default
 
 
 def _float32(v: ir.Value | None) -> bool:
@@ -52,9 +51,9 @@ def weight_layout(node: ir.Node) -> tuple[np.ndarray, int] | None:
         return None
     if node.op_type == "MatMul":
         return w, 1
-    if _attr(node, "transA", 0):
+    if attribute(node, "transA", 0):
         return None
-    return (w * np.float32(_attr(node, "alpha", 1.0)), 0 if _attr(node, "transB", 0) else 1)
+    return (w * np.float32(attribute(node, "alpha", 1.0)), 0 if attribute(node, "transB", 0) else 1)
 
 
 def _bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
@@ -67,7 +66,7 @@ def _bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
     if node.op_type == "Gemm":
         if b.size not in (1, n_out) or b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1):
             return False, None  # a C that varies along rows is not a bias
-        b = np.broadcast_to(b.reshape(-1) * np.float32(_attr(node, "beta", 1.0)), (n_out,))
+        b = np.broadcast_to(b.reshape(-1) * np.float32(attribute(node, "beta", 1.0)), (n_out,))
     elif b.shape != (n_out,):
         return False, None
     return True, b.astype(np.float32)

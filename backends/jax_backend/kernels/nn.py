@@ -7,7 +7,7 @@ import numpy as np
 from jax import lax
 
 from hal.backends.jax_backend.kernels import kernel
-from hal.backends.reference.ops.nn import _conv_pads, _pool_pads
+from hal.oracle.nn import conv_pads, pool_pads
 
 
 def _down(y, like):
@@ -45,7 +45,7 @@ def conv(cx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_sh
     n = x.ndim - 2
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
-    padding = _conv_pads(x.shape[2:], list(w.shape[2:]), strides, dilations, pads, auto_pad)
+    padding = conv_pads(x.shape[2:], list(w.shape[2:]), strides, dilations, pads, auto_pad)
     y = lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilations,
                                  feature_group_count=group, precision=cx.precision,
                                  preferred_element_type=cx.acc(x))
@@ -66,7 +66,7 @@ def max_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape
     n = len(kernel_shape)
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
-    pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    pp = pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     dims, st, dil = _pool_window(x, kernel_shape, strides, dilations)
     init = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating)
                        else jnp.iinfo(x.dtype).min, x.dtype)
@@ -101,8 +101,8 @@ def average_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dil
     n = len(kernel_shape)
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
-    explicit = _conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
-    pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    explicit = conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
+    pp = pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     dims, st, dil = _pool_window(x, kernel_shape, strides, dilations)
     xw = cx.wide(x)
     sums = lax.reduce_window(xw, jnp.zeros((), xw.dtype), lax.add, dims, st,

@@ -11,7 +11,7 @@ import types
 
 import numpy as np
 import tensorflow as tf
-from hal.backends.reference.ops.nn import _conv_pads, _pool_pads
+from hal.oracle.nn import conv_pads, pool_pads
 from hal.backends.tf_backend.kernels import NHWC, kernel, nhwc_kernel
 
 
@@ -93,7 +93,7 @@ def conv_nhwc(cx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kern
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
     k = list(w.shape[2:])
-    pp = _conv_pads(_spatial(x), k, strides, dilations, pads, auto_pad)
+    pp = conv_pads(_spatial(x), k, strides, dilations, pads, auto_pad)
     if any(lo or hi for lo, hi in pp):
         x = tf.pad(x, [[0, 0], *[list(p) for p in pp], [0, 0]])
     c = x.shape[-1]
@@ -128,8 +128,8 @@ def _pool_geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mod
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
     shim = types.SimpleNamespace(shape=(0, 0, *sp))
-    explicit = _conv_pads(sp, kernel_shape, strides, dilations, pads, auto_pad)
-    pp = _pool_pads(shim, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    explicit = conv_pads(sp, kernel_shape, strides, dilations, pads, auto_pad)
+    pp = pool_pads(shim, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     return sp, strides, dilations, explicit, pp
 
 

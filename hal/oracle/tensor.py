@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hal.backends.reference.ops import op
+from hal.oracle import op
 
 
 @op("Reshape")

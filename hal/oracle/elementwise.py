@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from hal.backends.reference.ops import op
+from hal.oracle import op
 
 
 def _same(x, y):

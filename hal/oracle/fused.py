@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hal.backends.reference.ops import OPS, op
+from hal.oracle import OPS, op
 
 
 def _activate(y, activation, params):

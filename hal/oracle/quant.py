@@ -8,7 +8,7 @@ Runtime do, so a half-way case rounds the same way everywhere.
 from __future__ import annotations
 
 import numpy as np
-from hal.backends.reference.ops import op
+from hal.oracle import op
 
 #: integer types the reference quantizes to / dequantizes from (float8 and 4-bit are declined)
 QUANT_DTYPES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max)

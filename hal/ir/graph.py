@@ -1,19 +1,9 @@
-"""Small graph helpers the shared passes have in common (over onnx_ir)."""
+"""Small helpers for reading and editing an onnx_ir graph (used by passes and backends)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass
-
-HAL_DOMAIN = "ai.hal"
-#: HAL's own ops: the Conv/Gemm inputs and attributes plus ``activation``/``activation_params``.
-HAL_OPS = frozenset({"FusedConv", "FusedGemm"})
-ONNX_DOMAINS = ("", "ai.onnx")
-
-
-def is_onnx(node: ir.Node, *op_types: str) -> bool:
-    return node.domain in ONNX_DOMAINS and node.op_type in op_types
 
 
 def const(v: ir.Value | None) -> np.ndarray | None:
@@ -33,6 +23,7 @@ def optional_const(node: ir.Node, i: int) -> tuple[bool, np.ndarray | None]:
 
 
 def add_initializer(graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+    """Register ``array`` as a new initializer named ``name`` (made unique) and return it."""
     base, n = name, 0
     while name in graph.initializers:
         n += 1
@@ -69,13 +60,3 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
         new.type = old.type
     if old.shape is not None:
         new.shape = old.shape
-
-
-class HalPass(InPlacePass):
-    """An in-place pass that says what it changed in ``detail`` (shown by ``--explain``)."""
-
-    hal_name = ""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.detail = ""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hal.backends.reference.ops import op
+from hal.oracle import op
 
 
-def _conv_pads(x_spatial, k, strides, dilations, pads, auto_pad):
+def conv_pads(x_spatial, k, strides, dilations, pads, auto_pad):
     n = len(x_spatial)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = []
@@ -41,7 +41,7 @@ def conv(x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=
     k = list(w.shape[2:])
     strides = strides or [1] * n
     dilations = dilations or [1] * n
-    pp = _conv_pads(x.shape[2:], k, strides, dilations, pads, auto_pad)
+    pp = conv_pads(x.shape[2:], k, strides, dilations, pads, auto_pad)
     xp = np.pad(x, [(0, 0), (0, 0)] + pp)
     win = _windows(xp, k, strides, dilations)  # N, C, *out, *k
     N, C = x.shape[:2]
@@ -61,9 +61,9 @@ def conv(x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=
     return y.astype(x.dtype, copy=False).reshape((N, M) + tuple(out_sp))
 
 
-def _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
+def pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
     n = len(kernel_shape)
-    pp = _conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
+    pp = conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
     if ceil_mode:
         extra = []
         for i in range(n):
@@ -84,7 +84,7 @@ def max_pool(x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=Non
     n = len(kernel_shape)
     strides = strides or [1] * n
     dilations = dilations or [1] * n
-    pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    pp = pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     fill = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     xp = np.pad(x, [(0, 0), (0, 0)] + pp, constant_values=fill)
     win = _windows(xp, kernel_shape, strides, dilations)
@@ -112,8 +112,8 @@ def average_pool(x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilatio
     n = len(kernel_shape)
     strides = strides or [1] * n
     dilations = dilations or [1] * n
-    explicit = _conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
-    pp = _pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    explicit = conv_pads(x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad)
+    pp = pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     xp = np.pad(x, [(0, 0), (0, 0)] + pp)
     axes = tuple(range(-n, 0))
     sums = _windows(xp, kernel_shape, strides, dilations).sum(axis=axes)
