@@ -36,16 +36,19 @@ class ReferenceBackend(Backend):
 
     def supports(self, node, device: DeviceInfo) -> bool | str:
         ok = super().supports(node, device)
-        if ok is True and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if ok is not True:
+            return ok
+        if node.op_type == "Constant" and "sparse_value" in node.attributes:
+            return "reference runs dense Constant values only, not sparse_value"
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             from hal.oracle.quant import QUANT_DTYPES
 
-            ints = [v for v in (node.outputs[0] if node.op_type == "QuantizeLinear"
-                                else node.inputs[0],) if v is not None and v.dtype is not None]
-            odd = sorted({v.dtype.name for v in ints
-                          if v.dtype.numpy() not in QUANT_DTYPES})
-            if odd:
-                return f"reference quantizes to int8/uint8/int16/uint16/int32 only, not {odd}"
-        return ok
+            ints = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+            if ints is not None and ints.dtype is not None \
+                    and ints.dtype.numpy() not in QUANT_DTYPES:
+                return (f"reference quantizes to int8/uint8/int16/uint16/int32 only, "
+                        f"not {ints.dtype.name}")
+        return True
 
     def flow(self, options: CompileOptions):
         from hal.passes import Flow, cleanup_passes

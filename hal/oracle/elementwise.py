@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -108,3 +109,8 @@ def reduce_mean(x, axes=None, keepdims=1, noop_with_empty_axes=0):
     if ax == ():
         return x
     return _same(x, np.mean(x, axis=ax, keepdims=bool(keepdims)))
+
+
+@op("Sum")
+def sum_(*xs):
+    return _same(xs[0], functools.reduce(np.add, xs))

@@ -165,3 +165,27 @@ def layer_norm(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
         y = y + bias
     return (y.astype(x.dtype), mean.astype(np.float32) if stash_type == 1 else mean,
             inv.astype(np.float32) if stash_type == 1 else inv)
+
+
+@op("LRN")
+def lrn(x, size, alpha=1e-4, beta=0.75, bias=1.0):
+    """Each value divided by a power of the sum of squares over its ``size`` neighbouring
+    channels: ``floor((size-1)/2)`` before it and ``ceil((size-1)/2)`` after it."""
+    before, after = (size - 1) // 2, size // 2
+    sq = np.pad(np.square(x.astype(np.float64)), [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+    square_sum = sliding_window_view(sq, size, axis=1).sum(axis=-1)
+    return (x / (bias + alpha / size * square_sum) ** beta).astype(x.dtype)
+
+
+@op("Dropout")
+def dropout(x, ratio=None, training_mode=None, seed=None):
+    """Identity at inference. In training mode a ``seed`` makes the mask reproducible: it seeds
+    numpy's legacy generator as ONNX's own reference does, so the masks match ONNX's cases."""
+    ratio = 0.5 if ratio is None else float(ratio)
+    if training_mode is None or not bool(training_mode) or ratio == 0:
+        return x, np.ones(x.shape, dtype=bool)
+    if not 0 <= ratio < 1:
+        raise ValueError(f"Dropout ratio must be in [0, 1), got {ratio}")
+    rng = np.random.RandomState(seed) if seed is not None else np.random.RandomState()
+    mask = rng.uniform(0.0, 1.0, x.shape) >= ratio
+    return (mask * x / (1 - ratio)).astype(x.dtype), mask

@@ -30,3 +30,44 @@ def transpose(x, perm=None):
 @op("Concat")
 def concat(*xs, axis=0):
     return np.concatenate(xs, axis=axis)
+
+
+@op("Shape")
+def shape(x, start=0, end=None):
+    return np.array(x.shape[start:end], dtype=np.int64)  # slicing clips start/end as ONNX does
+
+
+@op("Unsqueeze")
+def unsqueeze(x, axes):
+    rank = x.ndim + len(axes)
+    at = sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))
+    if len(set(at)) != len(at):
+        raise ValueError(f"Unsqueeze axes {list(axes)} name the same output axis twice")
+    return np.expand_dims(x, tuple(at))
+
+
+@op("Constant")
+def constant(value=None, value_float=None, value_floats=None, value_int=None, value_ints=None,
+             value_string=None, value_strings=None):
+    if value is not None:
+        return value
+    if value_float is not None:
+        return np.array(value_float, np.float32)
+    if value_floats is not None:
+        return np.array(value_floats, np.float32)
+    if value_int is not None:
+        return np.array(value_int, np.int64)
+    if value_ints is not None:
+        return np.array(value_ints, np.int64)
+    if value_string is not None:
+        return np.array(value_string, object)
+    if value_strings is not None:
+        return np.array(value_strings, object)
+    raise ValueError("Constant has no value attribute (value, value_float(s), value_int(s) or "
+                     "value_string(s))")
+
+
+@op("ConstantOfShape")
+def constant_of_shape(shape, value=None):
+    fill = np.zeros(1, np.float32) if value is None else value
+    return np.full([int(d) for d in shape], fill.reshape(()), dtype=fill.dtype)
