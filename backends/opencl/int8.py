@@ -19,9 +19,9 @@ I32, I64 = np.int32, np.int64
 
 
 def _device(device):
-    import hal
+    from hal.registry import device as resolve
 
-    dev = hal.device(device) if isinstance(device, str) else device
+    dev = resolve(device) if isinstance(device, str) else device
     if dev.backend.name != "opencl":
         raise InputError(f"{dev.string} is not an OpenCL device; use e.g. 'opencl:0'")
     return dev.backend.cl_device(dev.info)
