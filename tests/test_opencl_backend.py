@@ -147,13 +147,132 @@ def test_gemm_edges_with_any_tile(tile):
         np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-4)
 
 
-def test_fusion_and_explain_info():
-    x = hal.models.example_input("resnet_lite", 2)
-    c = hal.compile("resnet_lite", DEV)
-    info = c.report()["segments"][0]["info"]
-    assert info["fused"] > 0 and "programs" in info and "gemm" in info
-    ref = hal.compile("resnet_lite", "cpu@reference")(x)[0]
-    np.testing.assert_allclose(c(x)[0], ref, atol=1e-4)
+# -- the flow: every fusion a pass, none at opt_level 0 ---------------------------------
+def _domains(compiled) -> set[str]:
+    return {n.domain for n in compiled.model.graph}
+
+
+def _fusions(compiled) -> list[dict]:
+    return [p for p in compiled.report()["passes"]
+            if p["modified"] and ("Fusion" in p["pass"] or "BatchNorm" in p["pass"])]
+
+
+@pytest.mark.parametrize("name", hal.models.list())
+def test_opt_level_0_runs_unfused_and_matches_the_reference(name):
+    x = hal.models.example_input(name, 2)
+    c = hal.compile(name, DEV, opt_level=0)
+    assert c.report()["flow"] == "opencl.plain" and not _fusions(c)
+    assert _domains(c) <= {"", "ai.onnx"}  # no ai.hal or ai.hal.opencl op
+    assert set(c.placement.values()) == {hal.device(DEV).string}
+    ref = hal.compile(name, "cpu@reference", opt_level=0)(x)
+    for y, r in zip(c(x), ref):
+        np.testing.assert_allclose(y, r, rtol=1e-4, atol=1e-4)
+
+
+def test_default_level_shows_the_fusions_as_passes():
+    from hal.backends.opencl.graph import OPENCL_DOMAIN
+
+    shown = {}
+    for name in ("resnet_lite", "tiny_transformer"):
+        x = hal.models.example_input(name, 2)
+        c = hal.compile(name, DEV)
+        for p in _fusions(c):
+            shown[p["pass"]] = f"{shown.get(p['pass'], '')} {name}: {p['detail']}"
+        ref = hal.compile(name, "cpu@reference")(x)[0]
+        np.testing.assert_allclose(c(x)[0], ref, rtol=1e-4, atol=1e-4)
+        # the executable lowers the graph it was given, one kernel node per graph node
+        info = c.report()["segments"][0]["info"]
+        assert info["nodes"] == len(list(c.model.graph)) and "programs" in info
+        assert OPENCL_DOMAIN in _domains(c)
+    assert "folded 10 BatchNormalization into Conv" in shown["BatchNormFolding"]
+    assert "Conv+Relu x5" in shown["ActivationFusion"]
+    assert "Add+Relu x4" in shown["opencl.ActivationFusion"]
+    assert "MatMul+Gelu x2" in shown["opencl.ActivationFusion"]
+    assert "tiny_transformer: fused 12 MatMul+Add into FusedMatMul" in \
+        shown["opencl.MatMulBiasFusion"]
+
+
+def _act_node(op, src, dst):
+    if op == "Clip":
+        return helper.make_node("Clip", [src, "lo", "hi"], [dst])
+    if op == "LeakyRelu":
+        return helper.make_node(op, [src], [dst], alpha=0.2)
+    return helper.make_node(op, [src], [dst])
+
+
+@pytest.mark.parametrize("op", ["Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "Gelu"])
+def test_every_activation_fused_and_unfused_matches_the_reference(op):
+    """Each activation of hal.ir.schemas.ACTIVATIONS after Conv (ai.hal FusedConv), MatMul
+    with bias and Add (ai.hal.opencl) runs the same fused, unfused and on cpu@reference: the
+    kernels' codes mean what the table says."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             _act_node(op, "c", "y1"),
+             helper.make_node("Reshape", ["y1", "shape"], ["r"]),
+             helper.make_node("MatMul", ["r", "m"], ["mm"]),
+             helper.make_node("Add", ["mm", "mb"], ["a"]),
+             _act_node(op, "a", "y2"),
+             helper.make_node("Add", ["y2", "z"], ["s"]),
+             _act_node(op, "s", "y")]
+    inits = {"w": rand(4, 3, 3, 3), "b": rand(4, seed=1), "shape": np.array([0, 4, -1]),
+             "m": rand(64, 5, seed=2), "mb": rand(5, seed=3), "lo": np.float32(-0.3),
+             "hi": np.float32(0.4)}
+    g = make_model(nodes, [("x", [2, 3, 8, 8]), ("z", [2, 4, 5])], [("y", [2, 4, 5])], inits)
+    x, z = rand(2, 3, 8, 8, seed=4), rand(2, 4, 5, seed=5)
+    ref = hal.compile(g, "cpu@reference", opt_level=0)(x, z)[0]
+    fused = hal.compile(g, DEV)
+    kinds = {(n.domain, n.op_type) for n in fused.model.graph}
+    assert ("ai.hal", "FusedConv") in kinds and ("ai.hal.opencl", "FusedMatMul") in kinds
+    assert ("ai.hal.opencl", "FusedAdd") in kinds and not {k for k in kinds if k[1] == op}
+    np.testing.assert_allclose(fused(x, z)[0], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hal.compile(g, DEV, opt_level=0)(x, z)[0], ref, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_nodes_the_kernels_cannot_run_are_not_fused():
+    """An fp16 Add -> Relu goes to the fallback as it is: a fused ai.hal.opencl node could
+    run nowhere else."""
+    g = helper.make_graph([helper.make_node("Add", ["x", "x"], ["a"]),
+                           helper.make_node("Relu", ["a"], ["y"])], "half",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.warns(UserWarning):
+        c = hal.compile(m, DEV)
+    assert {n.op_type for n in c.model.graph} == {"Add", "Relu"}
+    x = rand(2, 3).astype(np.float16)
+    np.testing.assert_array_equal(c(x)[0], np.maximum(x + x, 0))
+
+
+def test_activation_codes_come_from_the_one_table():
+    """The OpenCL kernels name the codes and get their numbers from hal.ir.schemas (through
+    the program builder's -D defines); the static FPGA kernel sources that ship with
+    bitstreams carry no codes of their own, or the table's."""
+    import re
+    from pathlib import Path
+
+    from hal.backends.opencl import codes
+    from hal.ir.schemas import ACTIVATIONS, activation_code
+
+    defines = codes.defines()
+    assert defines["ACT_NONE"] == 0
+    for name in ACTIVATIONS:
+        assert defines[f"ACT_{codes.macro(name)}"] == activation_code(name)
+    assert len(set(defines[k] for k in defines if k[0] in "AU")) == len(ACTIVATIONS) + 1 + \
+        len(codes.MATH)  # activation and unary-math codes share unary_f32's switch
+    root = Path(__file__).resolve().parents[1]
+    kernels = sorted((root / "backends" / "opencl" / "kernels").glob("*.[ch]*"))
+    assert kernels
+    code_macro = re.compile(r"\b((?:ACT|U|B)_[A-Z_]+)\b")
+    for path in kernels:
+        text = path.read_text()
+        assert not re.search(r"#define\s+(ACT|U|B)_", text), f"{path.name} numbers a code"
+        unknown = set(code_macro.findall(text)) - set(defines)
+        assert not unknown, f"{path.name} uses {unknown}, which codes.defines() lacks"
+    static = [p for ext in ("*.cl", "*.h", "*.cpp") for p in (root / "bitstreams").rglob(ext)]
+    assert static
+    for path in static:
+        for macro, value in re.findall(r"#define\s+(ACT_[A-Z_]+)\s+(\d+)", path.read_text()):
+            assert defines.get(macro) == int(value), f"{path.name}: {macro} {value}"
 
 
 # -- int8 ------------------------------------------------------------------------------

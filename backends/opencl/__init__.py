@@ -11,6 +11,8 @@ Notes:
 - GEMM tiles are autotuned per device on first use (a few seconds, cached on disk);
   ``gemm_tile=(mr, nr, kc[, wg_n, wg_m])`` overrides, ``autotune=False`` uses defaults,
   ``build_options="..."`` adds OpenCL compiler flags.
+- Graph rewrites are passes of the flow (``passes.py``: the shared ones, then the fusions
+  only these kernels run, as ``ai.hal.opencl`` ops); ``compile`` lowers node by node.
 - Buffers stay on the device between ops and calls; a CPU runtime still holds a
   separate ``cl.Buffer``, so host copies are counted as transfers.
 - ICD guard: see ``hal.backends.opencl.runtime`` (Debian's system PoCL is hidden
@@ -25,6 +27,7 @@ import numpy as np
 
 from hal.backend import Backend, CompileOptions, Device, check_precision
 from hal.device import DeviceInfo
+from hal.ir.schemas import FUSED_OPS
 
 OPS = frozenset({
     "Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -35,7 +38,6 @@ OPS = frozenset({
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Identity",
 })
-HAL_OPS = frozenset({"FusedConv", "FusedGemm"})
 _FP16_TEST = ("#pragma OPENCL EXTENSION cl_khr_fp16 : enable\n"
               "__kernel void k(__global half *x) { x[0] = x[0] + (half)1.0f; }\n")
 
@@ -45,7 +47,7 @@ class OpenCLBackend(Backend):
     kinds = ("opencl", "cpu", "gpu", "accelerator")
     priority = -1  # a bare "cpu" or "gpu" prefers a framework backend when there is one
     ops = OPS
-    hal_ops = HAL_OPS
+    hal_ops = FUSED_OPS
     requires = ("pyopencl",)
     install_hint = "pip install hal-accel[opencl]"
     options = frozenset({"gemm_tile", "autotune", "build_options"})
@@ -125,9 +127,9 @@ class OpenCLBackend(Backend):
 
     # -- compile and run -----------------------------------------------------------------
     def flow(self, options: CompileOptions):
-        from hal.passes import default_flow
+        from hal.backends.opencl.passes import opencl_flow
 
-        return default_flow(self.name, options, fuse_activations=True)
+        return opencl_flow(options)
 
     def compile(self, model, device: Device, options: CompileOptions):
         from hal.backends.opencl.executor import OpenCLExecutable

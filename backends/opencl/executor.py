@@ -23,10 +23,9 @@ class OpenCLExecutable(Executable):
         nodes, consts, inputs, outputs = G.prepare(model)
         super().__init__(device, inputs, outputs)
         self.cldev = cldev
-        n_before = len(nodes)
-        self.nodes = G.fuse(nodes, consts, outputs)
+        self.nodes = nodes
         self.consts = consts
-        self.host_inputs = G.host_inputs(self.nodes, consts, inputs)
+        self.host_inputs = G.host_inputs(nodes, inputs)
         self._host_pos = [inputs.index(n) for n in self.host_inputs]
         extra = options.extra
         self.build_options = str(extra.get("build_options", "") or "")
@@ -40,7 +39,7 @@ class OpenCLExecutable(Executable):
         self.info.update({
             "device": f"opencl:{cldev.index} {cldev.name} ({cldev.platform.name.strip()}, "
                       f"driver {cldev.device.driver_version})",
-            "fused": n_before - len(self.nodes),
+            "nodes": len(nodes),
             "gemm": {**self.gemm.to_dict(), **tinfo},
             "programs": self.build_stats,
         })

@@ -14,15 +14,12 @@ from typing import Callable
 
 import numpy as np
 
-from hal.backends.opencl.graph import LNode
+from hal.backends.opencl.codes import BINARY, UNARY, binary_code, unary_code
+from hal.backends.opencl.graph import NO_ACTIVATION, LNode
 from hal.backends.opencl.plan import F32, I32, I64, Builder, T
 from hal.errors import BackendError
 
 LOWER: dict[str, Callable] = {}
-#: Ops whose kernels take a fused activation.
-UNARY = {"Relu": 1, "Clip": 2, "Sigmoid": 3, "Tanh": 4, "Gelu": 5, "LeakyRelu": 7,
-         "Exp": 20, "Log": 21, "Sqrt": 22, "Neg": 23, "Abs": 24, "Reciprocal": 25, "Erf": 26}
-BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4, "Max": 5, "Min": 6}
 #: Packing a dynamic B pays off once it no longer fits in cache.
 PACK_BYTES = 1 << 20
 
@@ -80,7 +77,7 @@ def b_operand(b: Builder, src, K: int, N: int, sxk: int = 0, sxn: int = 1, sxb: 
 
 
 def gemm(b: Builder, M, N, K, a: T, a_off, sam, sak, sab, bop, c: T, c_off, ldc, scb, batch,
-         bias: T | None = None, bsm=0, bsn=0, alpha=1.0, beta=1.0, act=(0, 0.0, 0.0)):
+         bias: T | None = None, bsm=0, bsn=0, alpha=1.0, beta=1.0, act=NO_ACTIVATION):
     if M == 0 or N == 0 or batch == 0:
         return
     cfg = b.gemm_cfg
@@ -117,7 +114,7 @@ def _bias_strides(shape, M, N):
     return bsm, bsn
 
 
-@lower("Gemm", "FusedGemm")
+@lower("Gemm")
 def _gemm(b, node, A, B, C=None):
     ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
     alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
@@ -141,7 +138,7 @@ def _gemm(b, node, A, B, C=None):
 
 
 @lower("MatMul")
-def _matmul(b, node, A, B):
+def _matmul(b, node, A, B, Bias=None):
     ash, bsh = tuple(A.shape), tuple(B.shape)
     a2 = ash if len(ash) > 1 else (1,) + ash
     b2 = bsh if len(bsh) > 1 else bsh + (1,)
@@ -151,9 +148,9 @@ def _matmul(b, node, A, B):
     nb = math.prod(batch)
     out_shape = batch + ((M,) if len(ash) > 1 else ()) + ((N,) if len(bsh) > 1 else ())
     y = b.tensor(out_shape)
-    extra_bias = node.extra.get("bias")
-    bias = b.const(extra_bias) if extra_bias is not None else None
-    bsn = 1 if extra_bias is not None and extra_bias.size > 1 else 0
+    # a bias (ai.hal.opencl FusedMatMul) is a scalar or runs along the last axis
+    bias = None if Bias is None else _view(dev(b, Bias), (math.prod(Bias.shape),))
+    bsn = int(bias is not None and bias.size > 1)
     a = dev(b, A)
     a_items, b_items = math.prod(a2[:-2]), math.prod(b2[:-2])
     abatch = (1,) * (len(batch) - len(a2) + 2) + a2[:-2]
@@ -206,7 +203,7 @@ def _as_2d(x: T, spatial_rank: int) -> T:
     return x.view(x.shape[:2] + (1,) + x.shape[2:]) if spatial_rank == 1 else x
 
 
-@lower("Conv", "FusedConv")
+@lower("Conv")
 def _conv(b, node, X, W, Bias=None):
     x = dev(b, X)
     rank = len(x.shape) - 2
@@ -244,7 +241,7 @@ def _conv(b, node, X, W, Bias=None):
         col = None if direct else b.tensor((N, Kg, -(-P // nr) * nr))
         fuse_bias = G == 1 and Bias is not None
         bias = dev(b, Bias) if fuse_bias else None
-        act = node.act if G == 1 or Bias is None else (0, 0.0, 0.0)
+        act = node.act if G == 1 or Bias is None else NO_ACTIVATION
         for g in range(G):
             x_off = g * Cg * H * Wd
             if direct:
@@ -355,7 +352,7 @@ def _reduce(b, node, X, axes=None):
 
 
 # -- elementwise ------------------------------------------------------------------
-def _binary(b, op, A, B, act=(0, 0.0, 0.0)):
+def _binary(b, op, A, B, act=NO_ACTIVATION):
     a, c = dev(b, A), dev(b, B)
     shape = tuple(np.broadcast_shapes(a.shape, c.shape))
     y = b.tensor(shape)
@@ -365,11 +362,11 @@ def _binary(b, op, A, B, act=(0, 0.0, 0.0)):
     tail = [y] + [I32(act[0]), F32(act[1]), F32(act[2])]
     if a.shape == c.shape:
         b.launch_1d("elementwise.cl", "binary_same_f32", total,
-                    [I32(total), I32(BINARY[op]), a, I64(a.offset), c, I64(c.offset)] + tail)
+                    [I32(total), I32(binary_code(op)), a, I64(a.offset), c, I64(c.offset)] + tail)
         return y
     meta = [len(shape)] + list(shape) + _bstrides(a.shape, shape) + _bstrides(c.shape, shape)
     b.launch_1d("elementwise.cl", "binary_f32", total,
-                [I32(total), I32(BINARY[op]), b.meta(meta), a, I64(a.offset), c,
+                [I32(total), I32(binary_code(op)), b.meta(meta), a, I64(a.offset), c,
                  I64(c.offset)] + tail)
     return y
 
@@ -390,14 +387,14 @@ def _binary_node(b, node, *ins):
         return _copy(b, dev(b, ins[0]))
     y = ins[0]
     for i, v in enumerate(ins[1:]):
-        y = _binary(b, node.op, y, v, node.act if i == len(ins) - 2 else (0, 0.0, 0.0))
+        y = _binary(b, node.op, y, v, node.act if i == len(ins) - 2 else NO_ACTIVATION)
     return y
 
 
 @lower(*UNARY)
 def _unary(b, node, X, *params):
     x = dev(b, X)
-    code, p0, p1 = UNARY[node.op], 0.0, 0.0
+    code, p0, p1 = unary_code(node.op), 0.0, 0.0
     if node.op == "Clip":
         lo, hi = (list(params) + [None, None])[:2]
         p0 = float(host(lo, "Clip min").reshape(())) if lo is not None else -np.inf
@@ -405,7 +402,7 @@ def _unary(b, node, X, *params):
     elif node.op == "LeakyRelu":
         p0 = float(node.attrs.get("alpha", 0.01))
     elif node.op == "Gelu" and node.attrs.get("approximate", "none") == "tanh":
-        code = 6
+        p0 = 1.0  # activation.h: the tanh approximation
     y = b.tensor(x.shape)
     if y.size:
         b.launch_1d("elementwise.cl", "unary_f32", y.size,

@@ -1,9 +1,10 @@
 """Building OpenCL programs once per (device, source, options), with a disk cache of binaries.
 
-A binary is keyed by the hash of the source (includes expanded), the build options,
-the device name, its driver version and the platform version; it lives in
-``$HAL_CACHE_DIR/opencl/binaries`` (default ``~/.cache/hal/opencl``). A build failure
-raises ``KernelBuildError`` carrying the compiler's log.
+Every program gets the kernel codes of ``codes.defines()`` (activations, unary and binary
+ops) as ``-D`` defines. A binary is keyed by the hash of the source (includes expanded), the
+build options (defines included), the device name, its driver version and the platform
+version; it lives in ``$HAL_CACHE_DIR/opencl/binaries`` (default ``~/.cache/hal/opencl``).
+A build failure raises ``KernelBuildError`` carrying the compiler's log.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
+from hal.backends.opencl import codes
 from hal.backends.opencl.runtime import ClDevice, cache_dir, cl
 from hal.errors import BackendError
 
@@ -62,9 +64,10 @@ def _options_list(options: dict | None, extra: str) -> list[str]:
 
 
 def build(dev: ClDevice, name: str, defines: dict | None = None, extra: str = "") -> Built:
-    """The program ``kernels/<name>`` built for ``dev`` with ``-D`` ``defines`` and ``extra`` flags."""
+    """The program ``kernels/<name>`` built for ``dev`` with the kernel codes and ``defines``
+    as ``-D`` flags, then ``extra`` flags."""
     source = kernel_source(name)
-    opts = _options_list(defines, extra)
+    opts = _options_list({**codes.defines(), **(defines or {})}, extra)
     digest = hashlib.sha256("\0".join([source, " ".join(opts), dev.identity,
                                         cl().VERSION_TEXT]).encode()).hexdigest()[:32]
     mem_key = (dev.index, digest)

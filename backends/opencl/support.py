@@ -4,40 +4,55 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from hal.backends.opencl.graph import HOST_INPUTS
+from hal.backends.opencl.graph import HOST_INPUTS, OPENCL_DOMAIN, OPENCL_OPS, base_op
+from hal.ir.schemas import HAL_DOMAIN, ONNX_DOMAINS
 
 _FLOAT = ir.DataType.FLOAT
 _HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
-_SPATIAL = {"Conv", "FusedConv", "MaxPool", "AveragePool"}
+_SPATIAL = {"Conv", "MaxPool", "AveragePool"}
+
+
+def non_float(node: ir.Node) -> ir.Value | None:
+    """The first tensor of ``node`` that is not float32 (host-side inputs aside), or None."""
+    host_idx = HOST_INPUTS.get(base_op(node), ())
+    values = [v for i, v in enumerate(node.inputs) if v is not None and i not in host_idx]
+    values += [v for v in node.outputs if v is not None]
+    return next((v for v in values if v.dtype is not None and v.dtype != _FLOAT), None)
 
 
 def check(backend, node: ir.Node, device) -> bool | str:
-    if node.domain == "ai.hal":
+    if node.domain == HAL_DOMAIN:
         if node.op_type not in backend.hal_ops:
             return f"opencl has no kernel for ai.hal {node.op_type}"
-    elif node.domain not in ("", "ai.onnx"):
+    elif node.domain == OPENCL_DOMAIN:
+        if node.op_type not in OPENCL_OPS:
+            return f"opencl has no kernel for {OPENCL_DOMAIN} {node.op_type}"
+    elif node.domain not in ONNX_DOMAINS:
         return f"op domain {node.domain!r} is not supported by opencl"
     elif node.op_type not in backend.ops:
         return f"opencl has no kernel for {node.op_type}"
-    host_idx = HOST_INPUTS.get(node.op_type, ())
-    values = [(i, v) for i, v in enumerate(node.inputs) if v is not None and i not in host_idx]
-    values += [(-1, v) for v in node.outputs if v is not None]
-    for _, v in values:
-        if v.dtype in _HALF:
-            log = backend.fp16_build_log(device)
-            why = (f"the device cannot build fp16 kernels (build log: {log.strip()[:400]})"
-                   if log else "HAL's OpenCL kernels are fp32 only")
-            return f"{node.op_type} on {v.dtype.name} tensor {v.name!r}: {why}"
-        if v.dtype is not None and v.dtype != _FLOAT:
-            return (f"{node.op_type} on {v.dtype.name} tensor {v.name!r}: the opencl kernels "
-                    f"run float32 graphs (int8 has its own API, hal.backends.opencl.int8)")
-    for i in host_idx:
+    v = non_float(node)
+    if v is not None and v.dtype in _HALF:
+        log = backend.fp16_build_log(device)
+        why = (f"the device cannot build fp16 kernels (build log: {log.strip()[:400]})"
+               if log else "HAL's OpenCL kernels are fp32 only")
+        return f"{node.op_type} on {v.dtype.name} tensor {v.name!r}: {why}"
+    if v is not None:
+        return (f"{node.op_type} on {v.dtype.name} tensor {v.name!r}: the opencl kernels "
+                f"run float32 graphs (int8 has its own API, hal.backends.opencl.int8)")
+    return limits(node) or True
+
+
+def limits(node: ir.Node) -> str | None:
+    """Why the kernels of ``node``'s op cannot take this node (attributes, ranks, inputs
+    computed on the device), or None."""
+    op = base_op(node)
+    for i in HOST_INPUTS.get(op, ()):
         if i < len(node.inputs) and node.inputs[i] is not None:
             src = node.inputs[i].producer()
             if src is not None and src.op_type != "Constant":
-                return (f"{node.op_type} input {i} ({node.inputs[i].name!r}) is computed by "
+                return (f"{op} input {i} ({node.inputs[i].name!r}) is computed by "
                         f"{src.op_type}; opencl needs it constant or a model input")
-    op = node.op_type
     if op in _SPATIAL:
         shape = node.inputs[0].shape
         rank = len(shape) if shape is not None else None
@@ -54,4 +69,4 @@ def check(backend, node: ir.Node, device) -> bool | str:
     if op == "BatchNormalization" and (node.attributes.get("training_mode") is not None
                                        and node.attributes["training_mode"].value):
         return "BatchNormalization in training mode is not supported by opencl"
-    return True
+    return None

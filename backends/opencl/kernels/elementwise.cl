@@ -3,14 +3,8 @@
 
 #define MAXR 6
 
-// Unary math beyond the activations (codes continue the ACT_* numbering).
-#define U_EXP 20
-#define U_LOG 21
-#define U_SQRT 22
-#define U_NEG 23
-#define U_ABS 24
-#define U_RECIPROCAL 25
-#define U_ERF 26
+// Unary math beyond the activations: the U_* codes (and the B_* codes of the binary ops
+// below) come as -D defines from hal.backends.opencl.codes, like the ACT_* ones.
 
 inline float unary(float x, int op, float p0, float p1)
 {
@@ -34,14 +28,6 @@ __kernel void unary_f32(const int total, const int op, const float p0, const flo
     const float v = x[x_off + i];
     y[i] = op == ACT_RELU ? (v > 0.0f ? v : 0.0f) : unary(v, op, p0, p1);
 }
-
-#define B_ADD 0
-#define B_SUB 1
-#define B_MUL 2
-#define B_DIV 3
-#define B_POW 4
-#define B_MAX 5
-#define B_MIN 6
 
 inline float binary(float a, float b, int op)
 {
