@@ -206,10 +206,26 @@ class Executable(abc.ABC):
         return [b.numpy() for b in outs]
 
 
+@dataclass
+class Claim:
+    """Nodes of a graph that a backend places as one unit, or refuses.
+
+    ``reason`` is None when the backend runs ``nodes`` (they stay together in one segment),
+    else why it cannot (they go to the fallback device with that reason).
+    """
+
+    nodes: list[ir.Node]
+    reason: str | None = None
+
+
 class Backend(abc.ABC):
     """A way of running IR graphs on some kinds of device.
 
     Subclasses set the class attributes and implement ``probe`` and ``compile``.
+    Capability is ``claim(graph, device)``: the groups of nodes the backend runs, each placed
+    as one unit, and the nodes it refuses with the reason (ONNX Runtime's GetCapability). By
+    default it is ``supports(node, device)`` asked node by node, one node per group; an
+    accelerator whose unit spans several nodes (a fused layer) overrides ``claim``.
     A backend module must not import its framework at import time: do it in
     ``probe``/``compile`` so that listing devices stays cheap and a missing
     framework is reported, not raised.
@@ -259,6 +275,20 @@ class Backend(abc.ABC):
         if node.op_type not in self.ops:
             return f"{self.name} has no kernel for {node.op_type}"
         return True
+
+    def claim(self, graph: ir.Graph, device: DeviceInfo) -> list[Claim]:
+        """The nodes of ``graph`` this backend runs on ``device``, in groups placed as one unit
+        each, and those it refuses with the reason; a node in no claim is refused. Default:
+        ``supports`` per node (a node whose ``supports`` raises is refused with the error)."""
+        claims = []
+        for node in graph:
+            try:
+                ok = self.supports(node, device)
+            except Exception as exc:  # noqa: BLE001 - one node's question must not sink the rest
+                ok = f"supports() raised {type(exc).__name__}: {exc}"
+            reason = None if ok is True else (ok or f"{self.name} does not support it")
+            claims.append(Claim([node], reason))
+        return claims
 
     def flow(self, options: CompileOptions) -> Flow | None:
         """The named pass pipeline run on the IR before ``compile``; None (the default) runs

@@ -1,22 +1,24 @@
 """Capability partitioning: cut a graph into per-device segments.
 
-Nodes are visited in topological order; consecutive nodes placed on the same
-device form a segment. A node the asked-for device cannot run goes to the
-fallback device (or raises UnsupportedOp in strict mode). A supported island
-of only cheap ops between fallback segments is not worth two transfers, so it
-stays on the fallback device.
+The asked-for device and the fallback each claim, once over the whole graph, the groups of
+nodes they run (``Backend.claim``). A claimed group is one unit: where its nodes lie apart in
+the graph they are moved together, the order staying topological. A node the asked-for device
+refuses goes to the fallback device with the reason (or raises UnsupportedOp in strict mode).
+Consecutive nodes on the same device form a segment. A run of only cheap ops between fallback
+segments is not worth two transfers, so it stays on the fallback device.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx
 import onnx_ir as ir
 
-from hal.backend import Device
-from hal.errors import UnsupportedOp
+from hal.backend import Claim, Device
+from hal.errors import BackendError, UnsupportedOp
 from hal.ir import shapes as S
 from hal.ir.model import IR_VERSION
 
@@ -48,41 +50,189 @@ class Segment:
     output_shapes: list = field(default_factory=list)  # inferred, checked at run time
 
 
-def _supports(device: Device, node: ir.Node) -> bool | str:
+@dataclass
+class Claims:
+    """One device's claim over a graph, by node: its group (a list shared by the group's
+    nodes) and None or why the device refuses it."""
+
+    device: Device
+    group: dict[int, list]  # id(node) -> the claimed group holding it
+    refused: dict[int, str]  # id(node) -> why not
+
+    def runs(self, node: ir.Node) -> bool:
+        return id(node) in self.group
+
+
+def claims(device: Device, graph: ir.Graph) -> Claims:
+    """``device``'s claim over ``graph``. A claim() that raises or names nodes outside the
+    graph, or one node twice, refuses every node with the backend's name and the defect: a
+    plugin's fault must not break compilation."""
+    name = device.backend.name
+    nodes = list(graph)
     try:
-        ok = device.backend.supports(node, device.info)
-    except Exception as exc:  # a plugin's supports() must not break compilation
-        return f"supports() raised {type(exc).__name__}: {exc}"
-    return True if ok is True else (ok or f"{device.backend.name} does not support it")
+        answer = list(device.backend.claim(graph, device.info))
+        defect = _defect(answer, nodes)
+    except Exception as exc:  # noqa: BLE001 - isolate the plugin, say what it raised
+        defect = f"raised {type(exc).__name__}: {exc}"
+    if defect:
+        why = f"claim() of backend {name!r} {defect}"
+        return Claims(device, {}, {id(n): why for n in nodes})
+    group, refused = {}, {id(n): f"{name} does not claim it" for n in nodes}
+    for c in answer:
+        for n in c.nodes:
+            del refused[id(n)]
+            if c.reason is None:
+                group[id(n)] = c.nodes
+            else:
+                refused[id(n)] = str(c.reason) or f"{name} refuses it"
+    return Claims(device, group, refused)
+
+
+def _defect(answer: list, nodes: list[ir.Node]) -> str | None:
+    known, seen = {id(n) for n in nodes}, set()
+    for c in answer:
+        if not isinstance(c, Claim):
+            return f"returned a {type(c).__name__}, not a hal.backend.Claim"
+        for n in c.nodes:
+            if id(n) not in known:
+                return f"claims {_node(n)}, which is not in the graph it was given"
+            if id(n) in seen:
+                return f"claims {_node(n)} twice"
+            seen.add(id(n))
+    return None
+
+
+def _node(n) -> str:
+    return f"node {getattr(n, 'name', n)!r} (op {getattr(n, 'op_type', '?')})"
 
 
 def place(graph: ir.Graph, primary: Device, fallback: Device | None,
           candidates: list[Device]) -> tuple[list[Device], list[Fallback]]:
-    """The device of each node (graph order) and the fallbacks taken."""
+    """The device of each node and the fallbacks taken. Moves the nodes of each claimed group
+    together in ``graph`` first, so the result follows the graph's new order."""
+    own = claims(primary, graph)
+    other = claims(fallback, graph) if fallback is not None and fallback is not primary else None
+    for node in graph:
+        if not own.runs(node) and (other is None or not other.runs(node)):
+            raise _unsupported(graph, node, own, fallback, candidates)
+    units = [(primary, g) for g in _groups(graph, own, lambda n: True)]
+    if other is not None:  # the fallback's groups, as far as they land on it
+        units += [(fallback, g) for g in _groups(graph, other, lambda n: not own.runs(n))]
+    _keep_together(graph, units)
     nodes = list(graph)
-    where: list[Device] = []
-    fallbacks: list[Fallback] = []
-    for node in nodes:
-        ok = _supports(primary, node)
-        if ok is True:
-            where.append(primary)
-            continue
-        if fallback is None or fallback is primary or _supports(fallback, node) is not True:
-            able = [d.string for d in candidates if _supports(d, node) is True]
-            mode = ("strict fallback (fallback=None)" if fallback is None else
-                    f"the fallback {fallback.string} cannot run it either")
-            raise UnsupportedOp(
-                f"{primary.string} cannot run node {node.name!r} (op {node.op_type}): {ok}; "
-                f"{mode}. Devices that can run it: {', '.join(able) or 'none'}. "
-                + ("Pass fallback='cpu' to run it there." if fallback is None and able else ""))
-        where.append(fallback)
-        fallbacks.append(Fallback(node.name, node.op_type, str(ok), fallback.string))
-    if fallback is not None and fallbacks:
-        _merge_cheap_islands(nodes, where, primary, fallback)
+    where = [primary if own.runs(n) else fallback for n in nodes]
+    fallbacks = [Fallback(n.name, n.op_type, own.refused[id(n)], fallback.string)
+                 for n in nodes if not own.runs(n)]
+    if fallbacks:
+        _merge_cheap_islands(nodes, where, primary, fallback, other)
     return where, fallbacks
 
 
-def _merge_cheap_islands(nodes, where, primary, fallback) -> None:
+def _unsupported(graph, node, own: Claims, fallback: Device | None,
+                 candidates: list[Device]) -> UnsupportedOp:
+    primary = own.device
+    able = [d.string for d in candidates if d is not primary and claims(d, graph).runs(node)]
+    mode = ("strict fallback (fallback=None)" if fallback is None else
+            f"the fallback {fallback.string} cannot run it either")
+    return UnsupportedOp(
+        f"{primary.string} cannot run node {node.name!r} (op {node.op_type}): "
+        f"{own.refused[id(node)]}; {mode}. Devices that can run it: {', '.join(able) or 'none'}. "
+        + ("Pass fallback='cpu' to run it there." if fallback is None and able else ""))
+
+
+def _groups(graph: ir.Graph, c: Claims, keep) -> list[list[ir.Node]]:
+    """``c``'s groups of more than one node, each cut down to the nodes ``keep`` accepts."""
+    out, seen = [], set()
+    for node in graph:
+        g = c.group.get(id(node))
+        if g is not None and id(g) not in seen:
+            seen.add(id(g))
+            kept = [n for n in g if keep(n)]
+            if len(kept) > 1:
+                out.append(kept)
+    return out
+
+
+def _keep_together(graph: ir.Graph, units: list[tuple[Device, list[ir.Node]]]) -> None:
+    """Reorder ``graph`` so the nodes of each unit are consecutive, the order staying
+    topological: a unit moves up to its first node's place as soon as what it reads is
+    computed, the rest keep their order. A unit that cannot be consecutive (a path leaves it
+    and comes back) raises BackendError naming the backend that claimed it."""
+    nodes = list(graph)
+    pos = {id(n): i for i, n in enumerate(nodes)}
+    spans = [(dev, sorted(g, key=lambda n: pos[id(n)])) for dev, g in units]
+    if all(pos[id(g[-1])] - pos[id(g[0])] == len(g) - 1 for _, g in spans):
+        return
+    preds = {id(n): {id(p) for p in _producers(n, pos)} for n in nodes}
+    users: dict[int, list[int]] = {id(n): [] for n in nodes}
+    for n in nodes:
+        for p in preds[id(n)]:
+            users[p].append(id(n))
+    first = {id(n): pos[id(n)] for n in nodes}  # node -> its unit, named by its first position
+    for dev, g in spans:
+        _check_convex(dev, g, users)
+        first.update({id(n): pos[id(g[0])] for n in g})
+    members: dict[int, list[ir.Node]] = {}
+    for n in nodes:
+        members.setdefault(first[id(n)], []).append(n)
+    waits = {u: {first[p] for n in ms for p in preds[id(n)]} - {u} for u, ms in members.items()}
+    ready = [u for u, w in waits.items() if not w]
+    heapq.heapify(ready)
+    order: list[ir.Node] = []
+    while ready:
+        u = heapq.heappop(ready)
+        order += members[u]
+        for v in {first[c] for n in members[u] for c in users[id(n)]} - {u}:
+            waits[v].discard(u)
+            if not waits[v]:
+                heapq.heappush(ready, v)
+    graph.remove(nodes)
+    graph.extend(order)
+
+
+def _check_convex(dev: Device, group: list[ir.Node], users: dict[int, list[int]]) -> None:
+    inside = {id(n) for n in group}
+    names = {id(n): n.name for n in group}
+    stack = [u for n in group for u in users[id(n)] if u not in inside]
+    seen = set(stack)
+    while stack:
+        for u in users[stack.pop()]:
+            if u in inside:
+                raise BackendError(
+                    f"backend {dev.backend.name!r} claims nodes {[n.name for n in group]} as one "
+                    f"group on {dev.string}, but they cannot run as one unit: a path leaves the "
+                    f"group and comes back to {names[u]!r}. The backend's claim() must split "
+                    f"such a group (report it to the backend's authors)")
+            if u not in seen:
+                seen.add(u)
+                stack.append(u)
+
+
+def _producers(node: ir.Node, pos: dict[int, int]) -> list[ir.Node]:
+    """The graph's nodes whose values ``node`` reads, in its inputs or inside its subgraphs."""
+    out = []
+    for v in _reads(node):
+        p = v.producer()
+        if p is not None and id(p) in pos and p is not node:
+            out.append(p)
+    return out
+
+
+def _reads(node: ir.Node):
+    yield from (v for v in node.inputs if v is not None)
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            graphs = [attr.value]
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs = attr.value
+        else:
+            continue
+        for g in graphs:
+            for inner in g:
+                yield from _reads(inner)
+
+
+def _merge_cheap_islands(nodes, where, primary, fallback, other: Claims | None) -> None:
     i = 0
     while i < len(nodes):
         if where[i] is not primary:
@@ -93,7 +243,7 @@ def _merge_cheap_islands(nodes, where, primary, fallback) -> None:
             j += 1
         run = range(i, j)
         cheap = not any(nodes[k].op_type in HEAVY_OPS for k in run)
-        if cheap and all(_supports(fallback, nodes[k]) is True for k in run):
+        if cheap and other is not None and all(other.runs(nodes[k]) for k in run):
             for k in run:
                 where[k] = fallback
         i = j

@@ -7,7 +7,11 @@ import pytest
 
 import hal
 from hal import nn
+from hal.backend import Claim
+from hal.backends.reference import ReferenceBackend
+from hal.device import DeviceInfo
 from hal.nn import functional as F
+from hal.registry import REGISTRY
 from tests.toy import toy  # noqa: F401  (fixture)
 
 
@@ -86,3 +90,113 @@ def test_buffer_round_trip(toy):
     assert on_cpu.to(toy).to(toy).numpy().tolist() == x.tolist()
     x[0, 0] = 99  # the device copy is independent of the user's array
     assert b.numpy()[0, 0] == 0
+
+
+# -- claims over whole graphs ------------------------------------------------------------------
+
+class Grouped(ReferenceBackend):
+    """The reference kernels behind a claim() the test chooses (``claimer(graph)``)."""
+
+    name = "grouped"
+    kinds = ("grp",)
+    claimer = None
+
+    def probe(self):
+        return [DeviceInfo("grp", 0, self.name, name="reference kernels, claimed by group")]
+
+    def claim(self, graph, device):
+        return self.claimer(graph)
+
+
+@pytest.fixture
+def grouped():
+    backend = hal.register_backend(Grouped())
+    try:
+        yield backend
+    finally:
+        REGISTRY.unregister("grouped")
+
+
+def _only(*ops):
+    """A claimer: the nodes of ``ops`` as one group, every other node refused."""
+    def claimer(graph):
+        group = [n for n in graph if n.op_type in ops]
+        return [Claim(group)] + [Claim([n], "not in the group") for n in graph
+                                 if n.op_type not in ops]
+    return claimer
+
+
+W1 = np.random.default_rng(1).standard_normal((3, 2, 3, 3)).astype(np.float32)
+W2 = np.random.default_rng(2).standard_normal((3, 2, 3, 3)).astype(np.float32)
+
+
+def test_claimed_group_is_moved_together(grouped):
+    def net(x):
+        a = F.conv2d(x, W1)
+        b = F.conv2d(x, W2)
+        return F.relu(a) + b  # traced as conv, conv, relu, add: the group {conv, relu} apart
+
+    model = nn.trace(net, (None, 2, 5, 5))
+    first = next(n.name for n in model.graph if n.op_type == "Conv")
+    grouped.claimer = lambda g: _group_of(g, first)
+    with pytest.warns(UserWarning, match="fallback"):
+        compiled = hal.compile(model, "grp", opt_level=0)
+    order = [(n.op_type, compiled.placement[n.name]) for n in compiled.model.graph]
+    cpu = hal.device("cpu").string
+    assert order == [("Conv", "grp:0@grouped"), ("Relu", "grp:0@grouped"),
+                     ("Conv", cpu), ("Add", cpu)]
+    assert [s.device.string for s in compiled.segments] == ["grp:0@grouped", cpu]
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    ref = hal.compile(model, "cpu@reference")(x)[0]
+    np.testing.assert_allclose(compiled(x)[0], ref, atol=1e-5)
+
+
+def _group_of(graph, conv_name):
+    """The Conv named ``conv_name`` with the Relu reading it as one group; the rest refused."""
+    conv = next(n for n in graph if n.name == conv_name)
+    relu = next(n for n in graph if n.op_type == "Relu")
+    rest = [n for n in graph if n is not conv and n is not relu]
+    return [Claim([conv, relu])] + [Claim([n], "not in the group") for n in rest]
+
+
+def test_group_that_cannot_be_one_unit_names_backend_and_nodes(grouped):
+    def net(x):
+        a = F.conv2d(x, W1)
+        return a + F.sigmoid(a)  # conv -> sigmoid -> add leaves {conv, add} and comes back
+
+    grouped.claimer = _only("Conv", "Add")
+    with pytest.raises(hal.BackendError) as e:
+        hal.compile(nn.trace(net, (None, 2, 5, 5)), "grp", opt_level=0)
+    msg = str(e.value)
+    assert "'grouped'" in msg and "Conv" in msg and "Add" in msg and "one unit" in msg
+
+
+@pytest.mark.parametrize("claimer, why", [
+    (lambda g: 1 / 0, "claim() of backend 'grouped' raised ZeroDivisionError"),
+    (lambda g: [Claim(list(nn.trace(F.relu, (None, 4)).graph))], "not in the graph"),
+    (lambda g: [Claim(list(g)), Claim(list(g)[:1])], "twice"),
+    (lambda g: ["Conv"], "not a hal.backend.Claim"),
+])
+def test_broken_claim_falls_back_saying_why(grouped, claimer, why):
+    grouped.claimer = claimer
+    model = nn.trace(lambda x: F.relu(F.conv2d(x, W1)), (None, 2, 5, 5))
+    with pytest.warns(UserWarning, match="fallback"):
+        compiled = hal.compile(model, "grp", opt_level=0)
+    assert {s.device.string for s in compiled.segments} == {hal.device("cpu").string}
+    assert all(why in f["reason"] for f in compiled.report()["fallbacks"])
+    with pytest.raises(hal.UnsupportedOp, match=why.replace("(", r"\(").replace(")", r"\)")):
+        hal.compile(model, "grp", opt_level=0, fallback=None)
+
+
+def test_default_claim_is_supports_per_node():
+    class Picky(ReferenceBackend):
+        def supports(self, node, device):
+            if node.op_type == "Relu":
+                raise RuntimeError("no relu today")
+            return "no sigmoid" if node.op_type == "Sigmoid" else True
+
+    graph = nn.trace(lambda x: F.sigmoid(F.relu(F.conv2d(x, W1))), (None, 2, 5, 5)).graph
+    claims = Picky().claim(graph, None)
+    assert [c.nodes for c in claims] == [[n] for n in graph]
+    assert [c.reason for c in claims] == [None, "supports() raised RuntimeError: no relu today",
+                                          "no sigmoid"]
