@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hal  # noqa: E402
-from hal.compare import Results, Row, compare, measure  # noqa: E402
-from hal.compare.harness import _accuracy  # noqa: E402
-from hal.compare.timing import PeakMemory  # noqa: E402
+from hal.comparison import Results, Row, compare, measure  # noqa: E402
+from hal.comparison.harness import record_accuracy  # noqa: E402
+from hal.comparison.timing import PeakMemory  # noqa: E402
 
 
 class Skip(Exception):
@@ -114,7 +114,7 @@ PEERS: dict[str, Callable] = {
 def measure_peer(peer: str, name: str, model: hal.Model, batches: list[int],
                  budget_s: float) -> list[Row]:
     """Rows for one peer on one model, in the same shape as hal.compare's."""
-    from hal.cli import example_inputs
+    from hal.inputs import example_inputs
 
     ref = hal.compile(model, "cpu@reference")
     rows = []
@@ -144,7 +144,7 @@ def measure_peer(peer: str, name: str, model: hal.Model, batches: list[int],
                 setattr(row, k, v)
             row.throughput_per_s = b / (row.mean_ms / 1e3)
             row.peak_mem_mb = round(mem.peak_mb, 2)
-            _accuracy(row, outs, [np.asarray(y) for y in ref(*x)])
+            record_accuracy(row, outs, [np.asarray(y) for y in ref(*x)])
         except Skip as exc:
             row.error = f"skipped: {exc}"
         except Exception as exc:  # a peer failing is a result, not a crash

@@ -19,7 +19,7 @@ CHILD = """
 import os, sys, tempfile, time
 import numpy as np
 import hal
-from hal.cli import example_inputs
+from hal.inputs import example_inputs
 from hal.frontends import to_model
 
 kind, name, batch, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

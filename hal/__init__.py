@@ -5,6 +5,7 @@
     fast = hal.compile(model, "cpu")          # best usable CPU backend
     ref = hal.compile(model, "cpu@reference") # the numpy oracle
     y = fast(x)                               # list of numpy arrays
+    results = hal.compare(models=["lenet"], devices=["cpu@reference", "cpu"])
 
 This module imports no ML framework; backends import theirs when first used.
 """
@@ -21,8 +22,7 @@ from hal.errors import (BackendError, DeviceNotFound, HalError, InputError, Mode
                         OptionError, UnsupportedOp)
 from hal.ir.model import DEFAULT_OPSET, Model, TensorSpec, load, save
 from hal.registry import device, devices, register_backend
-
-__version__ = "0.1.0"
+from hal.version import __version__
 
 
 def from_torch(module: Any, example_input: Any, **kw: Any) -> Model:
@@ -37,15 +37,15 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module("hal.models")
-    if name == "compare":
-        from hal.compare import compare as _compare
+    if name == "compare":  # the function, never the module of that name (see hal/compare.py)
+        from hal.comparison.harness import compare
 
-        return _compare
+        return compare
     raise AttributeError(f"module 'hal' has no attribute {name!r}")
 
 
 __all__ = ["DEFAULT_OPSET", "Backend", "BackendError", "Buffer", "CompileOptions", "CompiledModel",
            "Device", "DeviceInfo", "DeviceNotFound", "DeviceSpec", "Executable", "HalError",
            "HostBuffer", "InputError", "Model", "ModelError", "OptionError", "TensorSpec",
-           "Transfers", "UnsupportedOp", "compile", "device", "devices", "errors", "from_torch",
-           "load", "nn", "register_backend", "save"]
+           "Transfers", "UnsupportedOp", "__version__", "compare", "compile", "device",
+           "devices", "errors", "from_torch", "load", "nn", "register_backend", "save"]

@@ -35,9 +35,10 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     ``default_precision``), ``opt_level`` (0-3), ``fallback`` (a device string, default
     "cpu"; None is strict), plus options specific to the device's backend.
     int8 (``hal.passes.quantize``, the QDQ form): ``calibration`` (an array for the single
-    input, a list of such batches, or dicts input name -> array; a zoo name given as the
-    model calibrates on ``hal.models.calibration_data``), ``calibration_method`` ("minmax"
-    or "percentile"), ``calibration_percentile`` (default 99.99), ``power_of_two``.
+    input, a list of such batches, or dicts input name -> array; without it a model that
+    brings its own, ``Model.calibration``, as zoo models do, calibrates on that),
+    ``calibration_method`` ("minmax" or "percentile"), ``calibration_percentile`` (default
+    99.99), ``power_of_two``.
     """
     from hal.frontends import to_model
 
@@ -46,7 +47,7 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     hal_model = to_model(model, **model_kw)
     dev = REGISTRY.resolve(device)
     opts = _options(dev, options)
-    calibration = _calibration(model, hal_model, opts) if opts.precision == "int8" else None
+    calibration = _calibration(hal_model, opts) if opts.precision == "int8" else None
     work = hal_model.copy()  # never touch the user's model
     validate(work, REGISTRY.known_ops())
 
@@ -87,7 +88,8 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
         executables.append(exe)
     compiled = CompiledModel(hal_model, work, dev, opts, segs, executables, fallbacks,
                              {"flow": "+".join(flow_names),
-                              "passes": [r.to_dict() for r in pass_log]},
+                              "passes": [r.to_dict() for r in pass_log],
+                              **({"calibration": calibration[1]} if calibration else {})},
                              time.perf_counter() - t0)
     if fallbacks:
         ops = sorted({f.op for f in fallbacks})
@@ -98,11 +100,11 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     return compiled
 
 
-def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[list | None, str]:
-    """(batches, where they came from) for int8: the caller's arrays, checked, or a zoo
-    model's own calibration data when the model was given by its zoo name; (None, ...) for
-    a model already in QDQ form, which runs as given."""
-    from hal import models
+def _calibration(hal_model: Model, opts: CompileOptions) -> tuple[list | None, str]:
+    """(batches, where they came from) for int8: the caller's arrays, checked, else the
+    model's own (``Model.calibration``, a zoo model's); (None, ...) for a model already in
+    QDQ form, which runs as given."""
+    from hal.frontends import is_zoo_name
     from hal.passes.calibration import calibration_batches
 
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in hal_model.graph):
@@ -114,24 +116,15 @@ def _calibration(model: Any, hal_model: Model, opts: CompileOptions) -> tuple[li
     if opts.calibration is not None:
         batches = calibration_batches(hal_model.inputs, opts.calibration)
         return batches, "calibration= arrays"
-    if _zoo_name(model):
-        data = models.calibration_data(model)
-        return calibration_batches(hal_model.inputs, data), models.calibration_source(model)
+    if hal_model.calibration is not None:
+        data, source = hal_model.calibration()
+        return calibration_batches(hal_model.inputs, data), source
     specs = ", ".join(str(s) for s in hal_model.inputs)
     hint = (f" (for the zoo model, calibration=hal.models.calibration_data({hal_model.name!r}))"
-            if hal_model.name in models.list() else "")
+            if is_zoo_name(hal_model.name) else "")
     raise OptionError(f"precision='int8' needs calibration data to choose its scales: pass "
                       f"calibration= arrays of the model's inputs ({specs}), e.g. a batch of "
                       f"100 or more representative samples{hint}")
-
-
-def _zoo_name(model: Any) -> bool:
-    """``model`` names a zoo model the way ``to_model`` reads it (a file of that name wins)."""
-    import os
-
-    from hal import models
-
-    return isinstance(model, str) and model in models.list() and not os.path.exists(model)
 
 
 def _options(dev: Device, options: dict) -> CompileOptions:

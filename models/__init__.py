@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 
@@ -50,9 +51,12 @@ def build(name: str, seed: int = 0):
 
 
 def get(name: str, seed: int = 0):
-    """The model as a hal.Model (dynamic batch), ready for hal.compile."""
+    """The model as a hal.Model (dynamic batch), ready for hal.compile; it carries its own
+    int8 calibration inputs (``calibration_data``) for a compile that passes none."""
     m = _module(name)
-    return build(name, seed).to_model(m.INPUT_SHAPE, name=name)
+    model = build(name, seed).to_model(m.INPUT_SHAPE, name=name)
+    model.calibration = functools.partial(own_calibration, name)
+    return model
 
 
 def example_input(name: str, batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -91,9 +95,20 @@ def calibration_source(name: str, batch: int | None = None) -> str:
     m = _module(name)
     n = len(calibration_data(name, batch)) if hasattr(m, "calibration_data") else \
         batch or CALIBRATION_BATCH
-    what = getattr(m, "CALIBRATION_SOURCE",
+    return _source(name, n)
+
+
+def own_calibration(name: str) -> tuple[np.ndarray, str]:
+    """``(calibration_data(name), calibration_source(name))`` with the data read once: what a
+    zoo model's ``hal.Model.calibration`` returns."""
+    data = calibration_data(name)
+    return data, _source(name, len(data))
+
+
+def _source(name: str, samples: int) -> str:
+    what = getattr(_module(name), "CALIBRATION_SOURCE",
                    f"seeded standard-normal inputs (seed {CALIBRATION_SEED})")
-    return f"zoo {name!r}: {n} {what}"
+    return f"zoo {name!r}: {samples} {what}"
 
 
 def randomize_batchnorm(module, seed: int = 1) -> None:

@@ -76,7 +76,7 @@ def test_compare_json(tmp_path):
 
 
 def test_backend_options_are_typed_and_reach_the_backend():
-    from hal.cli import backend_options
+    from hal.cli.run import backend_options
 
     assert backend_options(["a=8", "b=true", "c=io_stream", "d=1.5", "e="]) == [
         ("a", 8), ("b", True), ("c", "io_stream"), ("d", 1.5), ("e", "")]

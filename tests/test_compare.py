@@ -16,12 +16,34 @@ from hal.backends.reference import ReferenceBackend
 
 import hal
 from hal.backend import Backend, Executable
-from hal.compare import FIELDS, Results, compare, harness, regressions
+from hal.comparison import FIELDS, Results, compare, harness, regressions
 from hal.device import DeviceInfo
 from hal.registry import REGISTRY
 from tests.plugins import broken_plugins, installed
 
 FAST = {"budget_s": 0.01, "warmup": 1, "min_runs": 3, "max_runs": 20}
+
+
+@pytest.mark.parametrize("first", ["import hal.compare", "import hal.comparison",
+                                   "from hal import compare", "import hal.compare as c",
+                                   "import hal.cli", "import hal.inputs", "import hal",
+                                   "import hal.comparison.harness", "from hal.compare import *"])
+def test_hal_compare_is_always_the_function(first):
+    """``hal.compare`` stays the function whatever was imported first (a fresh process each)."""
+    import subprocess
+    import sys
+
+    code = (f"{first}\nimport hal, hal.compare, hal.comparison\n"
+            "assert callable(hal.compare) and hal.compare is hal.comparison.compare\n"
+            "import sys; assert sys.modules['hal.compare'] is hal.compare")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_compare_function_returns_results():
+    res = hal.compare(models=["lenet"], devices=["cpu@reference"], batch=1, **FAST)
+    assert isinstance(res, Results) and [r.device for r in res] == ["cpu:0@reference"]
+    assert res.rows[0].error is None and res.rows[0].max_abs_err == 0.0
 
 
 class ThirdCallFails(Executable):
@@ -320,8 +342,8 @@ def test_rounds_rotate_devices_and_merge_rows():
 
 
 def test_merge_of_rounds():
-    from hal.compare.rounds import merge
-    from hal.compare.row import Row
+    from hal.comparison.rounds import merge
+    from hal.comparison.row import Row
 
     def row(p50, runs, mean, error=None):
         return Row(model="m", device="d", p50_ms=p50, p90_ms=p50 * 2, runs=runs, mean_ms=mean,
@@ -353,8 +375,8 @@ def test_rounds_must_be_positive():
 
 
 def test_a_simulated_device_is_best_only_where_no_real_one_ran():
-    from hal.compare.results import Results
-    from hal.compare.row import Row
+    from hal.comparison.results import Results
+    from hal.comparison.row import Row
 
     rows = [Row(model="m", batch=1, device="fpga@rtl", precision="int8", p50_ms=0.5,
                 simulated=True),

@@ -105,6 +105,32 @@ def test_torch_frontend_round_trip():
     np.testing.assert_allclose(y, ref, atol=1e-5)
 
 
+def test_load_of_a_builder_module_asks_for_its_shape():
+    with pytest.raises(hal.ModelError, match="input shape"):
+        hal.load(hal.models.build("mlp"))
+
+
+def test_calibration_files(tmp_path):
+    from hal.inputs import load_calibration, samples
+
+    model = hal.models.get("mlp")
+    x = hal.models.calibration_data("mlp", 8)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "any_name.npz", whatever=x)
+    np.savez(tmp_path / "named.npz", **{model.inputs[0].name: x})
+    for name in ("x.npy", "any_name.npz", "named.npz"):
+        data = load_calibration(tmp_path / name, model)
+        assert samples(data) == 8
+        got = data if isinstance(data, np.ndarray) else data[model.inputs[0].name]
+        assert np.array_equal(got, x)
+    (tmp_path / "x.txt").write_text("1 2 3")
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    for name, needle in (("missing.npy", "does not exist"), ("x.txt", ".npz"),
+                         ("bad.npy", "cannot read")):
+        with pytest.raises(hal.InputError, match=needle):
+            load_calibration(tmp_path / name, model)
+
+
 def test_save_rejects_non_model(tmp_path):
     with pytest.raises(hal.ModelError):
         hal.save(onnx.ModelProto(), tmp_path / "x.onnx")

@@ -59,3 +59,19 @@ def test_zoo_is_deterministic():
     b = hal.models.get("resnet_lite").to_proto().SerializeToString()
     assert a == b
     assert hal.models.get("lenet", seed=1).digest() != hal.models.get("lenet").digest()
+
+
+def test_zoo_model_brings_its_calibration_inputs():
+    """hal.models.get gives the model its own int8 calibration inputs; a copy keeps them, the
+    same graph loaded from ONNX has none."""
+    model = hal.models.get("digits")
+    data, source = model.calibration()
+    assert np.array_equal(data, hal.models.calibration_data("digits"))
+    assert source == hal.models.calibration_source("digits")
+    assert model.copy().calibration is model.calibration
+    assert hal.load(model.to_proto()).calibration is None
+    compiled = hal.compile(model, "cpu@reference", precision="int8")
+    assert compiled.report()["calibration"] == source
+    by_name = hal.compile("digits", "cpu@reference", precision="int8")
+    x = hal.models.example_input("digits", 4)
+    assert np.array_equal(compiled(x)[0], by_name(x)[0])

@@ -1,9 +1,8 @@
-"""The board side of ``fpga@hls4ml``: find a PYNQ board, run a built design through pynq,
-and ``hal fpga build`` (Vivado HLS + Vivado, when they are installed).
+"""The board side of ``fpga@hls4ml``: find a PYNQ board and run a built design through pynq
+(``hal fpga build``, in the command line, builds the design with Vivado HLS + Vivado).
 
 Nothing here claims a build that did not happen: a design counts as built only when its
-``.bit`` and ``.hwh`` files exist in the project, and the build command says exactly which
-tools are missing and which files were generated when it cannot run.
+``.bit`` and ``.hwh`` files exist in the project.
 
 The pynq path (``BoardRunner``) cannot be exercised without a board and a bitstream; it
 uses hls4ml's generated ``axi_stream_driver.py`` unchanged.
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hal.errors import BackendError, OptionError
+from hal.errors import BackendError
 
 _BOARD_NAMES = {"pynq-z2": "pynq-z2", "pynqz2": "pynq-z2", "zcu102": "zcu102"}
 
@@ -79,56 +78,3 @@ class BoardRunner:
             self.batch = batch
         y = np.array(self.overlay.predict(x.reshape(batch, -1)), np.float64)
         return [_from_grid(y.reshape(batch, *self.outs[0].shape), self.outs[0])]
-
-
-def fpga_build(model: str, board: str, options: dict, calibration: str | None,
-               echo=print) -> int:
-    """``hal fpga build``: compile for ``fpga@hls4ml`` with the board's files, then run
-    Vivado HLS and Vivado when both are on PATH. 0 when a bitstream was built, 1 when the
-    tools are missing (the generated files are listed), HalError otherwise."""
-    from dataclasses import fields
-
-    import hal
-    from hal.backend import CompileOptions
-    from hal.frontends import to_model
-
-    from . import Hls4mlExecutable
-    from .project import run_board_build, vivado_tools
-
-    # opt_level 0: the C simulation library built along the way only needs to exist
-    kw = dict(options, board=board, precision="int8", opt_level=0)
-    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                    for n in to_model(model).graph)
-    if not quantized and "power_of_two" in {f.name for f in fields(CompileOptions)}:
-        kw["power_of_two"] = True  # hls4ml computes power-of-two scales exactly
-    if calibration:
-        try:
-            kw["calibration"] = np.load(calibration)
-        except (OSError, ValueError, EOFError) as exc:
-            raise OptionError(f"--calibration {calibration}: not a readable .npy array of the "
-                              f"model's inputs ({type(exc).__name__}: {exc})") from None
-    compiled = hal.compile(model, "fpga@hls4ml", **kw)
-    projects = [exe.project for exe in compiled.executables if isinstance(exe, Hls4mlExecutable)]
-    if not projects:
-        raise BackendError(f"no part of {model!r} runs on fpga@hls4ml, so there is nothing to "
-                           f"build; placement: {sorted(set(compiled.placement.values()))}")
-    tools = vivado_tools()
-    missing = [t for t, where in tools.items() if where is None]
-    for proj in projects:
-        echo(f"hls4ml project for {board}: {proj.path}")
-        for f in proj.board_files:
-            echo(f"  {f}")
-    if missing:
-        echo(f"Vivado is missing: {' and '.join(missing)} not found on PATH, so no bitstream "
-             f"was built. The files above were generated; on a machine with Vivado (2019.2 or "
-             f"2020.1, with Vivado HLS) run in each project directory:")
-        echo('  vivado_hls -f build_prj.tcl "reset=0 csim=0 synth=1 cosim=0 validation=0 '
-             'export=1 vsynth=0 fifo_opt=0"')
-        echo("  vivado -mode batch -source design.tcl")
-        echo("or run this command again there.")
-        return 1
-    for proj in projects:
-        echo(f"building {proj.path} with {tools['vivado_hls']} and {tools['vivado']} ...")
-        for f in run_board_build(proj):
-            echo(f"  built {f}")
-    return 0

@@ -13,6 +13,9 @@ from hal.ir.model import Model, load
 
 
 def to_model(obj: Any, input_shape=None, example_input=None) -> Model:
+    """``obj`` as a hal.Model: a hal.Model itself, a hal.nn.Module (with ``input_shape``), a
+    torch.nn.Module (with ``example_input``), a zoo name (``hal.models.get``: the model with
+    its own calibration inputs), an .onnx path, bytes or an onnx.ModelProto."""
     from hal.nn import Module
 
     if isinstance(obj, Model):
@@ -34,7 +37,7 @@ def to_model(obj: Any, input_shape=None, example_input=None) -> Model:
     if isinstance(obj, str) and not obj.endswith(".onnx") and not os.path.exists(obj):
         from hal import models
 
-        if obj in models.list():
+        if is_zoo_name(obj):
             return models.get(obj)
         raise ModelError(f"{obj!r} is neither a zoo model ({', '.join(models.list())}) nor an "
                          f"existing .onnx file")
@@ -44,6 +47,13 @@ def to_model(obj: Any, input_shape=None, example_input=None) -> Model:
         return load(obj)
     raise ModelError(f"cannot compile a {type(obj).__name__}: pass a hal.Model, an .onnx path, "
                      f"an onnx.ModelProto, a zoo name, a hal.nn.Module or a torch.nn.Module")
+
+
+def is_zoo_name(obj: Any) -> bool:
+    """``obj`` names a zoo model the way ``to_model`` reads it (a file of that name wins)."""
+    from hal import models
+
+    return isinstance(obj, str) and obj in models.list() and not os.path.exists(obj)
 
 
 def _is_torch_module(obj: Any) -> bool:

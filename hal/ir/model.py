@@ -7,7 +7,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -20,6 +20,8 @@ DEFAULT_OPSET = 21
 #: The oldest opset HAL converts from.
 MIN_OPSET = 9
 IR_VERSION = 10
+#: ``Model.calibration``: returns (int8 calibration inputs, where they come from in words)
+Calibration = Callable[[], tuple[Any, str]]
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,19 @@ class Model:
 
     ``Model`` owns its ``ir.Model``; HAL's passes always work on a copy, so a
     model a user holds is never modified by compiling it.
+
+    ``calibration``: inputs the model brings to calibrate ``precision="int8"`` with when the
+    caller passes none (a zoo model's own, set by ``hal.models.get``), or None. It is a
+    function of no argument returning ``(arrays, source)``: the arrays as ``calibration=``
+    takes them, and where they come from in words (``hal run --explain`` shows it). It is
+    called only when needed, so a model whose calibration set is a data set loads it then.
     """
 
-    def __init__(self, ir_model: ir.Model, name: str | None = None):
+    def __init__(self, ir_model: ir.Model, name: str | None = None,
+                 calibration: Calibration | None = None):
         self.ir = ir_model
         self.name = name or ir_model.graph.name or "model"
+        self.calibration = calibration
 
     @property
     def graph(self) -> ir.Graph:
@@ -76,7 +86,7 @@ class Model:
         return ir.to_proto(self.ir)
 
     def copy(self) -> Model:
-        return Model(ir.from_proto(self.to_proto()), self.name)
+        return Model(ir.from_proto(self.to_proto()), self.name, self.calibration)
 
     def digest(self) -> str:
         """A content hash (graph and weights), stable across processes."""
@@ -158,11 +168,9 @@ def from_proto(proto: onnx.ModelProto, name: str | None = None, where: str = "th
 
 def load(source: Any, name: str | None = None) -> Model:
     """Load an ONNX model (path, bytes or ModelProto), converting it to HAL's opset."""
-    from hal.nn import Module
-
     if isinstance(source, Model):
         return source.copy()
-    if isinstance(source, Module):
+    if callable(getattr(source, "to_model", None)):  # a hal.nn.Module (the builder's, a layer up)
         raise ModelError("a hal.nn.Module needs its input shape: call module.to_model(shape) "
                          "or hal.compile(module, device, input_shape=...)")
     where = f"file {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "the model"

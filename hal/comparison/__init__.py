@@ -6,10 +6,10 @@
 ``regressions`` compares two runs against their own noise.
 """
 
-from hal.compare.baseline import Change, regressions
-from hal.compare.harness import compare, measure
-from hal.compare.results import Results
-from hal.compare.row import FIELDS, Row
-from hal.compare.timing import Timing
+from hal.comparison.baseline import Change, regressions
+from hal.comparison.harness import compare, measure
+from hal.comparison.results import Results
+from hal.comparison.row import FIELDS, Row
+from hal.comparison.timing import Timing
 
 __all__ = ["FIELDS", "Change", "Results", "Row", "Timing", "compare", "measure", "regressions"]

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from hal.compare.row import FIELDS, Row
+from hal.comparison.row import FIELDS, Row
 from hal.errors import HalError
 
 SCHEMA = "hal-compare/1"
@@ -29,7 +29,7 @@ class Results:
 
     def __repr__(self) -> str:
         bad = sum(1 for r in self.rows if r.error)
-        return f"<hal.compare.Results {len(self.rows)} rows, {bad} failed>"
+        return f"<hal.comparison.Results {len(self.rows)} rows, {bad} failed>"
 
     # -- best rows ------------------------------------------------------------------------
     def best(self) -> dict[tuple, Row]:
@@ -69,7 +69,7 @@ class Results:
 
     def to_html(self, path: str | Path | None = None) -> str:
         """A self-contained report (one file, inline SVG plots, no network)."""
-        from hal.compare.report import html_report
+        from hal.comparison.report import html_report
 
         text = html_report(self)
         _write(path, text)
@@ -104,7 +104,7 @@ class Results:
 
     # -- the terminal table ------------------------------------------------------------------
     def table(self, title: str | None = None):
-        from hal.compare.table import rich_table
+        from hal.comparison.table import rich_table
 
         return rich_table(self, title)
 

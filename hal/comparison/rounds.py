@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from hal.compare.row import Row
+from hal.comparison.row import Row
 
 #: latency figures taken as the median over rounds (each round's own percentile)
 _MEDIAN_OF_ROUNDS = ("p50_ms", "p90_ms", "p99_ms", "iqr_ms", "mad_ms", "first_call_ms",

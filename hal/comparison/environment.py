@@ -98,9 +98,9 @@ def opencl() -> list[dict]:
 
 
 def environment() -> dict:
-    import hal
+    from hal.version import __version__
 
-    env = {"hal": hal.__version__, "python": platform.python_version(),
+    env = {"hal": __version__, "python": platform.python_version(),
            "platform": platform.platform(), "numpy": np.__version__,
            "cores": os.cpu_count(), "cpu": cpu(), "frameworks": frameworks()}
     g = gpus()

@@ -10,7 +10,7 @@ class Row:
     """A row of ``hal compare``. Times are per call (one batch); ``error`` says why a row failed.
 
     Spread (``iqr_ms``, ``mad_ms``, ``runs``; ``p50_spread_ms`` over rounds) is recorded so
-    that two runs can be compared against their own noise (see ``hal.compare.baseline``).
+    that two runs can be compared against their own noise (see ``hal.comparison.baseline``).
     """
 
     model: str

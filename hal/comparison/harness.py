@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
-import hal
+from hal import compiler, registry
+from hal import models as zoo
 from hal.backend import CompileOptions
-from hal.compare.results import Results
-from hal.compare.rounds import device_order, merge
-from hal.compare.row import Row
-from hal.compare.timing import PeakMemory, Timing, measure
+from hal.comparison.results import Results
+from hal.comparison.rounds import device_order, merge
+from hal.comparison.row import Row
+from hal.comparison.timing import PeakMemory, Timing, measure
 from hal.errors import HalError, OptionError
+from hal.frontends import to_model
+from hal.ir.model import Model
 
 __all__ = ["Job", "Reference", "Row", "Timing", "compare", "measure"]
 
@@ -72,7 +75,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     device's own ``default_precision``, fp32 except on int8-only accelerators).
     ``budget_s``: seconds of timed calls per row after warm-up (at least ``min_runs``
     calls, at most ``max_runs``). ``isolate``: run each device in its own process
-    (``python -m hal.compare.worker``), so one backend's threads, caches and memory cannot
+    (``python -m hal.comparison.worker``), so one backend's threads, caches and memory cannot
     skew another's; only entry-point backends are visible there, not ``register_backend``
     ones. ``scenario``: drive each row through MLPerf LoadGen ("single-stream", "offline",
     "server") instead of HAL's own timing loop. ``progress``: called as
@@ -85,13 +88,13 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     Names and devices are checked before any work (a typo raises at once); after that a
     failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
     """
-    from hal.compare.environment import environment
+    from hal.comparison.environment import environment
 
-    models = _as_list(models) or hal.models.list()
+    models = _as_list(models) or zoo.list()
     batch = _batches(batch)
     precision = _precisions(precision)
     if scenario is not None:
-        from hal.compare.scenarios import check_scenario
+        from hal.comparison.scenarios import check_scenario
 
         check_scenario(scenario)
         if scenario == "single-stream":
@@ -102,7 +105,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
         raise OptionError(f"rounds must be a whole number >= 1, got {rounds!r}")
     devices_asked = devices
     devices = _devices(devices)
-    loaded = {name: _load(name) for name in models}
+    loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
 
     total = len(models) * len(devices) * len(batch) * max(len(precision), 1)  # [] = one each
     tick = _Ticker(progress, total * rounds)
@@ -117,7 +120,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
                       scenario, warmup, min_runs, max_runs,
                       latency_bound_ms)
             if isolate:
-                from hal.compare.isolate import run_isolated
+                from hal.comparison.isolate import run_isolated
 
                 it = run_isolated(job, refs, tick, worker_envs)
             else:
@@ -142,7 +145,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
 
 
 # -- the work of one device (in this process, or inside a worker) ------------------------------
-def run_job(job: Job, models: dict[str, hal.Model], refs: dict[str, dict[int, Reference]],
+def run_job(job: Job, models: dict[str, Model], refs: dict[str, dict[int, Reference]],
             tick: _Ticker | None = None, mem_scope: str = "in-process") -> Iterator[Row]:
     """Rows for one device: each model compiled once per precision, then run at every batch."""
     for name in job.models:
@@ -169,7 +172,7 @@ def run_job(job: Job, models: dict[str, hal.Model], refs: dict[str, dict[int, Re
 
 def _default_precision(device: str) -> str:
     try:
-        return hal.device(device).backend.default_precision
+        return registry.device(device).backend.default_precision
     except Exception:  # noqa: BLE001 - an unusable device turns into error rows later
         return "fp32"
 
@@ -181,7 +184,7 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
         base = mem.start_mb
         t0 = time.perf_counter()
         try:
-            compiled = hal.compile(model, device, precision=prec, **_int8(rows[0].model, prec))
+            compiled = compiler.compile(model, device, precision=prec)  # int8: the model's own
         except Exception as exc:  # a broken backend must not abort the comparison
             return None, _why(exc, f"compile on {device}"), base, None
         compile_s = time.perf_counter() - t0
@@ -194,21 +197,13 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
     return compiled, None, base, compile_s
 
 
-def _int8(name: str, prec: str) -> dict:
-    """A zoo model's own calibration data for int8 (an .onnx file has none: its rows say so)."""
-    from hal.compiler import _zoo_name
-
-    return {"calibration": hal.models.calibration_data(name)} \
-        if prec == "int8" and _zoo_name(name) else {}
-
-
 def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -> None:
     mem = PeakMemory()
     try:
         with mem:
             start = mem.start_mb
             if job.scenario:
-                from hal.compare.scenarios import run_scenario
+                from hal.comparison.scenarios import run_scenario
 
                 outs = run_scenario(row, compiled, ref.inputs, job)
             else:
@@ -222,7 +217,7 @@ def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -
         row.peak_mem_mb = round(max(0.0, mem.peak_mb + start - base_mb), 2)
         row.transfers = compiled.last_transfers.to_dict()
         row.accelerator = _accelerator_figures(compiled)
-        _accuracy(row, outs, ref.outputs)
+        record_accuracy(row, outs, ref.outputs)
     except Exception as exc:
         row.error = _why(exc, f"run on {row.device}")
 
@@ -237,7 +232,10 @@ def _accelerator_figures(compiled) -> dict:
     return out
 
 
-def _accuracy(row: Row, outs: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:
+def record_accuracy(row: Row, outs: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:
+    """Set ``row.max_abs_err`` (NaN if any output is NaN) and ``row.top1_agreement`` of
+    ``outs`` against the reference outputs ``ref``; HalError when their count or shapes
+    differ."""
     if len(outs) != len(ref):
         raise HalError(f"{len(outs)} outputs, the reference has {len(ref)}")
     err = 0.0
@@ -283,12 +281,12 @@ def _why(exc: BaseException, what: str) -> str:
 # -- references -----------------------------------------------------------------------------
 def _references(model, name: str, batch: list[int], tick: _Ticker) -> dict[int, Reference]:
     """cpu@reference at fp32 for every batch; a failure makes error rows for that model."""
-    from hal.cli import example_inputs
+    from hal.inputs import example_inputs
 
     tick.note(f"{name}: reference outputs")
     refs: dict[int, Reference] = {}
     try:
-        ref = hal.compile(model, REFERENCE)
+        ref = compiler.compile(model, REFERENCE)
     except Exception as exc:
         why = f"no reference for {name!r}: {_why(exc, 'compile on ' + REFERENCE)}"
         return {b: Reference(example_inputs(model, b), error=why) for b in batch}
@@ -336,9 +334,9 @@ def _precisions(precision: Any) -> list[str]:
 
 def _devices(devices: Any) -> list[str]:
     if devices is None:
-        return [d.string for d in hal.devices()
+        return [d.string for d in registry.devices()
                 if d.usable and not d.alias_of and not _left_out(d.string)]
-    out = [hal.device(d).string for d in _as_list(devices)]  # DeviceNotFound says why
+    out = [registry.device(d).string for d in _as_list(devices)]  # DeviceNotFound says why
     if not out:
         raise OptionError("devices is empty; leave it out to use every usable device")
     return list(dict.fromkeys(out))
@@ -346,26 +344,19 @@ def _devices(devices: Any) -> list[str]:
 
 def _left_out(device: str) -> str | None:
     """Why ``device`` is not in the default comparison (its backend's own words), or None."""
-    dev = hal.device(device)
+    dev = registry.device(device)
     return dev.backend.left_out_of_default_compare(dev.info)
 
 
 def left_out_by_default() -> dict[str, str]:
     """Usable devices the default comparison skips, with the reason."""
-    return {d.string: why for d in hal.devices() if d.usable and not d.alias_of
+    return {d.string: why for d in registry.devices() if d.usable and not d.alias_of
             for why in [_left_out(d.string)] if why}
-
-
-def _load(name: str):
-    from hal.frontends import to_model
-
-    model = to_model(name)  # ModelError names the zoo when the name is wrong
-    return model
 
 
 def _device_info(devices: Iterable[str]) -> dict:
     out = {}
-    infos = {d.string: d for d in hal.devices()}
+    infos = {d.string: d for d in registry.devices()}
     for s in devices:
         d = infos.get(s)
         if d is not None:
@@ -374,7 +365,7 @@ def _device_info(devices: Iterable[str]) -> dict:
 
 
 def _scenario_name(s: str | None) -> str | None:
-    from hal.compare.scenarios import MLPERF_NAMES
+    from hal.comparison.scenarios import MLPERF_NAMES
 
     return MLPERF_NAMES[s] if s else None
 

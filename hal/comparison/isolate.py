@@ -1,7 +1,7 @@
 """``--isolate``: each device measured in its own process, rows streamed back as JSON.
 
 The parent computes the reference once and hands inputs and outputs over in .npz files;
-the worker (``python -m hal.compare.worker``) compiles and measures, writing one JSON line
+the worker (``python -m hal.comparison.worker``) compiles and measures, writing one JSON line
 per row on a private copy of stdout (the worker's own stdout goes to stderr, so a framework
 printing cannot corrupt the stream). A worker that crashes or stays silent too long leaves
 error rows for what it did not finish; the rows it did finish are kept.
@@ -18,10 +18,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
-from hal.compare.row import Row
+from hal.comparison.row import Row
 
 MARK = "HALCMP "
 MEM_SCOPE = "isolated: one process per device"
@@ -37,7 +38,7 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
         expected = [(m, p, b) for m in job.models for p in job.precision for b in job.batch]
         seen: set[tuple] = set()
         with open(err_path, "w+") as err:
-            proc = subprocess.Popen([python or sys.executable, "-m", "hal.compare.worker"],
+            proc = subprocess.Popen([python or sys.executable, "-m", "hal.comparison.worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                     text=True, env=_env())
             try:
@@ -117,8 +118,6 @@ def _write_refs(refs: dict, job, tmp: str) -> dict:
 def _env() -> dict:
     env = dict(os.environ)
     # the worker must import the same hal as this process, wherever it was imported from
-    import hal
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(hal.__file__)))
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -1,6 +1,6 @@
-"""``python -m hal.compare.worker``: measure one device's rows for ``hal compare --isolate``.
+"""``python -m hal.comparison.worker``: measure one device's rows for ``hal compare --isolate``.
 
-Reads a job as JSON on stdin (see ``hal.compare.isolate``) and writes one line per row,
+Reads a job as JSON on stdin (see ``hal.comparison.isolate``) and writes one line per row,
 prefixed with a marker, on a private copy of stdout.
 """
 
@@ -18,9 +18,10 @@ def main() -> int:
 
     import numpy as np
 
-    from hal.compare.environment import frameworks, opencl
-    from hal.compare.harness import Job, Reference, _load, run_job
-    from hal.compare.isolate import MARK, MEM_SCOPE
+    from hal.comparison.environment import frameworks, opencl
+    from hal.comparison.harness import Job, Reference, run_job
+    from hal.frontends import to_model
+    from hal.comparison.isolate import MARK, MEM_SCOPE
 
     def send(kind: str, payload) -> None:
         out.write(f"{MARK}{kind} {json.dumps(payload, default=str)}\n")
@@ -35,9 +36,7 @@ def main() -> int:
                 refs[name][int(b)] = Reference([z[f"x{i}"] for i in range(r["n_in"])],
                                                [z[f"y{i}"] for i in range(r["n_out"])] or None,
                                                r["error"])
-    models = {}
-    for name in job.models:
-        models[name] = _load(name)
+    models = {name: to_model(name) for name in job.models}
 
     class Tick:
         def start(self, row):

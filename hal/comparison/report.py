@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from hal.compare.results import placement_text
+from hal.comparison.results import placement_text
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hal.compare.row import Row
+from hal.comparison.row import Row
 
 K = 3.0
 FLOOR = 0.10
@@ -65,7 +65,7 @@ def noise(old: Row, new: Row, k: float = K, floor: float = FLOOR) -> float:
 
 def regressions(old, new, k: float = K, floor: float = FLOOR) -> list[Change]:
     """Every meaningful change from ``old`` to ``new`` (Results, or paths to --json files)."""
-    from hal.compare.results import Results
+    from hal.comparison.results import Results
 
     old = old if isinstance(old, Results) else Results.from_json(old)
     new = new if isinstance(new, Results) else Results.from_json(new)

@@ -1,0 +1,44 @@
+"""The ``hal`` command: devices, run, compare, fpga build.
+
+One module per command (``devices``, ``run``, ``compare``, ``fpga``), each adding its parser
+and the function that runs it; this module parses the command line and turns a ``HalError``
+into one line on stderr and exit status 2, never a traceback. The command line sits above
+the library: nothing in ``hal`` imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from hal.errors import HalError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hal.cli import compare, devices, fpga, run
+
+    p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
+                                "device HAL can reach.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in (devices, run, compare, fpga):
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HalError as exc:
+        print(f"hal: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def console():
+    """A rich console on stdout."""
+    from rich.console import Console
+
+    return Console()

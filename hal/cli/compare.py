@@ -1,0 +1,110 @@
+"""``hal compare``: a thin layer over ``hal.compare()``: progress bars, the table, files, the
+baseline check."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    from hal.comparison.harness import DEFAULT_BUDGET_S
+
+    c = sub.add_parser("compare", help="every model on every usable device, side by side",
+                       description="Measure models on devices the same way (warm-up, timed "
+                       "calls until a budget, percentiles) and check each against "
+                       "cpu@reference. With no arguments: the whole zoo on every usable "
+                       "device at batch 1 and 64.")
+    c.add_argument("--models", help="comma-separated zoo names or .onnx paths (default: the zoo)")
+    c.add_argument("--devices", help="comma-separated devices (default: every usable one, "
+                   "simulated ones included and labelled, slow simulations left out)")
+    c.add_argument("--batch", default="1,64", help="comma-separated batch sizes (default 1,64)")
+    c.add_argument("--precision", default=None,
+                   help="comma-separated: fp32,fp16,bf16,int8 (default: each device's own, "
+                        "fp32 except on int8-only accelerators)")
+    c.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
+                   help="seconds of timed calls per row after warm-up (at least 5 calls; "
+                   f"default {DEFAULT_BUDGET_S})")
+    c.add_argument("--rounds", type=int, default=1,
+                   help="measure the whole table N times, devices in a rotated order each "
+                   "round; each row reports the median of the rounds and ± half the range of "
+                   "their p50s (use 3 or more for figures to compare with another run)")
+    c.add_argument("--json", metavar="FILE", help="write the rows and environment as JSON")
+    c.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
+    c.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
+    c.add_argument("--isolate", action="store_true",
+                   help="measure each device in its own process")
+    c.add_argument("--baseline", metavar="OLD.json", help="flag rows slower or less accurate "
+                   "than this earlier --json run beyond noise (exit status 1 if any)")
+    c.add_argument("--scenario", choices=("single-stream", "offline", "server"),
+                   help="measure through MLPerf LoadGen with this scenario's method and names")
+    c.add_argument("--latency-bound-ms", type=float, default=None,
+                   help="MLPerf Server latency bound (default: 10x one batch's latency)")
+    c.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from hal.comparison import Results, compare
+
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=max(con.width, 200))
+    baseline = Results.from_json(args.baseline) if args.baseline else None
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("comparing", total=None)
+
+        def progress(done, total, current, row):
+            prog.update(task, completed=done, total=total, description=current)
+
+        res = compare(args.models, args.devices, args.batch, args.precision,
+                      budget_s=args.budget, isolate=args.isolate, progress=progress,
+                      scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
+                      rounds=args.rounds)
+    con.print(res.table())
+    run = res.environment["run"]
+    failed = sum(1 for r in res.rows if r.error)
+    con.print(f"{len(res.rows)} rows ({failed} failed) in {run['wall_s']:.1f} s; peak memory "
+              f"is host RSS above the pre-compile level "
+              f"({'one process per device' if args.isolate else 'in this process'})")
+    for r in res.rows:
+        for seg, text in (r.accelerator or {}).items():
+            con.print(f"{escape(r.device)} {escape(r.model)} b{r.batch} segment {seg}: "
+                      f"{escape(text)}")
+    for dev, why in run.get("left_out", {}).items():
+        con.print(f"not compared by default: {escape(dev)}: {escape(why)}; name it in --devices "
+                  "to include it")
+    for flag, write in (("json", res.to_json), ("csv", res.to_csv), ("html", res.to_html)):
+        path = getattr(args, flag)
+        if path:
+            write(path)
+            con.print(f"wrote {path}")
+    if baseline is not None:
+        return print_regressions(con, baseline, res, args.baseline)
+    return 0
+
+
+def print_regressions(con, baseline, res, path: str) -> int:
+    """The rows that changed against ``baseline`` beyond noise; 1 when one is a regression."""
+    from rich.table import Table
+
+    from hal.comparison import regressions
+
+    changes = regressions(baseline, res)
+    bad = [c for c in changes if c.regression]
+    if not changes:
+        con.print(f"[green]no change beyond noise against {path}[/]")
+        return 0
+    t = Table(title=f"changes against {path} (beyond each row's noise)")
+    for c in ("change", "model", "device", "batch", "prec", "detail"):
+        t.add_column(c, overflow="fold")
+    for c in sorted(changes, key=lambda c: not c.regression):
+        style = "red" if c.regression else "green" if c.kind in ("faster", "fixed") else ""
+        t.add_row(f"[{style}]{c.kind}[/]" if style else c.kind, c.model, c.device,
+                  str(c.batch), c.precision, c.detail)
+    con.print(t)
+    con.print(f"{len(bad)} regression(s)" if bad else "[green]no regression[/]")
+    return 1 if bad else 0

@@ -1,0 +1,35 @@
+"""``hal devices``: every device, usable or not, and why."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("devices", help="list every device, usable or not, and why")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devices)
+
+
+def cmd_devices(args) -> int:
+    import hal
+    from hal.cli import console
+
+    devs = hal.devices()
+    if args.json:
+        print(json.dumps([d.to_dict() for d in devs], indent=2))
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="HAL devices")
+    for c in ("device", "usable", "simulated", "name / reason"):
+        t.add_column(c)
+    for d in devs:
+        broken = d.details.get("broken")
+        t.add_row(d.string, "[green]yes[/]" if d.usable else ("[red]broken[/]" if broken else "no"),
+                  "[yellow]simulated[/]" if d.simulated else "",
+                  escape((d.name + (f" (another name for {d.alias_of})" if d.alias_of else ""))
+                         if d.usable else d.reason))
+    console().print(t)
+    return 0
