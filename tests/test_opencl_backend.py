@@ -228,6 +228,27 @@ def test_every_activation_fused_and_unfused_matches_the_reference(op):
                                atol=1e-5)
 
 
+def test_batchnorm_and_arithmetic_take_their_activation():
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["bn"]),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("Sub", ["r", "z"], ["d"]),
+             helper.make_node("Tanh", ["d"], ["t"]),
+             helper.make_node("Mul", ["t", "x"], ["p"]),
+             helper.make_node("Sigmoid", ["p"], ["q"]),
+             helper.make_node("Div", ["q", "k"], ["e"]),
+             helper.make_node("LeakyRelu", ["e"], ["y"], alpha=0.3)]
+    inits = {"s": rand(3, seed=1), "b": rand(3, seed=2), "m": rand(3, seed=3),
+             "v": np.abs(rand(3, seed=4)) + 0.5, "k": rand(1, 3, 1, 1, seed=5)}
+    g = make_model(nodes, [("x", [2, 3, 4, 4]), ("z", [2, 3, 4, 4])], [("y", [2, 3, 4, 4])],
+                   inits)
+    x, z = rand(2, 3, 4, 4, seed=6), rand(2, 3, 4, 4, seed=7)
+    c = hal.compile(g, DEV)
+    assert sorted(n.op_type for n in c.model.graph) == [
+        "FusedBatchNormalization", "FusedDiv", "FusedMul", "FusedSub"]
+    ref = hal.compile(g, "cpu@reference")(x, z)[0]
+    np.testing.assert_allclose(c(x, z)[0], ref, rtol=1e-4, atol=1e-5)
+
+
 def test_nodes_the_kernels_cannot_run_are_not_fused():
     """An fp16 Add -> Relu goes to the fallback as it is: a fused ai.hal.opencl node could
     run nowhere else."""
