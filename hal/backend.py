@@ -6,7 +6,7 @@ Built-in backends and plugins implement exactly the same interface.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
@@ -52,6 +52,55 @@ class Transfers:
         return {"count": self.count, "bytes": self.bytes,
                 "h2d_count": self.h2d_count, "h2d_bytes": self.h2d_bytes,
                 "d2h_count": self.d2h_count, "d2h_bytes": self.d2h_bytes}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One target's time for a call computed from cycles and its clock: never a measurement."""
+
+    target: str
+    clock_mhz: float
+    ms_per_call: float
+    frames_per_s: float
+
+
+@dataclass
+class AcceleratorStats:
+    """What an accelerator segment reports about its last call besides its outputs.
+
+    ``layer_cycles``: its cycle counter per accelerator start; ``counter``: where the cycles
+    were read ("the simulated accelerator's cycles register"); ``estimates``: each target's
+    time for the call (cycles x clock), made as ``basis`` says (or why there are none).
+    """
+
+    batch: int
+    layer_cycles: list[int]
+    counter: str
+    estimates: list[Estimate] = field(default_factory=list)
+    basis: str = ""
+
+    @property
+    def cycles(self) -> int:
+        return sum(self.layer_cycles)
+
+    def estimate_text(self) -> str:
+        """The estimates led by how they were made, or why there are none."""
+        est = "; ".join(f"{e.target} @ {e.clock_mhz:g} MHz: {e.ms_per_call:.3f} ms/call, "
+                        f"{e.frames_per_s:,.0f} frames/s" for e in self.estimates)
+        return f"{self.basis}: {est}" if est else self.basis
+
+    def summary(self) -> str:
+        """The cycles and estimates in one line (``hal compare`` prints it per segment)."""
+        return "; ".join(filter(None, [f"{self.cycles:,} cycles for batch {self.batch}, from "
+                                       f"{self.counter}", self.estimate_text()]))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AcceleratorStats:
+        return cls(d["batch"], list(d["layer_cycles"]), d["counter"],
+                   [Estimate(**e) for e in d.get("estimates", [])], d.get("basis", ""))
 
 
 @dataclass
@@ -193,6 +242,8 @@ class Executable(abc.ABC):
         self.input_names = list(input_names)
         self.output_names = list(output_names)
         self.info: dict[str, Any] = {}  # shown by --explain (native steps, cache hits, ...)
+        #: an accelerator's own figures for the last call (cycles, estimates), or None
+        self.stats: AcceleratorStats | None = None
 
     @abc.abstractmethod
     def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
@@ -252,14 +303,6 @@ class Backend(abc.ABC):
     variants: ClassVar[tuple[str, ...]] = ()
     #: The precision used when the caller gives none (an int8-only accelerator sets "int8").
     default_precision: ClassVar[str] = "fp32"
-    #: Why this backend's devices stay out of ``hal compare``'s default device set (e.g. a
-    #: C or cycle-accurate simulation that takes minutes per model); None: they are in it.
-    #: Named in ``--devices`` they always run.
-    not_in_default_compare: ClassVar[str | None] = None
-
-    def left_out_of_default_compare(self, info: DeviceInfo) -> str | None:
-        """Why ``hal compare`` skips this device unless named (default: the class attribute)."""
-        return self.not_in_default_compare
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

@@ -46,7 +46,11 @@ class DeviceInfo:
     """One device a backend knows about, usable or not.
 
     ``host_memory`` says its buffers live in host RAM, so moving data between it
-    and the host is not a transfer. ``simulated`` marks emulators and stand-ins.
+    and the host is not a transfer. ``simulated`` marks emulators and stand-ins;
+    ``slow_simulation`` says why such a device takes far longer per call than the hardware
+    it stands for (a cycle-accurate or C simulation: "about 0.4 s per LeNet image"), or is
+    empty. The device states these facts; what to do with them (e.g. leave the device out
+    of a default comparison) is its user's decision.
     """
 
     kind: str
@@ -61,6 +65,7 @@ class DeviceInfo:
     #: Another name for the device ``alias_of`` (e.g. ``cpu:0@opencl`` for ``opencl:0@opencl``):
     #: both strings resolve to one Device, sharing buffers and transfer counters.
     alias_of: str = ""
+    slow_simulation: str = ""
 
     @property
     def string(self) -> str:
@@ -76,4 +81,5 @@ class DeviceInfo:
             "reason": self.reason, "simulated": self.simulated,
             "host_memory": self.host_memory, **({"details": self.details} if self.details else {}),
             **({"alias_of": self.alias_of} if self.alias_of else {}),
+            **({"slow_simulation": self.slow_simulation} if self.slow_simulation else {}),
         }

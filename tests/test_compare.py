@@ -388,3 +388,68 @@ def test_a_simulated_device_is_best_only_where_no_real_one_ran():
     best = Results(rows, {}).best()
     assert best[("m", 1, "int8")].device == "cpu@ort"
     assert best[("n", 1, "int8")].device == "fpga@emu"
+
+
+def test_best_rows_are_the_same_in_table_json_and_html():
+    from hal.comparison.results import Results
+    from hal.comparison.row import Row
+
+    rows = [Row(model="m", batch=1, device="fpga@rtl", precision="int8", p50_ms=0.5,
+                p90_ms=0.5, simulated=True),
+            Row(model="m", batch=1, device="cpu@ort", precision="int8", p50_ms=2.0, p90_ms=2.0),
+            Row(model="m", batch=1, device="cpu@torch", precision="int8", p50_ms=3.0,
+                p90_ms=3.0),
+            Row(model="n", batch=1, device="fpga@emu", precision="int8", p50_ms=7.0,
+                p90_ms=7.0, simulated=True),
+            Row(model="m", batch=1, device="cpu@ort", precision="fp32", p50_ms=1.0, p90_ms=1.0)]
+    res = Results(rows, {})
+    flags = [False, True, False, True, True]  # per (model, batch, precision)
+    assert [r["best"] for r in res.to_dict()["rows"]] == flags
+    assert [r["best"] for r in json.loads(res.to_json())["rows"]] == flags
+    chart = res.to_html().split("<h2>Throughput")[0]  # the latency bars
+    assert ">2 ★</text>" in chart and ">7 ★</text>" in chart and ">1 ★</text>" in chart
+    assert ">0.5 ★" not in chart and ">3 ★" not in chart
+    assert Results.from_json(res.to_json()).rows == rows  # "best" is derived, not a field
+
+
+def test_default_run_leaves_out_slow_simulations_with_why():
+    from hal.comparison.policy import default_devices
+
+    infos = [DeviceInfo("cpu", 0, "fast"), DeviceInfo("npu", 0, "sim", simulated=True),
+             DeviceInfo("npu", 1, "sim", simulated=True, slow_simulation="gate-level: 1 min"),
+             DeviceInfo("cpu", 0, "gone", usable=False, reason="not installed"),
+             DeviceInfo("cpu", 1, "fast", alias_of="cpu:0@fast")]
+    chosen, skipped = default_devices(infos)
+    assert chosen == ["cpu:0@fast", "npu:0@sim"]
+    assert skipped == {"npu:1@sim": "gate-level: 1 min"}
+    assert infos[2].to_dict()["slow_simulation"] == "gate-level: 1 min"
+    assert "slow_simulation" not in infos[1].to_dict()
+
+
+def test_built_in_slow_simulations_say_so():
+    from hal.comparison.policy import left_out
+
+    for d in hal.devices():
+        if d.backend in ("rtl", "hls4ml") and d.usable and d.simulated:
+            assert left_out(d) and "simulation" in d.slow_simulation
+        elif d.backend in ("reference", "emu", "ort"):
+            assert left_out(d) is None
+
+
+def test_accelerator_figures_are_typed():
+    from hal.backend import AcceleratorStats, Estimate
+    from hal.comparison.results import accelerator_text
+
+    dev = hal.device("fpga@emu")  # DeviceNotFound says why when it is not usable here
+    res = compare(["lenet"], [dev.string], batch=1, **FAST)
+    row = res.rows[0]
+    assert row.error is None and row.accelerator
+    for seg, figures in row.accelerator.items():
+        stats = AcceleratorStats.from_dict(figures)
+        assert stats.cycles > 0 and stats.batch == 1 and len(stats.layer_cycles) >= 2
+        assert all(isinstance(e, Estimate) and e.ms_per_call > 0 for e in stats.estimates)
+        assert "ESTIMATED" in stats.basis
+        assert f"segment {seg}: {stats.cycles:,} cycles" in accelerator_text(row.accelerator)
+    assert "cycles for batch 1" in res.to_csv()
+    again = Results.from_json(res.to_json()).rows[0]
+    assert again.accelerator == row.accelerator

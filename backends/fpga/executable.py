@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hal.backend import Buffer, Device, Executable
+from hal.backend import AcceleratorStats, Buffer, Device, Estimate, Executable
 from hal.errors import BackendError, InputError
 
 from .driver import Driver, LoadedLayer, output_shape
@@ -48,8 +48,9 @@ def put(device: Device, transport: Transport, array: np.ndarray) -> FpgaBuffer:
 
 class FpgaExecutable(Executable):
     """The accelerator layers of one segment, run one start each, activations kept on the
-    device between them. Per-layer cycles (the accelerator's ``cycles`` register) and the
-    wall time of the last call go into ``info`` for the placement report."""
+    device between them. The last call's cycles (the accelerator's ``cycles`` register, per
+    layer) and the estimates made from them are ``stats``; they and the call's wall time are
+    also text in ``info`` for the placement report."""
 
     def __init__(self, device: Device, transport: Transport, steps: list[Layer | View],
                  input_names: Sequence[str], output_names: Sequence[str], manifest: dict,
@@ -110,28 +111,31 @@ class FpgaExecutable(Executable):
         return [values[o] for o in self.output_names]
 
     def _report(self, n: int) -> None:
+        """``stats`` for the last call (cycles, estimates) and the text --explain shows."""
         sim = "simulated " if self.transport.simulated else ""
         tag = " (simulated)" if self.transport.simulated else ""
-        total = sum(self.last_cycles)
         cycles = dict(zip(map(id, self.layers), self.last_cycles))
         self.info["layers"] = "; ".join(
             step.describe() + (f": {cycles[id(step)]:,} cycles" if id(step) in cycles else "")
             for step in self.steps) + tag
-        self.info["cycles"] = (f"{total:,} for batch {n}, from the {sim}accelerator's cycles "
-                               f"register")
+        stats = AcceleratorStats(n, list(self.last_cycles), f"the {sim}accelerator's cycles "
+                                 f"register")
+        if stats.cycles and self.boards:
+            for name, mhz in self.boards:
+                s = stats.cycles / (mhz * 1e6)
+                stats.estimates.append(Estimate(name, mhz, s * 1e3, n / s))
+            stats.basis = ("estimated: cycle-accurate simulation x the Fmax nextpnr reported, "
+                           "not measured" if self.transport.name == "rtl" else
+                           f"ESTIMATED from the {sim}cycle count and the manifest clock, not "
+                           f"measured")
+        elif not stats.cycles:
+            stats.basis = (f"no estimate: the {sim}accelerator reported no cycles (numpy "
+                           f"specification engine)")
+        self.stats = stats
+        self.info["cycles"] = f"{stats.cycles:,} for batch {n}, from {stats.counter}"
         what = {"emu": "emulator", "opencl": "OpenCL runtime", "pynq": "pynq device"}.get(
             self.transport.name, self.transport.name)
         self.info["wall_ms"] = (f"{self.last_wall_s * 1e3:.3f} ms measured on the {sim}{what} "
                                 f"(wall time of the last call)")
-        if total and self.boards:
-            est = []
-            for name, mhz in self.boards:
-                s = total / (mhz * 1e6)
-                est.append(f"{name} @ {mhz:g} MHz: {s * 1e3:.3f} ms/call, {n / s:,.0f} frames/s")
-            how = ("estimated: cycle-accurate simulation x the Fmax nextpnr reported, not "
-                   "measured: " if self.transport.name == "rtl" else
-                   f"ESTIMATED from the {sim}cycle count and the manifest clock, not measured: ")
-            self.info["estimate"] = how + "; ".join(est)
-        elif not total:
-            self.info["estimate"] = (f"no estimate: the {sim}accelerator reported no cycles "
-                                     f"(numpy specification engine)")
+        if stats.basis:
+            self.info["estimate"] = stats.estimate_text()

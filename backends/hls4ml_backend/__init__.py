@@ -53,8 +53,6 @@ class Hls4mlBackend(Backend):
                          "rounding", "float_scales"})
     precisions = ("int8",)
     default_precision = "int8"
-    not_in_default_compare = ("its C simulation compiles for 15-100 s per model at first and "
-                              "runs one sample at a time")
 
     def probe(self) -> list[DeviceInfo]:
         import hls4ml
@@ -76,7 +74,9 @@ class Hls4mlBackend(Backend):
         return [DeviceInfo("fpga", 0, self.name, simulated=True,
                            name=f"hls4ml {hls4ml.__version__} C simulation ({Path(cxx).name}); "
                                 f"no board: designs are simulated",
-                           details={"compiler": cxx})]
+                           details={"compiler": cxx},
+                           slow_simulation="hls4ml's C simulation compiles for 15-100 s per "
+                                           "model at first and runs one sample at a time")]
 
     def supports(self, node, device: DeviceInfo) -> bool | str:
         from .support import reason

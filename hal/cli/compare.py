@@ -47,6 +47,7 @@ def cmd_compare(args) -> int:
                                TimeElapsedColumn, TimeRemainingColumn)
 
     from hal.comparison import Results, compare
+    from hal.comparison.results import accelerator_text
 
     con = Console()
     if not con.is_terminal:
@@ -71,9 +72,9 @@ def cmd_compare(args) -> int:
               f"is host RSS above the pre-compile level "
               f"({'one process per device' if args.isolate else 'in this process'})")
     for r in res.rows:
-        for seg, text in (r.accelerator or {}).items():
-            con.print(f"{escape(r.device)} {escape(r.model)} b{r.batch} segment {seg}: "
-                      f"{escape(text)}")
+        if r.accelerator:
+            con.print(f"{escape(r.device)} {escape(r.model)} b{r.batch} "
+                      f"{escape(accelerator_text(r.accelerator))}")
     for dev, why in run.get("left_out", {}).items():
         con.print(f"not compared by default: {escape(dev)}: {escape(why)}; name it in --devices "
                   "to include it")

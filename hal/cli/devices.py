@@ -28,7 +28,8 @@ def cmd_devices(args) -> int:
     for d in devs:
         broken = d.details.get("broken")
         t.add_row(d.string, "[green]yes[/]" if d.usable else ("[red]broken[/]" if broken else "no"),
-                  "[yellow]simulated[/]" if d.simulated else "",
+                  ("[yellow]simulated[/]" + (", slow" if d.slow_simulation else ""))
+                  if d.simulated else "",
                   escape((d.name + (f" (another name for {d.alias_of})" if d.alias_of else ""))
                          if d.usable else d.reason))
     console().print(t)

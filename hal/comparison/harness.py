@@ -14,6 +14,7 @@ import numpy as np
 from hal import compiler, registry
 from hal import models as zoo
 from hal.backend import CompileOptions
+from hal.comparison.policy import default_devices
 from hal.comparison.results import Results
 from hal.comparison.rounds import device_order, merge
 from hal.comparison.row import Row
@@ -70,7 +71,9 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     """Measure every model on every device at every batch size and precision.
 
     ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
-    strings (default: every usable device, simulated ones included, aliases skipped).
+    strings (default: ``policy.default_devices``: every usable device, simulated ones
+    included, aliases and slow simulations skipped, the latter listed with why in
+    ``environment["run"]["left_out"]``).
     ``precision``: one or more of fp32/fp16/bf16/int8 for every device (default: each
     device's own ``default_precision``, fp32 except on int8-only accelerators).
     ``budget_s``: seconds of timed calls per row after warm-up (at least ``min_runs``
@@ -103,8 +106,10 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
         raise OptionError(f"budget_s must be a number of seconds >= 0, got {budget_s!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise OptionError(f"rounds must be a whole number >= 1, got {rounds!r}")
-    devices_asked = devices
-    devices = _devices(devices)
+    if devices is None:
+        devices, left_out = default_devices(registry.devices())
+    else:
+        devices, left_out = _devices(devices), {}
     loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
 
     total = len(models) * len(devices) * len(batch) * max(len(precision), 1)  # [] = one each
@@ -137,7 +142,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
                   "rounds": rounds,
                   "isolate": bool(isolate), "scenario": scenario, "reference": REFERENCE,
                   "memory": PeakMemory().method,
-                  "left_out": left_out_by_default() if devices_asked is None else {}}
+                  "left_out": left_out}
     env["devices"] = _device_info(devices)
     if isolate:
         env["workers"] = worker_envs
@@ -223,13 +228,10 @@ def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -
 
 
 def _accelerator_figures(compiled) -> dict:
-    """Cycle counts and estimates the accelerator segments report (FPGA devices)."""
-    out = {}
-    for i, exe in enumerate(compiled.executables):
-        info = getattr(exe, "info", None) or {}
-        if "cycles" in info:
-            out[str(i)] = "; ".join(str(info[k]) for k in ("cycles", "estimate") if k in info)
-    return out
+    """Segment index -> the accelerator's own figures for the last call (``stats``: cycles,
+    estimates), for the segments that report them (FPGA devices)."""
+    return {str(i): exe.stats.to_dict() for i, exe in enumerate(compiled.executables)
+            if getattr(exe, "stats", None) is not None}
 
 
 def record_accuracy(row: Row, outs: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> None:
@@ -333,25 +335,10 @@ def _precisions(precision: Any) -> list[str]:
 
 
 def _devices(devices: Any) -> list[str]:
-    if devices is None:
-        return [d.string for d in registry.devices()
-                if d.usable and not d.alias_of and not _left_out(d.string)]
     out = [registry.device(d).string for d in _as_list(devices)]  # DeviceNotFound says why
     if not out:
         raise OptionError("devices is empty; leave it out to use every usable device")
     return list(dict.fromkeys(out))
-
-
-def _left_out(device: str) -> str | None:
-    """Why ``device`` is not in the default comparison (its backend's own words), or None."""
-    dev = registry.device(device)
-    return dev.backend.left_out_of_default_compare(dev.info)
-
-
-def left_out_by_default() -> dict[str, str]:
-    """Usable devices the default comparison skips, with the reason."""
-    return {d.string: why for d in registry.devices() if d.usable and not d.alias_of
-            for why in [_left_out(d.string)] if why}
 
 
 def _device_info(devices: Iterable[str]) -> dict:

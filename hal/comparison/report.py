@@ -43,6 +43,7 @@ def html_report(results) -> str:
     batches = sorted({r.batch for r in rows})
     precisions = list(dict.fromkeys(r.precision for r in rows))
     ok = [r for r in rows if not r.error and r.p50_ms]
+    best = {id(r) for r in results.best().values()}
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>HAL device comparison</title><style>{CSS}</style></head><body>",
@@ -59,7 +60,7 @@ def html_report(results) -> str:
         groups = []
         for m in models:
             bars = [(r.device + ("" if len(precisions) == 1 else f" {r.precision}"), r.p50_ms,
-                     r.p90_ms, colors[r.device], r.simulated)
+                     r.p90_ms, colors[r.device], r.simulated, id(r) in best)
                     for r in ok if r.model == m and r.batch == b]
             if bars:
                 groups.append((m, bars))
@@ -170,7 +171,7 @@ def _svg(w: int, h: int, body: list[str], title: str) -> str:
 
 def _bars(groups: list, title: str) -> str:
     label_w, w, bar_h, gap = 250, 640, 13, 10
-    vals = [v for _, bars in groups for _, p50, p90, _, _ in bars for v in (p50, p90 or p50)]
+    vals = [v for _, bars in groups for _, p50, p90, *_ in bars for v in (p50, p90 or p50)]
     x = _Log(min(vals), max(vals), label_w, w - 20)
     h = 40 + sum(len(b) * bar_h + gap for _, b in groups) + 30
     out = [f"<text x='{w / 2}' y='16' text-anchor='middle' font-weight='600'>"
@@ -181,10 +182,8 @@ def _bars(groups: list, title: str) -> str:
                    f"<text x='{xx:.1f}' y='{h - 14}' text-anchor='middle'>{_fmt(t)}</text>")
     y = 30
     for model, bars in groups:
-        real = [p50 for _, p50, _, _, sim in bars if not sim]  # as Results.best: real first
-        best = min(real or [p50 for _, p50, _, _, _ in bars])
         out.append(f"<text x='4' y='{y + 10}' font-weight='700'>{escape(model)}</text>")
-        for label, p50, p90, color, sim in bars:
+        for label, p50, p90, color, sim, best in bars:
             x0, x1 = x(10.0 ** x.lo), x(p50)
             tip = f"{model} {label}: p50 {p50:.3f} ms, p90 {(p90 or p50):.3f} ms"
             out.append(f"<g><title>{escape(tip)}</title>"
@@ -198,7 +197,7 @@ def _bars(groups: list, title: str) -> str:
             if p90 and p90 > p50:
                 out.append(f"<line x1='{x1:.1f}' x2='{x(p90):.1f}' y1='{y + bar_h / 2 - 1}' "
                            f"y2='{y + bar_h / 2 - 1}' stroke='#333'/>")
-            mark = " ★" if p50 == best and (not sim or not real) else ""
+            mark = " ★" if best else ""
             out.append(f"<text x='{x(p90 or p50) + 4:.1f}' y='{y + bar_h - 3}' "
                        f"fill='#333'>{p50:.3g}{mark}</text></g>")
             y += bar_h

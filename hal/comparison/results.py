@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from hal.comparison.policy import best_rows
 from hal.comparison.row import FIELDS, Row
 from hal.errors import HalError
 
@@ -35,22 +36,15 @@ class Results:
     def best(self) -> dict[tuple, Row]:
         """The best row per (model, batch, precision): lowest p50 (p90 for SingleStream,
         highest throughput for MLPerf Offline and Server). A simulated device's time is its
-        simulator's, not the hardware's: it is best only where no real device was measured."""
-        out: dict[tuple, Row] = {}
-        for r in self.rows:
-            score = _score(r)
-            if score is None:
-                continue
-            key = (r.model, r.batch, r.precision)
-            have = out.get(key)
-            if have is None or (r.simulated, score) < (have.simulated, _score(have)):
-                out[key] = r
-        return out
+        simulator's, not the hardware's: it is best only where no real device was measured.
+        The table, the JSON (``best`` per row) and the HTML report all mark these rows."""
+        return best_rows(self.rows)
 
     # -- writers -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        best = {id(r) for r in self.best().values()}
         return {"schema": SCHEMA, "environment": self.environment,
-                "rows": [r.to_dict() for r in self.rows]}
+                "rows": [{**r.to_dict(), "best": id(r) in best} for r in self.rows]}
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, default=str)
@@ -109,16 +103,6 @@ class Results:
         return rich_table(self, title)
 
 
-def _score(r: Row) -> float | None:
-    if r.error:
-        return None
-    if r.scenario in ("Offline", "Server"):
-        return -r.throughput_per_s if r.throughput_per_s else None
-    if r.scenario == "SingleStream":
-        return r.p90_ms
-    return r.p50_ms
-
-
 def _write(path, text: str) -> None:
     if path:
         Path(path).write_text(text, encoding="utf-8")
@@ -148,9 +132,19 @@ def _flat(r: Row, text: bool = True) -> dict:
         m.get("metric"), m.get("value"), m.get("result"))
     d["placement"] = placement_text(r.placement)
     d["segments"] = " > ".join(f"{dev}[{n}]" for dev, n in r.segments)
+    d["accelerator"] = accelerator_text(r.accelerator)
     if text:
         d["round_p50_ms"] = " ".join(f"{v:.6g}" for v in r.round_p50_ms)
     return d
+
+
+def accelerator_text(accelerator: dict) -> str:
+    """A row's accelerator figures (segment -> AcceleratorStats as a dict) in one line."""
+    from hal.backend import AcceleratorStats
+
+    return " | ".join(f"segment {seg}: "
+                      f"{d if isinstance(d, str) else AcceleratorStats.from_dict(d).summary()}"
+                      for seg, d in accelerator.items())  # text: a file from before the type
 
 
 def placement_text(placement: dict) -> str:

@@ -45,8 +45,9 @@ class Row:
     segments: list = field(default_factory=list)
     transfers: dict = field(default_factory=dict)
     mlperf: dict | None = None
-    #: accelerator segments' own figures after the last call: cycles read from the device
-    #: and, for simulated hardware, estimates labelled as such (segment index -> text)
+    #: accelerator segments' own figures after the last call: segment index -> the
+    #: ``hal.backend.AcceleratorStats`` as a dict (cycles read from the device, estimates
+    #: of real parts labelled as such)
     accelerator: dict = field(default_factory=dict)
     error: str | None = None
 
