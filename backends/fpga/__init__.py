@@ -23,6 +23,9 @@ from .transports import TRANSPORTS
 GENERIC_REASON = ("not part of a quantized Conv/Gemm/MatMul layer (QDQ form: compile with "
                   "precision='int8'); hal_int8 runs only those, with Relu/Clip and a k×k stride-k "
                   "max-pool fused")
+#: transports whose devices take far longer per call than the hardware they simulate
+SLOW_SIMULATIONS = {"rtl": "cycle-accurate RTL simulation: about 0.4 s per LeNet image (the "
+                           "whole zoo at batch 64 takes about an hour)"}
 
 
 class FpgaBackend(Backend):
@@ -58,17 +61,12 @@ class FpgaBackend(Backend):
             for f in found:
                 info = DeviceInfo(kind="fpga", index=f.index, backend=variant, name=f.name,
                                   usable=f.usable, reason=f.reason, simulated=f.simulated,
-                                  host_memory=False, details=dict(f.details))
+                                  host_memory=False, details=dict(f.details),
+                                  slow_simulation=SLOW_SIMULATIONS.get(variant, ""))
                 if f.usable:
                     self._handles[info.string] = f.handle
                 out.append(info)
         return out
-
-    def left_out_of_default_compare(self, info: DeviceInfo) -> str | None:
-        if info.backend == "rtl":
-            return ("cycle-accurate RTL simulation: about 0.4 s per LeNet image, so the whole "
-                    "zoo at batch 64 would take an hour")
-        return None
 
     def transport(self, device: Device, target: str | None = None, bitfile: str | None = None):
         """(transport, engine text) of ``device``, programmed / built on first use; asking for
