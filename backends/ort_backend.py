@@ -126,6 +126,8 @@ class OrtBackend(Backend):
             return "ort fails on empty boolean reductions"
         if op == "MaxUnpool" and len(node.inputs) > 2 and node.inputs[2] is not None:
             return "ort's MaxUnpool ignores output_shape"
+        if op == "LRN" and attr.get("size", 1) % 2 == 0:
+            return "ort's LRN takes an odd size only"
         if op == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
             return "training-mode Dropout is random and cannot be checked"
         if op == "Resize" and attr.get("coordinate_transformation_mode") == "align_corners" \

@@ -18,6 +18,7 @@ import torch
 from torch import fx
 
 from hal.errors import BackendError
+from hal.ir.attributes import attribute as attr
 
 #: op type -> (converter, check); check(node) returns None or why the node cannot run.
 CONVERTERS: dict[tuple[str, str], tuple[Callable, Callable | None]] = {}
@@ -30,21 +31,6 @@ def converter(*names: str, domain: str = "", check: Callable | None = None):
         return fn
 
     return register
-
-
-def attr(node: ir.Node, name: str, default: Any = None) -> Any:
-    """An ONNX attribute as a plain Python value (lists for INTS/FLOATS, numpy for tensors)."""
-    a = node.attributes.get(name)
-    if a is None:
-        return default
-    t, v = a.type, a.value
-    if t == ir.AttributeType.TENSOR:
-        return v.numpy()
-    if t == ir.AttributeType.STRING:
-        return v.decode() if isinstance(v, bytes) else v
-    if t in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
-        return list(v)
-    return v
 
 
 class NodeView:

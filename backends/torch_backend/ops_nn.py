@@ -237,23 +237,20 @@ def average_pool(n: NodeView):
 
 
 def _global_pool(kind, x):
-    dims = tuple(range(2, x.ndim))
-    if kind == "GlobalAveragePool":
-        return torch.mean(x, dim=dims, keepdim=True)
-    return torch.amax(x, dim=dims, keepdim=True)
+    if kind == "GlobalMaxPool":
+        return torch.amax(x, dim=tuple(range(2, x.ndim)), keepdim=True)
+    if x.ndim == 4:
+        # a whole-plane avg_pool2d reduces every channel in the same order; mean and
+        # adaptive_avg_pool2d on a channels-last tensor sum the channels past the last full
+        # vector in another order, so equal channels come out an ulp apart (a softmax over
+        # the 1e10-sized logits of ONNX's light_squeezenet turns that into a wrong answer)
+        return F.avg_pool2d(x, x.shape[2:])
+    return torch.mean(x, dim=tuple(range(2, x.ndim)), keepdim=True)
 
 
 @converter("GlobalAveragePool", "GlobalMaxPool")
 def global_pool(n: NodeView):
-    if n.op == "GlobalAveragePool":
-        return n.call(F.adaptive_avg_pool2d, n.input(0), 1) if _rank(n) == 4 \
-            else n.call(_global_pool, n.op, n.input(0))
     return n.call(_global_pool, n.op, n.input(0))
-
-
-def _rank(n: NodeView) -> int | None:
-    v = n.node.inputs[0]
-    return None if v.shape is None else len(v.shape)
 
 
 # -- normalization ---------------------------------------------------------------------------
@@ -321,6 +318,21 @@ def _lp_norm(x, axis, p):
 @converter("LpNormalization")
 def lp_norm(n: NodeView):
     return n.call(_lp_norm, n.input(0), int(n.attr("axis", -1)), int(n.attr("p", 2)))
+
+
+def _lrn(x, size, alpha, beta, bias):
+    # ONNX's window is floor((size-1)/2) channels before and ceil((size-1)/2) after;
+    # F.local_response_norm pads the other way round, which differs for an even size
+    n, c = x.shape[:2]
+    sq = F.pad((x * x).reshape(n, 1, c, -1), (0, 0, (size - 1) // 2, size // 2))
+    mean = F.avg_pool2d(sq, (size, 1), stride=1).reshape(x.shape)
+    return x / (bias + alpha * mean) ** beta
+
+
+@converter("LRN")
+def lrn(n: NodeView):
+    return n.call(_lrn, n.input(0), int(n.attr("size")), float(n.attr("alpha", 1e-4)),
+                  float(n.attr("beta", 0.75)), float(n.attr("bias", 1.0)))
 
 
 def _dropout_check(node):

@@ -22,7 +22,7 @@ OPS = frozenset({
     # convolution, pooling, normalization
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "BatchNormalization", "LayerNormalization", "InstanceNormalization", "LpNormalization",
-    "Dropout",
+    "LRN", "Dropout",
     # shape and data movement
     "Constant", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze", "Unsqueeze", "Shape",
     "Size", "Gather", "GatherElements", "Slice", "Split", "Expand", "Tile", "Pad", "Cast",
