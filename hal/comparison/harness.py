@@ -27,7 +27,6 @@ __all__ = ["Job", "Reference", "Row", "Timing", "compare", "measure"]
 
 REFERENCE = "cpu@reference"
 DEFAULT_BUDGET_S = 0.3
-SCENARIOS = ("single-stream", "offline", "server")
 
 
 @dataclass
@@ -53,10 +52,6 @@ class Job:
     min_runs: int = 5
     max_runs: int = 1000
     latency_bound_ms: float | None = None  # MLPerf Server only
-
-    @property
-    def rows(self) -> int:
-        return len(self.models) * len(self.precision) * len(self.batch)
 
 
 Progress = Callable[..., Any]
