@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
@@ -43,6 +45,7 @@ def _lay(package: str, target: Path, mapping: dict[str, str], expanded: set[str]
             (target / name).symlink_to(source / name)
 
 
+@event_priority(100)  # before mkdocstrings reads its search paths
 def on_config(config):
     with open(ROOT / "pyproject.toml", "rb") as f:
         mapping = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
