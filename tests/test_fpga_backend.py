@@ -148,6 +148,52 @@ def test_segment_executables_take_and_give_int8(lenet_qdq):
     np.testing.assert_array_equal(y, want)
 
 
+# -- capability: each layer claimed as one unit ------------------------------------------------
+
+def test_claim_hands_over_each_layer_and_view_as_one_group(lenet_qdq):
+    c = _compile(lenet_qdq, "fpga@emu")
+    dev = hal.device("fpga@emu")
+    graph = c.model.graph
+    claims = dev.backend.claim(graph, dev.info)
+    assert sorted(id(n) for cl in claims for n in cl.nodes) == sorted(id(n) for n in graph)
+    ran = [cl for cl in claims if cl.reason is None]
+    assert [[n.op_type for n in cl.nodes if n.op_type not in ("DequantizeLinear",
+                                                               "QuantizeLinear")]
+            for cl in ran] == [["Conv", "MaxPool"], ["Conv", "MaxPool"], ["Flatten"],
+                               ["Gemm", "Relu"], ["Gemm"]]
+    for cl in ran:
+        assert {c.placement[n.name] for n in cl.nodes} == {"fpga:0@emu"}
+    refused = [cl for cl in claims if cl.reason is not None]
+    assert refused and all(len(cl.nodes) == 1 and "LogSoftmax" not in cl.reason or
+                           "quantized Conv/Gemm/MatMul layer" in cl.reason for cl in refused)
+
+
+def test_a_layer_listed_apart_is_kept_together(lenet_qdq):
+    """Weight DQs listed first (a topological order exporters write) still go with their layer:
+    the partitioner moves each claimed group together."""
+    import copy
+
+    m = copy.deepcopy(lenet_qdq)
+    weights = {t.name for t in m.graph.initializer}
+    first = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    rest = [n for n in m.graph.node if n not in first]
+    del m.graph.node[:]
+    m.graph.node.extend(first + rest)
+    x = hal.models.example_input("lenet", 2)
+    c = _compile(m, "fpga@emu")
+    assert [s.device.string for s in c.segments] == ["cpu:0@ort", "fpga:0@emu", "cpu:0@ort"]
+    np.testing.assert_array_equal(c(x)[0], evaluate(lenet_qdq, x)[0])
+
+
+def test_supports_answers_for_one_node(lenet_qdq):
+    c = _compile(lenet_qdq, "fpga@emu")
+    dev = hal.device("fpga@emu")
+    conv = next(n for n in c.model.graph if n.op_type == "Conv")
+    assert dev.backend.supports(conv, dev.info) is True
+    dq = next(n for n in c.model.graph if n.op_type == "DequantizeLinear")
+    assert "claim()" in dev.backend.supports(dq, dev.info)
+
+
 def test_fp32_is_refused_with_the_supported_precision():
     with pytest.raises(hal.HalError, match="int8"):
         hal.compile("lenet", "fpga@emu", precision="fp32")
@@ -346,6 +392,7 @@ def test_cli_explain_shows_segments_and_simulated(capsys):
         out = capsys.readouterr().out
         assert "simulated" in out and f"fpga:0@{dev[5:]}" in out and "cpu:0@" in out
         assert "ESTIMATED" in out and "cycles" in out and "transfers per call" in out
+        assert "FindLayers" in out and "4 accelerator layer(s)" in out
 
 
 def test_model_is_not_modified(digits_qdq):

@@ -296,8 +296,9 @@ def test_placement_keeps_what_the_core_refuses_off_it():
         assert backend.supports(op, default) is True
         why = backend.supports(op, small)
         assert isinstance(why, str) and "GROUPS=0" in why
-        # every node of the layer goes with it
-        assert all(backend.supports(n, small) == why for n in layer.nodes)
+        # every node of the layer goes with it: the layer is one refused group
+        group = next(c for c in backend.claim(model.graph, small) if op in c.nodes)
+        assert group.nodes == layer.nodes and group.reason == why
 
 
 def test_rtl_sources_are_packaged():

@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from hal.backend import Backend, CompileOptions, Device, Executable
+from hal.backend import Backend, Claim, CompileOptions, Device, Executable
 from hal.device import DeviceInfo
 from hal.errors import BackendError
 
@@ -91,32 +91,39 @@ class FpgaBackend(Backend):
         return t, t.describe()
 
     # -- capability and compilation -------------------------------------------------------
-    def supports(self, node, device: DeviceInfo) -> bool | str:
+    def claim(self, graph, device: DeviceInfo) -> list[Claim]:
+        """One group per accelerator layer (its input DQs, the op, activation, Q and pool
+        chain) and per view beside a layer ``device`` runs; every other node refused with why."""
         from . import qdq
 
-        graph = node.graph
-        if graph is None:
-            return f"{node.op_type}: {GENERIC_REASON}"
-        found = qdq.analysis(graph)
-        step = found.owner.get(id(node))
-        if step is None:
-            return found.refused.get(id(node)) or f"{node.op_type} is {GENERIC_REASON}"
-        if step.op != "view":
-            return _core_refuses(step, device) or True
-        # a view is worth it only beside a layer this device runs
-        beside = [s for s in found.layers if s.y == step.x or s.x == step.y]
-        if all(_core_refuses(s, device) for s in beside):
-            return (f"{node.op_type} {node.name!r}: a reshape between int8 layers, kept on the "
-                    f"accelerator only beside a layer {device.string} runs")
-        return True
+        found = qdq.analyse(graph)
+        steps = [Claim(step.nodes, _refuses(step, found, device)) for step in found.steps]
+        rest = [Claim([n], found.refused.get(id(n)) or f"{n.op_type} is {GENERIC_REASON}")
+                for n in graph if id(n) not in found.owner]
+        return steps + rest
+
+    def supports(self, node, device: DeviceInfo) -> bool | str:
+        """One node alone: a Conv/Gemm/MatMul as the layer around it; any other node runs here
+        only inside a layer or a view, which ``claim`` finds over the whole graph."""
+        from hal.ir.schemas import is_onnx
+
+        from . import qdq
+
+        if not is_onnx(node, *qdq.OPS):
+            return (f"{node.op_type} {node.name!r} runs on {self.name} only inside an "
+                    f"accelerator layer or a view between layers (ask claim() with the graph)")
+        try:
+            return _core_refuses(qdq.match(node), device) or True
+        except qdq.Refused as exc:
+            return str(exc)
 
     def flow(self, options: CompileOptions):
         from hal.passes import Flow, ShapeInference, cleanup_passes
 
-        from .passes import GroupLayers
+        from .passes import FindLayers
 
         return Flow("fpga.int8", cleanup_passes() + [ShapeInference(strict_mode=False),
-                                                     GroupLayers()])
+                                                     FindLayers()])
 
     def compile(self, model, device: Device, options: CompileOptions) -> Executable:
         from hal.passes import ShapeInference
@@ -142,6 +149,18 @@ class FpgaBackend(Backend):
         from .executable import put
 
         return put(device, self.transport(device)[0], np.ascontiguousarray(array))
+
+
+def _refuses(step, found, device: DeviceInfo) -> str | None:
+    """Why ``device`` does not run a layer or view of ``found``, or None."""
+    if step.op != "view":
+        return _core_refuses(step, device)
+    # a view is worth it only beside a layer this device runs
+    beside = [s for s in found.layers if s.y == step.x or s.x == step.y]
+    if all(_core_refuses(s, device) for s in beside):
+        return (f"Flatten {step.names['op']!r}: a reshape between int8 layers, kept on the "
+                f"accelerator only beside a layer {device.string} runs")
+    return None
 
 
 def _core_refuses(layer, device: DeviceInfo) -> str | None:

@@ -16,7 +16,6 @@ reason, so that the partitioner can say why a node runs on the CPU.
 from __future__ import annotations
 
 import re
-import weakref
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -450,17 +449,3 @@ def anchor(step: Layer | View) -> ir.Node:
     """The node a layer or view is built around: its Conv/Gemm/MatMul, or the Flatten."""
     return step.nodes[1] if step.op == "view" else next(n for n in step.nodes
                                                         if n.op_type in OPS)
-
-
-_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def analysis(graph: ir.Graph) -> Analysis:
-    """``analyse(graph)``, remembered while the graph and its node count stay the same (the
-    partitioner asks once per node)."""
-    key = (len(graph), tuple(id(n) for n in graph))
-    hit = _cache.get(graph)
-    if hit is None or hit[0] != key:
-        hit = (key, analyse(graph))
-        _cache[graph] = hit
-    return hit[1]
