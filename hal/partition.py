@@ -111,10 +111,12 @@ def place(graph: ir.Graph, primary: Device, fallback: Device | None,
     """The device of each node and the fallbacks taken. Moves the nodes of each claimed group
     together in ``graph`` first, so the result follows the graph's new order."""
     own = claims(primary, graph)
-    other = claims(fallback, graph) if fallback is not None and fallback is not primary else None
+    other = None  # asked only when the device refuses something
+    if fallback is not None and fallback is not primary and len(own.group) < len(graph):
+        other = claims(fallback, graph)
     for node in graph:
         if not own.runs(node) and (other is None or not other.runs(node)):
-            raise _unsupported(graph, node, own, fallback, candidates)
+            raise _unsupported(graph, node, own, other, fallback, candidates)
     units = [(primary, g) for g in _groups(graph, own, lambda n: True)]
     if other is not None:  # the fallback's groups, as far as they land on it
         units += [(fallback, g) for g in _groups(graph, other, lambda n: not own.runs(n))]
@@ -128,12 +130,13 @@ def place(graph: ir.Graph, primary: Device, fallback: Device | None,
     return where, fallbacks
 
 
-def _unsupported(graph, node, own: Claims, fallback: Device | None,
+def _unsupported(graph, node, own: Claims, other: Claims | None, fallback: Device | None,
                  candidates: list[Device]) -> UnsupportedOp:
     primary = own.device
     able = [d.string for d in candidates if d is not primary and claims(d, graph).runs(node)]
     mode = ("strict fallback (fallback=None)" if fallback is None else
-            f"the fallback {fallback.string} cannot run it either")
+            f"the fallback {fallback.string} cannot run it either"
+            + (f" ({other.refused[id(node)]})" if other is not None else ""))
     return UnsupportedOp(
         f"{primary.string} cannot run node {node.name!r} (op {node.op_type}): "
         f"{own.refused[id(node)]}; {mode}. Devices that can run it: {', '.join(able) or 'none'}. "

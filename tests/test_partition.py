@@ -188,6 +188,15 @@ def test_broken_claim_falls_back_saying_why(grouped, claimer, why):
         hal.compile(model, "grp", opt_level=0, fallback=None)
 
 
+def test_broken_fallback_claim_is_named_in_the_error(toy, grouped):
+    grouped.claimer = lambda g: 1 / 0
+    model = nn.trace(lambda x: F.sigmoid(F.conv2d(x, W1)), (None, 2, 5, 5))
+    with pytest.raises(hal.UnsupportedOp) as e:
+        hal.compile(model, "toy", opt_level=0, fallback="grp")
+    assert "(op Sigmoid)" in str(e.value)
+    assert "claim() of backend 'grouped' raised ZeroDivisionError" in str(e.value)
+
+
 def test_default_claim_is_supports_per_node():
     class Picky(ReferenceBackend):
         def supports(self, node, device):
