@@ -7,10 +7,10 @@ One accelerator layer is the chain
     DQ(B_q) ─┘
 
 with int8 activations and weights, an int32 bias, symmetric (zero) zero points, per-tensor
-activation scales and per-output-channel weight scales. ``find_layers`` returns each such chain
+activation scales and per-output-channel weight scales. ``analyse`` returns each such chain
 with everything the accelerator needs (int8 weights, int32 bias, per-channel multiplier and
 shift from the scales through ``spec.quantize_multiplier``), or for each op it refuses the
-reason, so that the partitioner can say why a node runs on the CPU.
+reason, so that the backend's ``claim`` can say why a node runs on the CPU.
 """
 
 from __future__ import annotations
