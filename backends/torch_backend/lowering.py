@@ -86,10 +86,6 @@ class NodeView:
         v = self.node.inputs[i] if self.has(i) else None
         return None if v is None or v.dtype is None else torch_dtype(v.dtype)
 
-    def out_dtype(self, i: int = 0) -> torch.dtype | None:
-        v = self.node.outputs[i]
-        return None if v.dtype is None else torch_dtype(v.dtype)
-
     def call(self, fn: Callable, *args: Any, **kwargs: Any) -> fx.Node:
         return self.lowering.graph.call_function(fn, args, kwargs)
 

