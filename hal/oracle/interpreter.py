@@ -25,20 +25,28 @@ class Interpreter:
         self.output_names = [v.name for v in graph.outputs]
         self.constants = {name: v.const_value.numpy() for name, v in graph.initializers.items()
                           if v.const_value is not None}
-        self.plan: list[tuple[ir.Node, Callable, list, list, dict]] = []
-        for node in graph:
+        self.plan: list[tuple[ir.Node, Callable, list, list, dict, list]] = []
+        last_use: dict[str, int] = {}
+        for i, node in enumerate(graph):
             fn = OPS.get(node.op_type)
             if fn is None:
                 raise BackendError(f"{where} has no kernel for {node.op_type} "
                                    f"(node {node.name!r})")
             ins = [v.name if v is not None else None for v in node.inputs]
             outs = [v.name for v in node.outputs]
-            self.plan.append((node, fn, ins, outs, attributes(node)))
+            self.plan.append((node, fn, ins, outs, attributes(node), []))
+            last_use.update((n, i) for n in ins + outs if n)
+        # intermediates are dropped after their last use, so a big model's peak memory is
+        # its live values, not every value it ever computed
+        keep = set(self.output_names) | set(self.input_names) | set(self.constants)
+        for name, i in last_use.items():
+            if name not in keep:
+                self.plan[i][5].append(name)
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         env: dict[str, np.ndarray] = dict(self.constants)
         env.update(zip(self.input_names, inputs))
-        for node, fn, ins, outs, attrs in self.plan:
+        for node, fn, ins, outs, attrs, dead in self.plan:
             args = [env[n] if n else None for n in ins]
             try:
                 res = fn(*args, **attrs)
@@ -54,6 +62,8 @@ class Interpreter:
             for name, val in zip(outs, res):
                 if name:
                     env[name] = val
+            for name in dead:
+                env.pop(name, None)
         return [np.asarray(env[n]) for n in self.output_names]
 
 
