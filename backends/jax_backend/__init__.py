@@ -1,20 +1,22 @@
 """``cpu@jax``, ``gpu@jax``, ``tpu@jax``: segments lowered to jax.numpy/lax and jax.jit-compiled.
 
-jax is imported lazily (probe/compile). Before that first import the backend asks jax
-not to preallocate most of a GPU's memory (``XLA_PYTHON_CLIENT_PREALLOCATE=false``,
-unless the user set it), so torch or TensorFlow in the same process still get memory.
-Nothing else global is changed: 64-bit types are enabled per computation, only for
-segments that need them, with ``jax.enable_x64`` around their trace and calls.
+The lowering is the tracing backends' shared one (``hal.backends.common``) with jax's
+context and kernel table. jax is imported lazily (probe/compile, ``framework``). Nothing
+global is changed: 64-bit types are enabled per computation, only for segments that need
+them, with ``jax.enable_x64`` around their trace and calls.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from hal.backend import Backend, CompileOptions, Device
+from hal.backend import CompileOptions, Device, check_precision
+from hal.backends.common.backend import TracingBackend
+from hal.backends.common.frameworks import quiet_stderr
+from hal.backends.jax_backend.framework import import_jax
+from hal.backends.jax_backend.kernels import TABLE
 from hal.device import DeviceInfo
 from hal.errors import OptionError
 
@@ -25,54 +27,28 @@ _MISSING = {
 }
 
 
-def _import_jax():
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax
-
-    return jax
-
-
-def _declared_ops() -> frozenset[str]:
-    # names only, so listing devices never imports jax; kernels/ must define each of these
-    return frozenset("""
-        Abs Neg Exp Log Sqrt Floor Ceil Round Sign Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh
-        Acosh Atanh Erf Tanh Sigmoid Softsign Relu Reciprocal Not BitwiseNot IsNaN IsInf
-        Identity Softplus Mish HardSwish Add Sub Mul Div Mod Pow BitShift Equal Less Greater
-        LessOrEqual GreaterOrEqual And Or Xor BitwiseAnd BitwiseOr BitwiseXor Max Min Sum Mean
-        Where Clip LeakyRelu PRelu Elu Celu Selu ThresholdedRelu HardSigmoid Shrink Gelu
-        Softmax LogSoftmax Hardmax ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1
-        ReduceL2 ReduceSumSquare ReduceLogSum ReduceLogSumExp ArgMax ArgMin CumSum
-        MatMul Gemm Einsum Conv MaxPool AveragePool GlobalAveragePool GlobalMaxPool
-        BatchNormalization LayerNormalization InstanceNormalization LRN
-        Reshape Flatten Transpose Concat Squeeze Unsqueeze Slice Gather GatherElements Split
-        Expand Tile Pad Shape Size Cast CastLike ConstantOfShape Range Trilu DepthToSpace
-        SpaceToDepth Constant
-    """.split())
-
-
 _JAX_DTYPES = frozenset({"FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "BOOL", "INT8", "INT16",
                          "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 
 
-class JaxBackend(Backend):
+class JaxBackend(TracingBackend):
     name = "jax"
-    kinds = ("cpu", "gpu", "tpu")
     priority = 40
     requires = ("jax",)
     install_hint = "pip install hal-accel[jax]"
-    precisions = ("fp32", "bf16", "fp16")
-    ops = _declared_ops()
+    table = TABLE
 
     def __init__(self) -> None:
         self._jax_devices: dict[tuple[str, int], Any] = {}
 
     # -- devices -----------------------------------------------------------------
     def probe(self) -> list[DeviceInfo]:
-        jax = _import_jax()
+        jax = import_jax()
         found: list[DeviceInfo] = []
         for kind in self.kinds:
             try:
-                devs = jax.devices(kind)
+                with quiet_stderr(replay_on_error=False):  # jax logs each platform it lacks
+                    devs = jax.devices(kind)
             except RuntimeError:
                 devs = []
             if not devs:
@@ -88,10 +64,7 @@ class JaxBackend(Backend):
                                         details={"platform": d.platform, "id": d.id}))
         return found
 
-    def supports(self, node, device: DeviceInfo) -> bool | str:
-        ok = super().supports(node, device)
-        if ok is not True:
-            return ok
+    def declines(self, node) -> str | None:
         import onnx_ir as ir
 
         for v in list(node.inputs) + list(node.outputs):
@@ -99,32 +72,30 @@ class JaxBackend(Backend):
                 return f"jax runs tensors only, not {v.type} ({node.op_type} {v.name!r})"
             if v is not None and v.dtype is not None and v.dtype.name not in _JAX_DTYPES:
                 return f"jax has no {v.dtype.name} arrays ({node.op_type} {v.name!r})"
-        return True
+        return None
 
     def jax_device(self, device: Device):
         return self._jax_devices[device.info.kind, device.info.index]
 
     # -- compile -----------------------------------------------------------------
     def compile(self, model, device: Device, options: CompileOptions):
-        jax = _import_jax()
+        jax = import_jax()
         import jax.numpy as jnp
 
+        from hal.backends.common.lowering import lower
+        from hal.backends.jax_backend.context import JaxContext
         from hal.backends.jax_backend.executable import JaxExecutable
-        from hal.backends.jax_backend.kernels import Context
-        from hal.backends.jax_backend.lowering import lower
 
         kind = device.info.kind
-        if options.precision not in self.precisions:
-            raise OptionError(f"{device.string} cannot compile for precision "
-                              f"{options.precision!r}; jax supports {list(self.precisions)}")
+        check_precision(self, options, device.string)
         if options.precision == "fp16" and kind != "gpu":
             raise OptionError(f"precision 'fp16' is for gpu@jax; on {device.string} use "
                               f"precision='bf16'")
         low = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}[options.precision]
         # fp32 means fp32: no TF32 on GPUs, no bf16 passes on TPUs
         prec = jax.lax.Precision.HIGHEST if low is None else jax.lax.Precision.DEFAULT
-        lowered = lower(model)
-        return JaxExecutable(device, lowered, Context(prec, low), self.jax_device(device),
+        plan = lower(model, TABLE, self.name, params=True)
+        return JaxExecutable(device, plan, JaxContext(TABLE, prec, low), self.jax_device(device),
                              jit=options.opt_level >= 1)
 
     # -- buffers -----------------------------------------------------------------
@@ -134,7 +105,7 @@ class JaxBackend(Backend):
         dev = self._jax_devices[device.info.kind, device.info.index]
         if device.info.host_memory:  # placed lazily, see JaxBuffer; the copy is ours
             return JaxBuffer(None, device, dev, np.array(array, copy=True))
-        jax = _import_jax()
+        jax = import_jax()
         if array.dtype.itemsize == 8 and array.dtype.kind in "iuf":
             with jax.enable_x64(True):  # keep int64/float64 as they are
                 return JaxBuffer(jax.device_put(array, dev, may_alias=False), device)

@@ -14,9 +14,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from hal.backend import Buffer, Device, Executable
+from hal.backends.common.backend import FrameworkBuffer
+from hal.backends.common.lowering import Plan
+from hal.backends.common.trace import traced_function
+from hal.backends.jax_backend.context import JaxContext
+from hal.backends.jax_backend.framework import jax
 
 
-class JaxBuffer(Buffer):
+class JaxBuffer(FrameworkBuffer):
     """A jax.Array committed to one device. Shape and dtype are read from the array.
 
     On a host-memory (CPU) device ``put`` keeps a private numpy copy and makes the
@@ -36,8 +41,6 @@ class JaxBuffer(Buffer):
     def array(self) -> Any:
         a = self._array
         if a is None:
-            import jax
-
             a = self._array = jax.device_put(self._host, self._jdev)
             self._host = None
         return a
@@ -67,55 +70,37 @@ class JaxBuffer(Buffer):
             return self._host.copy()
         return np.array(self._array)  # a writable copy the user owns
 
-    def to(self, device: Device) -> Buffer:
-        if device is self.device:
-            return self
-        target = getattr(device.backend, "jax_device", None)
-        if target is None:
-            return super().to(device)
-        import jax
-
-        # device to device through jax; counted as one copy out and one in
-        if not self.device.info.host_memory:
-            self.device.transfers.d2h_count += 1
-            self.device.transfers.d2h_bytes += self.nbytes
-        if not device.info.host_memory:
-            device.transfers.h2d_count += 1
-            device.transfers.h2d_bytes += self.nbytes
-        return JaxBuffer(jax.device_put(self.array, target(device)), device)
+    def copy_to(self, device: Device) -> Buffer:
+        return JaxBuffer(jax.device_put(self.array, device.backend.jax_device(device)), device)
 
 
 class JaxExecutable(Executable):
-    def __init__(self, device: Device, lowered, cx, jdev, jit: bool):
-        import jax
-
-        super().__init__(device, lowered.input_names, lowered.output_names)
-        self.lowered = lowered
+    def __init__(self, device: Device, plan: Plan, cx: JaxContext, jdev, jit: bool):
+        super().__init__(device, plan.input_names, plan.output_names)
+        self.plan = plan
         self.cx = cx
         self.jdev = jdev
         self.jit = jit
-        self._x64 = (lambda: jax.enable_x64(True)) if lowered.x64 else contextlib.nullcontext
+        self._x64 = (lambda: jax.enable_x64(True)) if plan.wide_types else contextlib.nullcontext
         with self._x64():
             params = []
-            for a in lowered.param_values:
+            for a in plan.param_values:
                 if cx.low is not None and a.dtype == np.float32:
                     a = a.astype(cx.low)
                 params.append(jax.device_put(a, jdev))
         self.params = tuple(params)
         self._fns: dict[tuple, Any] = {}
-        self._static = lowered.static_inputs
-        self._dynamic = [i for i in range(len(lowered.input_names)) if i not in self._static]
+        self._static = plan.static_inputs
+        self._dynamic = plan.dynamic_inputs
         self._plain = self._make({}) if not self._static else None
         self.info.update({"native": "jax.jit" if jit else "eager jax.numpy (opt_level 0)",
                           "jax_device": str(jdev), "params": len(params),
-                          "x64": lowered.x64, "static_inputs": [lowered.input_names[i]
-                                                                 for i in self._static],
+                          "x64": plan.wide_types,
+                          "static_inputs": [plan.input_names[i] for i in self._static],
                           "precision": str(cx.low.__name__ if cx.low is not None else "fp32")})
 
     def _make(self, static_values: dict):
-        import jax
-
-        f = self.lowered.function(self.cx, static_values)
+        f = traced_function(self.plan, self.cx, static_values)
         if self.jit:
             return jax.jit(f)
 
@@ -128,7 +113,7 @@ class JaxExecutable(Executable):
     @property
     def traces(self) -> int:
         """How many times the segment was traced (once per new input shape when jitted)."""
-        return self.lowered.traces
+        return self.plan.traces
 
     def _fn(self, arrays: list):
         key = tuple((a.shape, str(a.dtype), np.asarray(a).tobytes())
@@ -143,7 +128,7 @@ class JaxExecutable(Executable):
         dev = self.device
         arrays = [b._arg() if type(b) is JaxBuffer and b.device is dev else _adopt(b, dev)
                   for b in buffers]
-        if self._plain is not None and not self.lowered.x64:
+        if self._plain is not None and not self.plan.wide_types:
             out = self._plain(self.params, *arrays)  # the common case, kept short
         else:
             with self._x64():

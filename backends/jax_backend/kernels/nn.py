@@ -1,24 +1,18 @@
-"""Matrix products, convolution, pooling and normalization."""
+"""Matrix products, convolution and windowed pooling: jax's own kernels."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from hal.backends.jax_backend.framework import jnp, lax
 from hal.backends.jax_backend.kernels import kernel
 from hal.oracle.nn import conv_pads, pool_pads
-
-
-def _down(y, like):
-    """A dot/conv result accumulated in fp32 back to the compute dtype of its inputs."""
-    return y.astype(like.dtype) if y.dtype != like.dtype else y
 
 
 @kernel("MatMul")
 def matmul(cx, a, b):
     y = jnp.matmul(a, b, precision=cx.precision, preferred_element_type=cx.acc(a))
-    return _down(y, a)
+    return cx.narrow(y, a)
 
 
 @kernel("Gemm")
@@ -30,13 +24,13 @@ def gemm(cx, a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):
         y = y * alpha
     if c is not None:
         y = y + (c * beta if beta != 1.0 else c)
-    return _down(y, a)
+    return cx.narrow(y, a)
 
 
 @kernel("Einsum")
 def einsum(cx, *xs, equation):
     y = jnp.einsum(equation, *xs, precision=cx.precision, preferred_element_type=cx.acc(xs[0]))
-    return _down(y, xs[0])
+    return cx.narrow(y, xs[0])
 
 
 @kernel("Conv")
@@ -51,7 +45,7 @@ def conv(cx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_sh
                                  preferred_element_type=cx.acc(x))
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * n)
-    return _down(y, x)
+    return cx.narrow(y, x)
 
 
 def _pool_window(x, kernel_shape, strides, dilations):
@@ -60,9 +54,9 @@ def _pool_window(x, kernel_shape, strides, dilations):
             (1, 1) + tuple(dilations or [1] * n))
 
 
-@kernel("MaxPool")
+@kernel("MaxPool", wanted=True)
 def max_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-             storage_order=0, strides=None, with_indices=False):
+             storage_order=0, strides=None, wanted=(True,)):
     n = len(kernel_shape)
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)
@@ -71,7 +65,7 @@ def max_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape
     init = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating)
                        else jnp.iinfo(x.dtype).min, x.dtype)
     padding = [(0, 0), (0, 0)] + pp
-    if not with_indices:
+    if len(wanted) < 2 or not wanted[1]:  # the Indices output is computed only when used
         return lax.reduce_window(x, init, lax.max, dims, st, padding, window_dilation=dil)
     # the Indices output: flat positions in the input, row- or column-major per storage_order
     shape = x.shape
@@ -115,65 +109,3 @@ def average_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dil
     counts = lax.reduce_window(jnp.asarray(ones, xw.dtype), jnp.zeros((), xw.dtype), lax.add,
                                dims, st, [(0, 0)] * (n + 2), window_dilation=dil)
     return (sums / counts).astype(x.dtype)
-
-
-@kernel("GlobalAveragePool")
-def global_average_pool(cx, x):
-    return jnp.mean(cx.wide(x), axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)
-
-
-@kernel("GlobalMaxPool")
-def global_max_pool(cx, x):
-    return jnp.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
-
-
-@kernel("BatchNormalization")
-def batch_norm(cx, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    xw = cx.wide(x)
-    if training_mode:
-        axes = (0,) + tuple(range(2, x.ndim))
-        bm = jnp.mean(xw, axis=axes)
-        bv = jnp.var(xw, axis=axes)
-        y = (xw - bm.reshape(shape)) / jnp.sqrt(bv.reshape(shape) + epsilon)
-        y = (y * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)
-        return (y, (mean * momentum + bm * (1 - momentum)).astype(mean.dtype),
-                (var * momentum + bv * (1 - momentum)).astype(var.dtype))
-    inv = scale / jnp.sqrt(var + epsilon)
-    y = (xw - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
-    return y.astype(x.dtype)
-
-
-@kernel("LayerNormalization")
-def layer_norm(cx, x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
-    axes = tuple(range(axis % x.ndim, x.ndim))
-    xf = x.astype(jnp.float32) if stash_type == 1 and x.dtype != jnp.float64 else x
-    mean = jnp.mean(xf, axis=axes, keepdims=True)
-    d = xf - mean
-    var = jnp.mean(d * d, axis=axes, keepdims=True)
-    inv = lax.rsqrt(var + epsilon)
-    y = d * inv * scale
-    if bias is not None:
-        y = y + bias
-    return y.astype(x.dtype), mean, inv
-
-
-@kernel("InstanceNormalization")
-def instance_norm(cx, x, scale, bias, epsilon=1e-5):
-    axes = tuple(range(2, x.ndim))
-    xw = cx.wide(x)
-    mean = jnp.mean(xw, axis=axes, keepdims=True)
-    var = jnp.var(xw, axis=axes, keepdims=True)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = (xw - mean) / jnp.sqrt(var + epsilon) * scale.reshape(shape) + bias.reshape(shape)
-    return y.astype(x.dtype)
-
-
-@kernel("LRN")
-def lrn(cx, x, size, alpha=0.0001, beta=0.75, bias=1.0):
-    xw = cx.wide(x)
-    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
-    dims = (1, size) + (1,) * (x.ndim - 2)
-    sq = lax.reduce_window(xw * xw, jnp.zeros((), xw.dtype), lax.add, dims, (1,) * x.ndim,
-                           [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
-    return (xw / (bias + alpha / size * sq) ** beta).astype(x.dtype)

@@ -1,0 +1,18 @@
+"""What the tracing backends (jax, tf, and whatever comes next) share.
+
+A tracing backend turns a segment into one Python function of framework ops and lets the
+framework trace it (``jax.jit``, ``tf.function``). The machinery for that is written once here:
+
+- ``table``: a backend's kernel table (``KernelTable``); its registrations are the backend's
+  declared ops, so no op list is kept by hand.
+- ``lowering``: the plan of a segment (``lower`` -> ``Plan``): which values are known while
+  tracing, which weights are parameters, and the steps.
+- ``trace``: the interpreter that runs a plan while the framework traces it (``Trace``);
+  a backend subclasses it for its own layout handling.
+- ``context``: what a framework plugs in (``Context``): its numpy-like module, casts, the
+  low-precision rule, how to compute at trace time.
+- ``kernels``: the kernels written once against a context's numpy-like module.
+- ``frameworks``: importing a framework lazily and quietly.
+
+Nothing here imports a framework: the backends hand theirs in.
+"""
