@@ -25,8 +25,8 @@ LIGHT = {c.model_name: c for c in collect_testcases() if c.kind == "real"
 
 #: (model, backend) pairs known to fail, with why; strict, so a fix turns them green
 KNOWN = {("squeezenet", "tf"): "cpu@tf gives all-NaN outputs on light_squeezenet"}
-#: the cases over 8 s each on a shared 2-core machine (pytest --durations): the quick run
-#: (-m "not slow") still covers every model and every device
+#: the ten slowest cases (pytest --durations, shared 2-core machine: 4-17 s each, the file
+#: 2.5 min in all); the quick run (-m "not slow", 1 min) still has every model and device
 SLOW = {("bvlc_alexnet", "tf"), ("densenet121", "jax"), ("densenet121", "tf"),
         ("inception_v1", "jax"), ("inception_v1", "tf"), ("inception_v2", "jax"),
         ("inception_v2", "tf"), ("resnet50", "tf"), ("vgg19", "tf"), ("zfnet512", "tf")}
