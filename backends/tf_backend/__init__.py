@@ -13,10 +13,11 @@ Precisions: fp32 everywhere; bf16 and fp16 on cpu (TensorFlow and XLA both run t
 gpu and tpu: graph inputs and weights are cast down, convolutions and matmuls run in the
 low type, and reductions (softmax, normalization, means, pooling sums) run in fp32.
 
-tensorflow is imported lazily, with its C++ logging quieted (``TF_CPP_MIN_LOG_LEVEL``)
-and GPU memory growth switched on before any GPU is initialized, so TensorFlow takes
-memory as it needs it and torch or jax in the same process keep theirs. On GPUs, TF32
-is switched off for TensorFlow so that fp32 segments compute in fp32.
+The lowering is the tracing backends' shared one (``hal.backends.common``) with tf's
+context, kernel table and channels-last trace (``layout``). tensorflow is imported lazily,
+quietly (``framework``), and GPU memory growth switched on before any GPU is initialized,
+so TensorFlow takes memory as it needs it and torch or jax in the same process keep theirs.
+On GPUs, TF32 is switched off for TensorFlow so that fp32 segments compute in fp32.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from hal.backend import Backend, CompileOptions, Device
+from hal.backend import CompileOptions, Device, check_precision
+from hal.backends.common.backend import TracingBackend
+from hal.backends.tf_backend.framework import import_tf
+from hal.backends.tf_backend.kernels import TABLE
 from hal.device import DeviceInfo
 from hal.errors import OptionError
 
@@ -38,36 +42,20 @@ _MISSING = {
 }
 
 
-def _import_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    return tf
-
-
-def _declared_ops() -> frozenset[str]:
-    # names only, so listing devices never imports tensorflow; kernels/ defines each of these
-    return frozenset(["Abs", "Neg", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Erf", "Tanh", "Sigmoid", "Softsign", "Relu", "Reciprocal", "Not", "BitwiseNot", "IsNaN", "IsInf", "Identity", "Softplus", "Mish", "HardSwish", "Add", "Sub", "Mul", "Div", "Mod", "Pow", "BitShift", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Max", "Min", "Sum", "Mean", "Where", "Clip", "LeakyRelu", "PRelu", "Elu", "Celu", "Selu", "ThresholdedRelu", "HardSigmoid", "Shrink", "Gelu", "Softmax", "LogSoftmax", "Hardmax", "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum", "MatMul", "Gemm", "Einsum", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "LayerNormalization", "InstanceNormalization", "LRN", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze", "Unsqueeze", "Slice", "Gather", "GatherElements", "Split", "Expand", "Tile", "Pad", "Shape", "Size", "Cast", "CastLike", "ConstantOfShape", "Range", "Trilu", "DepthToSpace", "SpaceToDepth", "Constant", "Dropout"])
-
-
 def _tpu_present() -> bool:
     """Cheap signs of a TPU; without them the resolver is not asked (it would query GCE)."""
     return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
                 or os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0"))
 
 
-class TfBackend(Backend):
+class TfBackend(TracingBackend):
     name = "tf"
-    kinds = ("cpu", "gpu", "tpu")
     priority = 30
     requires = ("tensorflow",)
     install_hint = "pip install hal-accel[tf]"
-    precisions = ("fp32", "bf16", "fp16")
     options = frozenset({"xla", "layout"})
-    ops = _declared_ops()
-    #: HAL's own fused ops (domain "ai.hal") this backend runs
-    hal_ops = frozenset({"FusedConv", "FusedGemm"})
+    table = TABLE
+    dynamic_dims = True
 
     def __init__(self) -> None:
         self._tf_devices: dict[tuple[str, int], str] = {}
@@ -75,7 +63,7 @@ class TfBackend(Backend):
 
     # -- devices -----------------------------------------------------------------
     def probe(self) -> list[DeviceInfo]:
-        tf = _import_tf()
+        tf = import_tf()
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             try:
@@ -112,35 +100,19 @@ class TfBackend(Backend):
         except Exception as exc:
             return f"tensorflow could not connect to the TPU: {type(exc).__name__}: {exc}"
 
-    def supports(self, node, device: DeviceInfo) -> bool | str:
-        if node.domain == "ai.hal":
-            return True if node.op_type in self.hal_ops else \
-                f"tf has no kernel for ai.hal::{node.op_type}"
-        ok = super().supports(node, device)
-        if ok is not True:
-            return ok
+    def declines(self, node) -> str | None:
         import onnx_ir as ir
 
-        for v in list(node.inputs) + list(node.outputs):
-            if v is not None and v.dtype in (ir.DataType.STRING,):
-                return f"tf runs numeric tensors only; {node.op_type} here has string values"
+        values = [v for v in list(node.inputs) + list(node.outputs) if v is not None]
+        if any(v.dtype == ir.DataType.STRING for v in values):
+            return f"tf runs numeric tensors only; {node.op_type} here has string values"
         if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1] is not None \
                 and node.outputs[1].name:
             return "tf does not compute MaxPool's Indices output"
-        if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
-            mode = node.inputs[2].const_value
-            if mode is None or bool(mode.numpy()):
-                return "tf runs Dropout for inference only (training_mode must be a constant false)"
         if node.op_type in ("Cast", "CastLike") and any(
-                v is not None and v.dtype is not None and v.dtype.name in _ODD_CASTS
-                for v in list(node.inputs) + list(node.outputs)):
+                v.dtype is not None and v.dtype.name in _ODD_CASTS for v in values):
             return "tf's float8/int4 casts do not follow ONNX's saturation, NaN and packing rules"
-        for i in _COMPILE_TIME_INPUTS.get(node.op_type, ()):
-            if i < len(node.inputs) and node.inputs[i] is not None \
-                    and not _known_at_compile_time(node.inputs[i]):
-                return (f"tf needs input #{i} of {node.op_type} at compile time, but it is "
-                        f"computed from runtime data")
-        return True
+        return None
 
     def tf_device(self, device: Device) -> str:
         return self._tf_devices[device.info.kind, device.info.index]
@@ -167,21 +139,20 @@ class TfBackend(Backend):
         return Flow("tf.xla" if xla else "tf.plain", passes)
 
     def compile(self, model, device: Device, options: CompileOptions):
-        tf = _import_tf()
+        tf = import_tf()
+        from hal.backends.common.lowering import lower
+        from hal.backends.tf_backend.context import TfContext
         from hal.backends.tf_backend.executable import TfExecutable
-        from hal.backends.tf_backend.kernels import Context
-        from hal.backends.tf_backend.lowering import lower
 
-        if options.precision not in self.precisions:
-            raise OptionError(f"{device.string} cannot compile for precision "
-                              f"{options.precision!r}; tf supports {list(self.precisions)}")
+        check_precision(self, options, device.string)
         xla, nhwc = self.choices(options)
         low = {"fp32": None, "bf16": tf.bfloat16, "fp16": tf.float16}[options.precision]
-        return TfExecutable(device, lower(model), Context(low), self.tf_device(device), xla, nhwc)
+        plan = lower(model, TABLE, self.name, params=False)
+        return TfExecutable(device, plan, TfContext(TABLE, low), self.tf_device(device), xla, nhwc)
 
     # -- buffers -----------------------------------------------------------------
     def put(self, array: np.ndarray, device: Device):
-        tf = _import_tf()
+        tf = import_tf()
         from hal.backends.tf_backend.executable import TfBuffer
 
         # tf.constant copies the host array (never aliases it) and lives in host memory;
@@ -192,7 +163,7 @@ class TfBackend(Backend):
 
     def sync(self, device: Device) -> None:
         if device.info.kind != "cpu":
-            _import_tf().test.experimental.sync_devices()
+            import_tf().test.experimental.sync_devices()
 
 
 def _self_test(tf, name: str) -> tuple[bool, str]:
@@ -218,32 +189,5 @@ def _describe(tf, kind: str, index: int, name: str) -> str:
     return f"{label} (tensorflow {tf.__version__})"
 
 
-# Inputs the tf lowering must know while tracing (shapes, axes, sizes), by op.
-_COMPILE_TIME_INPUTS = {
-    "Expand": (1,), "Range": (0, 1, 2), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,),
-    "ConstantOfShape": (0,), "Reshape": (1,), "TopK": (1,), "OneHot": (1,), "Squeeze": (1,),
-    "Unsqueeze": (1,), "Split": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
-    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,), "ReduceL2": (1,),
-    "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
-}
-_SHAPE_ARITHMETIC = {"Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Add", "Sub", "Mul",
-                     "Identity", "Reshape", "Max", "Min", "Neg", "Abs"}
 _ODD_CASTS = {"FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
               "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2"}
-
-
-def _known_at_compile_time(v, depth: int = 0) -> bool:
-    """A constant, a static shape, or arithmetic on those (what tracing can evaluate)."""
-    if v.const_value is not None:
-        return True
-    node = v.producer()
-    if node is None or depth > 12:
-        return False
-    if node.op_type == "Constant":
-        return True
-    if node.op_type in ("Shape", "Size"):
-        x = node.inputs[0]
-        return x is not None and x.shape is not None and all(isinstance(d, int) for d in x.shape)
-    if node.op_type in _SHAPE_ARITHMETIC:
-        return all(u is None or _known_at_compile_time(u, depth + 1) for u in node.inputs)
-    return False

@@ -8,9 +8,15 @@ from typing import Any
 import numpy as np
 
 from hal.backend import Buffer, Device, Executable
+from hal.backends.common.backend import FrameworkBuffer
+from hal.backends.common.lowering import Plan
+from hal.backends.common.trace import Trace, traced_function
+from hal.backends.tf_backend.context import TfContext
+from hal.backends.tf_backend.framework import tf
+from hal.backends.tf_backend.layout import ChannelsLastTrace
 
 
-class TfBuffer(Buffer):
+class TfBuffer(FrameworkBuffer):
     """A tf.Tensor on one device. Shape and dtype are read from the tensor."""
 
     def __init__(self, tensor: Any, device: Device):
@@ -31,35 +37,22 @@ class TfBuffer(Buffer):
     def _to_host(self) -> np.ndarray:
         return self.tensor.numpy()  # a copy the user owns (TF never hands out its memory)
 
-    def to(self, device: Device) -> Buffer:
-        if device is self.device:
-            return self
-        target = getattr(device.backend, "tf_device", None)
-        if target is None:
-            return super().to(device)
-        import tensorflow as tf
-
-        # device to device inside TF; counted as one copy out and one in
-        if not self.device.info.host_memory:
-            self.device.transfers.d2h_count += 1
-            self.device.transfers.d2h_bytes += self.nbytes
-        if not device.info.host_memory:
-            device.transfers.h2d_count += 1
-            device.transfers.h2d_bytes += self.nbytes
-        with tf.device(target(device)):
+    def copy_to(self, device: Device) -> Buffer:
+        with tf.device(device.backend.tf_device(device)):
             return TfBuffer(tf.identity(self.tensor), device)
 
 
 class TfExecutable(Executable):
-    def __init__(self, device: Device, lowered, cx, tf_device: str, xla: bool, nhwc: bool):
-        super().__init__(device, lowered.input_names, lowered.output_names)
-        self.lowered = lowered
+    def __init__(self, device: Device, plan: Plan, cx: TfContext, tf_device: str, xla: bool,
+                 nhwc: bool):
+        super().__init__(device, plan.input_names, plan.output_names)
+        self.plan = plan
         self.cx = cx
         self.tf_device = tf_device
         self.xla = xla
         self.nhwc = nhwc
-        self._static = lowered.static_inputs
-        self._dynamic = lowered.dynamic_inputs
+        self._static = plan.static_inputs
+        self._dynamic = plan.dynamic_inputs
         self._fns: dict[tuple, Any] = {}
         # a concrete function for the input signature: batch dims are None, so one trace
         # serves every batch size (XLA still compiles once per distinct shape, on first use)
@@ -68,13 +61,20 @@ class TfExecutable(Executable):
             "native": "tf.function(jit_compile=True) (XLA)" if xla else "tf.function (graph)",
             "layout": "NHWC inside the segment" if nhwc else "NCHW, transposes around each conv",
             "tf_device": tf_device, "precision": cx.low.name if cx.low is not None else "fp32",
-            "static_inputs": [lowered.input_names[i] for i in self._static]})
+            "static_inputs": [plan.input_names[i] for i in self._static]})
 
     def _make(self, static_values: dict):
-        import tensorflow as tf
+        f = traced_function(self.plan, self.cx, static_values,
+                            ChannelsLastTrace if self.nhwc else Trace)
 
-        f = self.lowered.function(self.cx, static_values, self.tf_device, self.nhwc)
-        fn = tf.function(f, input_signature=self.lowered.signature(), jit_compile=self.xla,
+        def on_device(*xs):
+            with tf.device(self.tf_device):
+                return f((), *xs)
+
+        signature = [tf.TensorSpec(self.plan.input_specs[i][0],
+                                   tf.as_dtype(self.plan.input_specs[i][1]), name=f"input_{i}")
+                     for i in self._dynamic]
+        fn = tf.function(on_device, input_signature=signature, jit_compile=self.xla,
                          autograph=False)
         self.concrete = fn.get_concrete_function()  # the public tf.function, for inspection
         return _fast_caller(self.concrete)
@@ -82,7 +82,7 @@ class TfExecutable(Executable):
     @property
     def traces(self) -> int:
         """How many times the segment was traced (once per compile, plus static-input values)."""
-        return self.lowered.traces
+        return self.plan.traces
 
     def _fn(self, tensors: list):
         key = tuple((tuple(t.shape), t.dtype.name, t.numpy().tobytes())

@@ -1,6 +1,6 @@
-"""Matrix products, convolution, pooling and normalization.
+"""Matrix products, convolution and pooling: tf's own kernels.
 
-Convolutions and pools are written channels-last (``NHWC`` table); their channels-first
+Convolutions and pools are written channels-last (``CHANNELS_LAST``); their channels-first
 ONNX kernels transpose around them. Weights that are numpy at trace time are transposed
 and cast in numpy, once, so the traced graph holds them ready as constants.
 """
@@ -10,9 +10,12 @@ from __future__ import annotations
 import types
 
 import numpy as np
-import tensorflow as tf
+
+from hal.backends.common.kernels.fused import activate
+from hal.backends.common.kernels.nn import batch_norm_along
+from hal.backends.tf_backend.framework import tf
+from hal.backends.tf_backend.kernels import CHANNELS_LAST, channels_last, kernel
 from hal.oracle.nn import conv_pads, pool_pads
-from hal.backends.tf_backend.kernels import NHWC, kernel, nhwc_kernel
 
 
 def to_last(x):
@@ -86,7 +89,7 @@ def _conv_filter(w, group: int, depthwise: bool):
     return lib.transpose(w, (*range(2, 2 + n), 1, 0))
 
 
-@nhwc_kernel("Conv")
+@channels_last("Conv")
 def conv_nhwc(cx, x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
               pads=None, strides=None):
     n = x.shape.rank - 2
@@ -148,7 +151,7 @@ def _out_sizes(padded, kernel_shape, strides, dilations):
             for p, k, s, d in zip(padded, kernel_shape, strides, dilations)]
 
 
-@nhwc_kernel("MaxPool")
+@channels_last("MaxPool")
 def max_pool_nhwc(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None,
                   pads=None, storage_order=0, strides=None):
     sp, strides, dilations, _, pp = _pool_geometry(x, kernel_shape, strides, dilations, pads,
@@ -167,7 +170,7 @@ def max_pool_nhwc(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_
     return y
 
 
-@nhwc_kernel("AveragePool")
+@channels_last("AveragePool")
 def average_pool_nhwc(cx, x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0,
                       dilations=None, kernel_shape=None, pads=None, strides=None):
     sp, strides, dilations, explicit, pp = _pool_geometry(x, kernel_shape, strides, dilations,
@@ -205,48 +208,30 @@ def _np_windows(a, kernel_shape, strides, dilations, out):
         yield a[tuple(idx)]
 
 
-@nhwc_kernel("GlobalAveragePool")
+@channels_last("GlobalAveragePool")
 def global_average_pool_nhwc(cx, x):
     return cx.narrow(tf.reduce_mean(cx.wide(x), list(range(1, x.shape.rank - 1)), keepdims=True),
                      x)
 
 
-@nhwc_kernel("GlobalMaxPool")
+@channels_last("GlobalMaxPool")
 def global_max_pool_nhwc(cx, x):
     return tf.reduce_max(x, list(range(1, x.shape.rank - 1)), keepdims=True)
 
 
-@nhwc_kernel("BatchNormalization")
+@channels_last("BatchNormalization")
 def batch_norm_nhwc(cx, x, scale, bias, mean, var, epsilon=1e-5, momentum=0.9, training_mode=0):
-    if training_mode:
-        return _batch_norm_training(cx, x, scale, bias, mean, var, epsilon, momentum)
-    if all(isinstance(v, np.ndarray) for v in (scale, bias, mean, var)):
-        # folded to one multiply-add, in float64 numpy, at compile time
-        inv = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + epsilon)
-        shift = bias.astype(np.float64) - mean.astype(np.float64) * inv
-        inv, shift = inv.astype(np.float32), shift.astype(np.float32)
-    else:
-        scale, bias, mean, var = (tf.cast(v, tf.float32) for v in (scale, bias, mean, var))
-        inv = scale / tf.sqrt(var + epsilon)
-        shift = bias - mean * inv
-    xw = cx.wide(x)
-    return cx.narrow(xw * _cast_like(inv, xw) + _cast_like(shift, xw), x)
+    return batch_norm_along(cx, -1, x, scale, bias, mean, var, epsilon, momentum, training_mode)
 
 
-def _batch_norm_training(cx, x, scale, bias, mean, var, epsilon, momentum):
-    """Normalize by the batch's statistics; also return the updated running statistics."""
-    xw = cx.wide(x)
-    axes = list(range(x.shape.rank - 1))
-    bm, bv = tf.nn.moments(xw, axes)
-    f32 = [_cast_like(v, xw) for v in (scale, bias, mean, var)]
-    y = (xw - bm) * tf.math.rsqrt(bv + epsilon) * f32[0] + f32[1]
-    return (cx.narrow(y, x), f32[2] * momentum + bm * (1 - momentum),
-            f32[3] * momentum + bv * (1 - momentum))
+@channels_last("FusedConv")
+def fused_conv_nhwc(cx, x, w, b=None, activation=None, activation_params=None, **conv):
+    return activate(cx, conv_nhwc(cx, x, w, b, **conv), activation, activation_params)
 
 
 def _channels_first(name: str):
     """The ONNX (channels-first) kernel: transpose around the channels-last one."""
-    fn = NHWC[name]
+    fn = CHANNELS_LAST.kernels[name]
 
     def k(cx, x, *rest, **attrs):
         y = fn(cx, to_last(x), *rest, **attrs)
@@ -257,40 +242,5 @@ def _channels_first(name: str):
     kernel(name)(k)
 
 
-for _name in ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-              "BatchNormalization"):
+for _name in ("Conv", "MaxPool", "AveragePool"):
     _channels_first(_name)
-
-
-@kernel("LayerNormalization")
-def layer_norm(cx, x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
-    rank = x.shape.rank
-    axes = list(range(axis % rank, rank))
-    xf = tf.cast(x, tf.float32) if stash_type == 1 and x.dtype != tf.float64 else x
-    mean, var = tf.nn.moments(xf, axes, keepdims=True)
-    inv = tf.math.rsqrt(var + epsilon)
-    y = (xf - mean) * inv * _cast_like(scale, xf)
-    if bias is not None:
-        y = y + _cast_like(bias, xf)
-    return tf.cast(y, x.dtype), mean, inv
-
-
-@kernel("InstanceNormalization")
-def instance_norm(cx, x, scale, bias, epsilon=1e-5):
-    axes = list(range(2, x.shape.rank))
-    xw = cx.wide(x)
-    mean, var = tf.nn.moments(xw, axes, keepdims=True)
-    shape = [1, -1] + [1] * (x.shape.rank - 2)
-    y = (xw - mean) * tf.math.rsqrt(var + epsilon) * tf.reshape(_cast_like(scale, xw), shape) \
-        + tf.reshape(_cast_like(bias, xw), shape)
-    return cx.narrow(y, x)
-
-
-@kernel("LRN")
-def lrn(cx, x, size, alpha=0.0001, beta=0.75, bias=1.0):
-    xw = cx.wide(x)
-    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
-    sq = tf.pad(xw * xw, [[0, 0], [lo, hi]] + [[0, 0]] * (x.shape.rank - 2))
-    c = x.shape[1]
-    s = tf.add_n([sq[:, i:i + c] for i in range(size)])
-    return cx.narrow(xw / (bias + alpha / size * s) ** beta, x)

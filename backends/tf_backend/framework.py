@@ -1,0 +1,27 @@
+"""TensorFlow, imported on first use.
+
+Its C++ logging is quieted first (``TF_CPP_MIN_LOG_LEVEL=2``, unless the user set it) and
+the absl and oneDNN lines it prints while loading are kept off stderr; ``HAL_VERBOSE=1``
+shows them. The module handle below imports TensorFlow when first used, so the kernel
+modules (and the op list read from them) load without it.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+from hal.backends.common.frameworks import LazyModule, import_quietly, verbose
+
+
+def import_tf() -> types.ModuleType:
+    module = sys.modules.get("tensorflow")
+    if module is not None:  # imported already, by HAL or by the user: their settings stand
+        return module
+    module = import_quietly("tensorflow", quiet_env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    if not verbose():
+        module.get_logger().setLevel("ERROR")
+    return module
+
+
+tf = LazyModule("tensorflow", import_tf)
