@@ -11,8 +11,8 @@ from hal.backends.jax_backend.framework import jax, jnp, lax
 #: where jax keeps what numpy lacks, by the name the shared kernels call
 FROM_JAX = {
     "erf": "scipy.special.erf", "sigmoid": "nn.sigmoid", "soft_sign": "nn.soft_sign",
-    "softplus": "nn.softplus", "relu": "nn.relu", "gelu": "nn.gelu", "softmax": "nn.softmax",
-    "log_softmax": "nn.log_softmax", "logsumexp": "nn.logsumexp", "rsqrt": "lax.rsqrt",
+    "softplus": "nn.softplus", "relu": "nn.relu", "gelu": "nn.gelu",
+    "logsumexp": "nn.logsumexp", "rsqrt": "lax.rsqrt",
 }
 
 

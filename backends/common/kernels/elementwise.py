@@ -176,14 +176,30 @@ def gelu(cx, x, approximate="none"):
 
 
 # -- softmax family ---------------------------------------------------------------
+def _below_max(cx, x, axis: int):
+    """``x`` minus its max along ``axis``: at most 0, and 0 at the max.
+
+    Shifted twice: XLA on CPU recomputes a cheap producer of ``x`` (a mean's scaling) in
+    each fusion that reads it, once rounded and once contracted into this subtraction as a
+    fused multiply-add, so a huge logit's first shift can miss 0 by half an ulp of it
+    (512 at 1e10): exp then overflows, or underflows for every element, and softmax is NaN
+    (ONNX's light_squeezenet, GlobalAveragePool into Softmax, on jax and tf). The second
+    shift subtracts the max of the first shift's own values.
+    """
+    z = x - cx.xp.max(x, axis=axis, keepdims=True)
+    return z - cx.xp.max(z, axis=axis, keepdims=True)
+
+
 @kernel("Softmax")
 def softmax(cx, x, axis=-1):
-    return cx.narrow(cx.xp.softmax(cx.wide(x), axis=axis), x)
+    e = cx.xp.exp(_below_max(cx, cx.wide(x), axis))
+    return cx.narrow(e / cx.xp.sum(e, axis=axis, keepdims=True), x)
 
 
 @kernel("LogSoftmax")
 def log_softmax(cx, x, axis=-1):
-    return cx.narrow(cx.xp.log_softmax(cx.wide(x), axis=axis), x)
+    z = _below_max(cx, cx.wide(x), axis)
+    return cx.narrow(z - cx.xp.log(cx.xp.sum(cx.xp.exp(z), axis=axis, keepdims=True)), x)
 
 
 @kernel("Hardmax")
