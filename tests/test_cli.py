@@ -83,3 +83,17 @@ def test_backend_options_are_typed_and_reach_the_backend():
     out = json.loads(hal_cli("run", "mlp", "--device", "cpu@ort", "--option",
                              "intra_op_num_threads=1", "--json", check=True).stdout)
     assert out["device"] == "cpu:0@ort" and out["p50_ms"] > 0
+
+
+def test_framework_start_up_logs_stay_off_stderr_unless_verbose():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HAL_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    quiet = subprocess.run([sys.executable, "-m", "hal.cli", "devices"], capture_output=True,
+                           text=True, env=env)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    if not any(d.backend == "tf" and d.usable for d in hal.devices()):
+        return  # nothing prints start-up lines in this environment
+    loud = subprocess.run([sys.executable, "-m", "hal.cli", "--verbose", "devices"],
+                          capture_output=True, text=True, env=env)
+    assert loud.returncode == 0 and loud.stderr, "--verbose should let the frameworks log"

@@ -20,6 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
                                 "device HAL can reach.")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show HAL's debug log and the start-up logs of the frameworks it "
+                        "imports (TensorFlow, jax), which it otherwise keeps off stderr "
+                        "(the same as HAL_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
     for command in (devices, run, compare, fpga):
         command.add_parser(sub)
@@ -28,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        _verbose()
     try:
         return args.func(args)
     except HalError as exc:
@@ -35,6 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _verbose() -> None:
+    import logging
+    import os
+
+    os.environ["HAL_VERBOSE"] = "1"  # read when a backend first imports its framework
+    logging.basicConfig(format="%(name)s: %(levelname)s: %(message)s")
+    logging.getLogger("hal").setLevel(logging.DEBUG)
 
 
 def console():
