@@ -176,30 +176,45 @@ def gelu(cx, x, approximate="none"):
 
 
 # -- softmax family ---------------------------------------------------------------
-def _below_max(cx, x, axis: int):
-    """``x`` minus its max along ``axis``: at most 0, and 0 at the max.
+def _exp_below_max(cx, x, axis: int):
+    """``x``'s max along ``axis``, ``exp(x - max)``, its sum, and where that sum is usable.
 
-    Shifted twice: XLA on CPU recomputes a cheap producer of ``x`` (a mean's scaling) in
-    each fusion that reads it, once rounded and once contracted into this subtraction as a
-    fused multiply-add, so a huge logit's first shift can miss 0 by half an ulp of it
-    (512 at 1e10): exp then overflows, or underflows for every element, and softmax is NaN
-    (ONNX's light_squeezenet, GlobalAveragePool into Softmax, on jax and tf). The second
-    shift subtracts the max of the first shift's own values.
+    It is not where the exponentials all overflowed or all underflowed, which exact
+    arithmetic rules out but XLA on CPU does not: it recomputes a cheap producer of ``x``
+    (a mean's scaling) in each fusion that reads it, once rounded and once contracted into
+    the subtraction (a fused multiply-add), so at large magnitudes the max misses its own
+    element by up to half an ulp of it (512 at 1e10) and softmax was NaN (ONNX's
+    light_squeezenet, GlobalAveragePool into Softmax, on jax and tf, some compiles only).
     """
-    z = x - cx.xp.max(x, axis=axis, keepdims=True)
-    return z - cx.xp.max(z, axis=axis, keepdims=True)
+    xp = cx.xp
+    top = xp.max(x, axis=axis, keepdims=True)
+    e = xp.exp(x - top)
+    total = xp.sum(e, axis=axis, keepdims=True)
+    return top, e, total, xp.logical_and(xp.isfinite(total), total > 0)
+
+
+def _ties_at_max(cx, x, top, axis: int):
+    """Where ``x`` is at its max (a comparison: no rounding to disagree on), as 0/1, and
+    how many such elements: the limit softmax tends to as the spread of ``x`` grows."""
+    at_top = cx.cast(x == top, numpy_dtype(x))
+    return at_top, cx.xp.sum(at_top, axis=axis, keepdims=True)
 
 
 @kernel("Softmax")
 def softmax(cx, x, axis=-1):
-    e = cx.xp.exp(_below_max(cx, cx.wide(x), axis))
-    return cx.narrow(e / cx.xp.sum(e, axis=axis, keepdims=True), x)
+    xw = cx.wide(x)
+    top, e, total, usable = _exp_below_max(cx, xw, axis)
+    at_top, ties = _ties_at_max(cx, xw, top, axis)
+    return cx.narrow(cx.xp.where(usable, e / total, at_top / ties), x)
 
 
 @kernel("LogSoftmax")
 def log_softmax(cx, x, axis=-1):
-    z = _below_max(cx, cx.wide(x), axis)
-    return cx.narrow(z - cx.xp.log(cx.xp.sum(cx.xp.exp(z), axis=axis, keepdims=True)), x)
+    xp = cx.xp
+    xw = cx.wide(x)
+    top, _, total, usable = _exp_below_max(cx, xw, axis)
+    _, ties = _ties_at_max(cx, xw, top, axis)
+    return cx.narrow(xw - top - xp.log(xp.where(usable, total, ties)), x)
 
 
 @kernel("Hardmax")
