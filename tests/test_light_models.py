@@ -24,7 +24,7 @@ LIGHT = {c.model_name: c for c in collect_testcases() if c.kind == "real"
          and c.url.startswith("onnx/backend/test/data/light/")}
 
 #: (model, backend) pairs known to fail, with why; strict, so a fix turns them green
-KNOWN = {("squeezenet", "tf"): "cpu@tf gives all-NaN outputs on light_squeezenet"}
+KNOWN: dict[tuple[str, str], str] = {}
 #: the ten slowest cases (pytest --durations, shared 2-core machine: 4-17 s each, the file
 #: 2.5 min in all); the quick run (-m "not slow", 1 min) still has every model and device
 SLOW = {("bvlc_alexnet", "tf"), ("densenet121", "jax"), ("densenet121", "tf"),
