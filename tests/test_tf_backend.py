@@ -66,6 +66,22 @@ def test_module_import_does_not_import_tensorflow():
     assert out == "False"
 
 
+@pytest.mark.parametrize("user_level", [None, "0"])
+def test_tensorflow_start_up_lines_stay_off_stderr(user_level):
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HAL_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    if user_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
+    code = ("import os, sys, hal; hal.device('cpu@tf'); assert 'tensorflow' in sys.modules; "
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)
+    assert run.stderr == ""
+    assert run.stdout.strip() == (user_level or "2")  # the user's setting is kept
+
+
 # -- flows -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("options,flow", [
