@@ -11,8 +11,15 @@ framework trace it (``jax.jit``, ``tf.function``). The machinery for that is wri
   a backend subclasses it for its own layout handling.
 - ``context``: what a framework plugs in (``Context``): its numpy-like module, casts, the
   low-precision rule, how to compute at trace time.
-- ``kernels``: the kernels written once against a context's numpy-like module.
+- ``kernels``: the kernels written once against a context's numpy-like module, and HAL's
+  fused ops.
+- ``backend``: ``TracingBackend`` (op list from the table, what it claims: ``support``) and
+  ``FrameworkBuffer``.
 - ``frameworks``: importing a framework lazily and quietly.
+
+A backend on it keeps only its own: ``framework`` (its import), ``xp`` (the framework as the
+numpy-like module), ``context``, ``kernels/`` (what only its framework does well),
+``executable`` and the Backend class in ``__init__``.
 
 Nothing here imports a framework: the backends hand theirs in.
 """

@@ -5,8 +5,9 @@ Values fall in three groups, decided here and not per call:
 - *static*: known while tracing, held as numpy: integer initializers (shapes, axes),
   ``Shape``/``Size``/``Constant`` results, graph inputs that decide a shape (a Reshape fed
   its shape at runtime: the executable reads it on the host and traces once per distinct
-  value), and anything computed only from those. Static steps are evaluated by the numpy
-  oracle at trace time, so they cost nothing per call.
+  value), and anything computed only from those. Nodes computed from constants alone are
+  computed here, by the numpy oracle, and become constants; the other static steps are
+  evaluated at trace time, so they cost nothing per call.
 - *params*: float initializers a backend passes as arguments (jax: device arrays committed
   once); a backend that bakes weights into its graph (tf) keeps them static instead.
 - *traced*: the rest, computed by the backend's kernels while the framework traces.
@@ -23,6 +24,7 @@ import onnx_ir as ir
 from hal.backends.common.table import KernelTable
 from hal.errors import BackendError
 from hal.ir.attributes import attributes
+from hal.ir.schemas import ONNX_DOMAINS
 from hal.ir.static import needed_static, value_dtypes
 
 #: ops whose result depends only on shapes and attributes, never on runtime data
@@ -74,24 +76,26 @@ def lower(model: ir.Model, table: KernelTable, backend: str, params: bool) -> Pl
              if v.const_value is not None}
     inputs = [v for v in g.inputs if v.name not in inits]
     input_names = [v.name for v in inputs]
-    nodes = list(g)
-    kernels = []
-    for node in nodes:
+    kernels = {}
+    for node in g:
         fn = table.lookup(node.domain, node.op_type)
         if fn is None:
             raise BackendError(f"{backend} has no kernel for {node.domain or 'ai.onnx'}::"
                                f"{node.op_type} (node {node.name!r})")
-        kernels.append(fn)
+        kernels[node] = fn
 
+    dtypes = value_dtypes(model)
+    values = dict(inits)
+    nodes = [node for node in g if not _fold(node, values, dtypes)]
     need = needed_static(nodes, table.static_inputs, SHAPE_ONLY)
     static_inputs = [i for i, n in enumerate(input_names) if n in need]
-    consts = {n: a for n, a in inits.items()
+    consts = {n: a for n, a in values.items()
               if not params or n in need or a.dtype.type not in FLOAT_TYPES}
-    param_names = [n for n in inits if n not in consts]
+    param_names = [n for n in values if n not in consts]
 
     known = set(consts) | {input_names[i] for i in static_inputs}
     steps = []
-    for node, fn in zip(nodes, kernels):
+    for node in nodes:
         ins = [v.name if v is not None else None for v in node.inputs]
         is_static = node.op_type in SHAPE_ONLY or all(n is None or n in known for n in ins)
         outs = [v.name if v is not None else "" for v in node.outputs]
@@ -100,15 +104,40 @@ def lower(model: ir.Model, table: KernelTable, backend: str, params: bool) -> Pl
         attrs = attributes(node)
         if node.op_type in table.wants_outputs:
             attrs["wanted"] = [bool(o) for o in outs]
-        steps.append(Step(node, fn, ins, outs, attrs, is_static))
+        steps.append(Step(node, kernels[node], ins, outs, attrs, is_static))
 
-    dtypes = value_dtypes(model)
     traced = [n for n in dtypes if n not in known] + [v.name for v in g.outputs]
     wide = any(dtypes.get(n) is not None and np.dtype(dtypes[n]).itemsize == 8
                and np.dtype(dtypes[n]).kind in "iuf" for n in traced)
     return Plan(input_names, [_spec(v) for v in inputs], [v.name for v in g.outputs],
                 [dtypes.get(v.name) for v in g.outputs], static_inputs, consts, param_names,
-                [inits[n] for n in param_names], steps, dtypes, wide)
+                [values[n] for n in param_names], steps, dtypes, wide)
+
+
+def _fold(node: ir.Node, values: dict[str, np.ndarray], dtypes: dict[str, Any]) -> bool:
+    """Compute ``node`` now, with the oracle, if its inputs are all constants (weights made by
+    ConstantOfShape, say): its results join ``values``, as weights do. False if it is not.
+
+    Computed once here instead of at every trace, and a backend taking float weights as
+    parameters gets these as parameters too: XLA on CPU miscompiled convolutions whose
+    filter it saw as one broadcast constant (ONNX's light models' weights).
+    """
+    from hal.oracle import OPS
+
+    if node.domain not in ONNX_DOMAINS or node.op_type not in OPS or node.op_type == "Dropout":
+        return False  # Dropout: a training-mode mask is random, never a constant
+    if any(v is not None and v.name not in values for v in node.inputs):
+        return False
+    try:
+        res = OPS[node.op_type](*[None if v is None else values[v.name] for v in node.inputs],
+                                **attributes(node))
+    except Exception:  # noqa: BLE001 - left to the trace, which reports it against the node
+        return False
+    for v, r in zip(node.outputs, res if isinstance(res, (tuple, list)) else (res,)):
+        if v is not None and v.name:
+            r = np.asarray(r)
+            values[v.name] = r if dtypes.get(v.name) is None else r.astype(dtypes[v.name])
+    return True
 
 
 def _spec(v: ir.Value) -> tuple[list | None, np.dtype]:

@@ -17,7 +17,7 @@ from hal.backends.tf_backend.framework import tf
 FROM_TF = {
     "arcsin": "math.asin", "arccos": "math.acos", "arctan": "math.atan",
     "arcsinh": "math.asinh", "arccosh": "math.acosh", "arctanh": "math.atanh",
-    "isnan": "math.is_nan", "isinf": "math.is_inf", "isfinite": "math.is_finite", "remainder": "math.floormod",
+    "isnan": "math.is_nan", "isinf": "math.is_inf", "remainder": "math.floormod",
     "trunc_divide": "truncatediv", "bitwise_not": "bitwise.invert",
     "bitwise_and": "bitwise.bitwise_and", "bitwise_or": "bitwise.bitwise_or",
     "bitwise_xor": "bitwise.bitwise_xor", "left_shift": "bitwise.left_shift",

@@ -176,45 +176,35 @@ def gelu(cx, x, approximate="none"):
 
 
 # -- softmax family ---------------------------------------------------------------
-def _exp_below_max(cx, x, axis: int):
-    """``x``'s max along ``axis``, ``exp(x - max)``, its sum, and where that sum is usable.
+#: the least exponent a softmax term is given: exp(-87) is still a normal float32
+EXP_FLOOR = -87.0
 
-    It is not where the exponentials all overflowed or all underflowed, which exact
-    arithmetic rules out but XLA on CPU does not: it recomputes a cheap producer of ``x``
-    (a mean's scaling) in each fusion that reads it, once rounded and once contracted into
-    the subtraction (a fused multiply-add), so at large magnitudes the max misses its own
-    element by up to half an ulp of it (512 at 1e10) and softmax was NaN (ONNX's
-    light_squeezenet, GlobalAveragePool into Softmax, on jax and tf, some compiles only).
+
+def _below_max(cx, x, axis: int):
+    """``x - max(x)`` along ``axis``, and its exponentials, kept within [exp(-87), 1].
+
+    In exact arithmetic the shift is at most 0 and 0 at the max, so no term overflows and
+    the largest is 1. XLA on CPU breaks that at large magnitudes: it recomputes a cheap
+    producer of ``x`` (a mean's scaling) in each fusion that reads it, rounded in one and
+    contracted into the shift (a fused multiply-add) in another, which compiles vary, so the
+    max missed its own element by up to half an ulp of it (512 at 1e10) and every term
+    overflowed or underflowed: softmax gave NaN on ONNX's light_squeezenet (GlobalAveragePool
+    into Softmax) on jax and tf. Terms below the floor weigh under 1e-37 next to the max's.
     """
-    xp = cx.xp
-    top = xp.max(x, axis=axis, keepdims=True)
-    e = xp.exp(x - top)
-    total = xp.sum(e, axis=axis, keepdims=True)
-    return top, e, total, xp.logical_and(xp.isfinite(total), total > 0)
-
-
-def _ties_at_max(cx, x, top, axis: int):
-    """Where ``x`` is at its max (a comparison: no rounding to disagree on), as 0/1, and
-    how many such elements: the limit softmax tends to as the spread of ``x`` grows."""
-    at_top = cx.cast(x == top, numpy_dtype(x))
-    return at_top, cx.xp.sum(at_top, axis=axis, keepdims=True)
+    z = x - cx.xp.max(x, axis=axis, keepdims=True)
+    return z, cx.xp.exp(cx.xp.clip(z, EXP_FLOOR, 0))
 
 
 @kernel("Softmax")
 def softmax(cx, x, axis=-1):
-    xw = cx.wide(x)
-    top, e, total, usable = _exp_below_max(cx, xw, axis)
-    at_top, ties = _ties_at_max(cx, xw, top, axis)
-    return cx.narrow(cx.xp.where(usable, e / total, at_top / ties), x)
+    _, e = _below_max(cx, cx.wide(x), axis)
+    return cx.narrow(e / cx.xp.sum(e, axis=axis, keepdims=True), x)
 
 
 @kernel("LogSoftmax")
 def log_softmax(cx, x, axis=-1):
-    xp = cx.xp
-    xw = cx.wide(x)
-    top, _, total, usable = _exp_below_max(cx, xw, axis)
-    _, ties = _ties_at_max(cx, xw, top, axis)
-    return cx.narrow(xw - top - xp.log(xp.where(usable, total, ties)), x)
+    z, e = _below_max(cx, cx.wide(x), axis)
+    return cx.narrow(z - cx.xp.log(cx.xp.sum(e, axis=axis, keepdims=True)), x)
 
 
 @kernel("Hardmax")
