@@ -41,6 +41,9 @@ class KernelTable:
         ``wanted``: the kernel computes costly extra outputs only when used (MaxPool's
         Indices), so it receives ``wanted=[bool per output]``.
         """
+        if domain != HAL_DOMAIN and domain not in ONNX_DOMAINS:
+            raise ValueError(f"kernels are ONNX or {HAL_DOMAIN} ops, not {domain!r}")
+
         def register(fn: Callable) -> Callable:
             for name in names:
                 self.kernels[name] = fn
@@ -52,8 +55,6 @@ class KernelTable:
                     self.wants_outputs.add(name)
                 if domain == HAL_DOMAIN:
                     self._hal.add(name)
-                elif domain not in ONNX_DOMAINS:
-                    raise ValueError(f"kernels are ONNX or {HAL_DOMAIN} ops, not {domain!r}")
             return fn
 
         return register
