@@ -7,8 +7,8 @@ above (imports inside functions count: they run too; ``if TYPE_CHECKING`` ones d
            < passes and partitioning < backends < compiler and frontends
            < public API, comparison, testing kit < CLI
 
-Besides the direction: no cycle between subpackages; a backend never imports another
-backend's private names (``_name``, or a module whose name starts with ``_``); the zoo uses
+Besides the direction: no cycle between subpackages; no module imports another's private
+names (``_name``), nor a backend another backend's private modules; the zoo uses
 only ``hal.nn`` (and errors).
 """
 
@@ -146,11 +146,15 @@ def problems(root: Path = ROOT) -> list[str]:
                 found.append(f"{imp.where()}: {imp.source} imports the zoo ({imp.target}); "
                              f"only frontends, the public API and the CLI name zoo models")
             a, b = group(imp.source), group(imp.target)
-            if a.startswith("hal.backends.") and b.startswith("hal.backends.") and a != b:
-                private = [n for n in imp.names if n.startswith("_")]
-                if private or any(p.startswith("_") for p in imp.target.split(".")[3:]):
-                    found.append(f"{imp.where()}: {a} imports private names of {b}: "
-                                 f"{imp.target} {', '.join(private)}".rstrip())
+            private = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
+            if private:
+                found.append(f"{imp.where()}: {imp.source} imports private names of "
+                             f"{imp.target}: {', '.join(private)}; a name used by another "
+                             f"module is public (no underscore, documented)")
+            elif a.startswith("hal.backends.") and b.startswith("hal.backends.") and a != b \
+                    and any(p.startswith("_") for p in imp.target.split(".")[3:]):
+                found.append(f"{imp.where()}: {a} imports a private module of {b}: "
+                             f"{imp.target}")
             if a != b and not imp.target == a:
                 edges[a].add(b)
     found += [f"import cycle between {' -> '.join(c)}" for c in cycles(edges)]

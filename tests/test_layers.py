@@ -42,6 +42,7 @@ def test_a_clean_tree_passes(tmp_path):
     ("hal/ir/__init__.py", "def f():\n    from hal.cli import main\n", "a higher layer"),
     ("backends/a/__init__.py", "from hal.backends.b.util import _secret\n", "private names"),
     ("hal/compiler.py", "from hal import models\n", "imports the zoo"),
+    ("hal/compiler.py", "from hal.passes import _helper\n", "private names"),
     ("models/__init__.py", "from hal.backend import x\n", "may use only hal.nn"),
     ("hal/ir/__init__.py", "from hal.nn import y\n", "import cycle"),
 ])

@@ -67,9 +67,9 @@ class BoardRunner:
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         from pynq import allocate
 
-        from .project import _from_grid, _to_grid
+        from .project import from_grid, to_grid
 
-        x = _to_grid(arrays[0], self.ins[0]).astype(np.float32)
+        x = to_grid(arrays[0], self.ins[0]).astype(np.float32)
         batch = x.shape[0]
         if batch != self.batch:
             n_in, n_out = int(np.prod(self.ins[0].shape)), int(np.prod(self.outs[0].shape))
@@ -77,4 +77,4 @@ class BoardRunner:
             self.overlay.output_buffer = allocate(shape=(batch, n_out), dtype=np.float32)
             self.batch = batch
         y = np.array(self.overlay.predict(x.reshape(batch, -1)), np.float64)
-        return [_from_grid(y.reshape(batch, *self.outs[0].shape), self.outs[0])]
+        return [from_grid(y.reshape(batch, *self.outs[0].shape), self.outs[0])]

@@ -282,18 +282,18 @@ class Simulation:
         self._lib = lib
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        ins = [_to_grid(a, p) for a, p in zip(arrays, self.project.inputs)]
+        ins = [to_grid(a, p) for a, p in zip(arrays, self.project.inputs)]
         batch = ins[0].shape[0]
         outs = [np.zeros((batch, int(np.prod(p.shape))), np.float64)
                 for p in self.project.outputs]
         for i in range(batch):
             self._fn(*[np.ascontiguousarray(x[i].reshape(-1)) for x in ins],
                      *[o[i] for o in outs])
-        return [_from_grid(o.reshape(batch, *p.shape), p)
+        return [from_grid(o.reshape(batch, *p.shape), p)
                 for o, p in zip(outs, self.project.outputs)]
 
 
-def _to_grid(a: np.ndarray, port: Port) -> np.ndarray:
+def to_grid(a: np.ndarray, port: Port) -> np.ndarray:
     """Host side of the input quantization: QuantizeLinear (round half to even, saturate)."""
     if port.int8:
         q = a.astype(np.float64)
@@ -302,7 +302,8 @@ def _to_grid(a: np.ndarray, port: Port) -> np.ndarray:
     return q * port.scale
 
 
-def _from_grid(y: np.ndarray, port: Port) -> np.ndarray:
+def from_grid(y: np.ndarray, port: Port) -> np.ndarray:
+    """Host side of the output: int8 codes for an int8 port, else the float values."""
     if port.int8:
         return np.rint(y / port.scale).astype(np.int8)
     return y.astype(np.float32)

@@ -35,7 +35,7 @@ def same_pads(size, k, s, d, upper):
     return begins + ends
 
 
-def _pad_pairs(pads):
+def pad_pairs(pads):
     """ONNX [b1, b2, e1, e2] -> F.pad's last-dim-first (b2, e2, b1, e1)."""
     nd = len(pads) // 2
     out = []
@@ -51,7 +51,7 @@ def _conv_auto(x, w, b, strides, dilations, groups, auto_pad):
 
 
 def _conv_padded(x, w, b, strides, pads, dilations, groups):
-    x = F.pad(x, _pad_pairs(pads))
+    x = F.pad(x, pad_pairs(pads))
     return _CONV[x.ndim - 2](x, w, b, strides, 0, dilations, groups)
 
 
@@ -117,8 +117,8 @@ def _conv_transpose(x, w, b, strides, pads, dilations, groups, output_padding, o
         pads = begin + [full[i] + output_padding[i] - begin[i] - output_shape[i]
                         for i in range(nd)]
     y = _CONV_T[nd](x, w, None, strides, 0, 0, groups, dilations)
-    y = F.pad(y, _pad_pairs([0] * nd + list(output_padding)))
-    y = F.pad(y, _pad_pairs([-p for p in pads]))  # negative padding crops
+    y = F.pad(y, pad_pairs([0] * nd + list(output_padding)))
+    y = F.pad(y, pad_pairs([-p for p in pads]))  # negative padding crops
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
     return y
@@ -155,7 +155,7 @@ def _pool_pads(size, k, s, d, pads, auto_pad, ceil_mode):
 def _max_pool(x, k, s, d, pads, auto_pad, ceil_mode):
     pads = _pool_pads(x.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
     fill = -math.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
-    xp = F.pad(x, _pad_pairs(pads), value=fill)
+    xp = F.pad(x, pad_pairs(pads), value=fill)
     return _MAX_POOL[len(k)](xp, k, s, 0, d)
 
 
@@ -171,7 +171,7 @@ def _max_pool_indices(x, k, s, d, pads, auto_pad, ceil_mode, storage_order):
     nd = len(k)
     pads = _pool_pads(x.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
     fill = -math.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
-    xp = F.pad(x, _pad_pairs(pads), value=fill)
+    xp = F.pad(x, pad_pairs(pads), value=fill)
     y, idx = _MAX_POOL[nd](xp, k, s, 0, d, return_indices=True)
     coords, rem = [], idx
     for i in reversed(range(nd)):
@@ -213,11 +213,11 @@ def _avg_pool(x, k, s, d, pads, auto_pad, ceil_mode, count_include_pad):
     n, c = x.shape[:2]
     flat = x.reshape(n * c, 1, *size)
     ones_k = torch.ones((1, 1, *k), dtype=x.dtype, device=x.device)
-    sums = _CONV[nd](F.pad(flat, _pad_pairs(full)), ones_k, None, s, 0, d)
+    sums = _CONV[nd](F.pad(flat, pad_pairs(full)), ones_k, None, s, 0, d)
     mask = torch.ones((1, 1, *size), dtype=x.dtype, device=x.device)
-    mask = F.pad(mask, _pad_pairs(explicit), value=float(count_include_pad))
+    mask = F.pad(mask, pad_pairs(explicit), value=float(count_include_pad))
     extra = [0] * nd + [f - e for f, e in zip(full[nd:], explicit[nd:])]
-    mask = F.pad(mask, _pad_pairs(extra))
+    mask = F.pad(mask, pad_pairs(extra))
     counts = _CONV[nd](mask, ones_k, None, s, 0, d)
     return (sums / counts).reshape(n, c, *sums.shape[2:])
 

@@ -15,7 +15,7 @@ from hal.backends.torch_backend.lowering import (
     supported_dtype,
     torch_dtype,
 )
-from hal.backends.torch_backend.ops_nn import _pad_pairs
+from hal.backends.torch_backend.ops_nn import pad_pairs
 from hal.ir.attributes import attributes
 from hal.oracle import OPS
 
@@ -236,7 +236,7 @@ def _pad(x, pads, value, axes, mode):
         full[a], full[a + nd] = pads[i], pads[i + len(axes)]
     if mode == "constant":
         v = 0 if value is None else (value if isinstance(value, (int, float)) else value.item())
-        return F.pad(x, _pad_pairs(full), value=v)
+        return F.pad(x, pad_pairs(full), value=v)
     for a in range(nd):
         if full[a] or full[a + nd]:
             x = torch.index_select(x, a, _pad_index(x.shape[a], full[a], full[a + nd], mode,
