@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hal.ir.attributes import attribute
+from hal.ir.schemas import FUSED_OPS, HAL_DOMAIN
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, HostBuffer
 from hal.device import DeviceInfo
 from hal.errors import BackendError, OptionError
@@ -77,7 +79,7 @@ class OrtBackend(Backend):
     options = frozenset({"intra_op_num_threads"})
     precisions = ("fp32", "fp16", "int8")
     ops = frozenset(_OPS)
-    hal_ops = frozenset({"FusedConv", "FusedGemm"})  # expanded back to standard ONNX in compile
+    hal_ops = FUSED_OPS  # expanded back to standard ONNX in compile
 
     def probe(self) -> list[DeviceInfo]:
         import onnxruntime as ort
@@ -105,7 +107,7 @@ class OrtBackend(Backend):
         ok = super().supports(node, device)
         if ok is not True:
             return ok
-        if node.domain == "ai.hal":
+        if node.domain == HAL_DOMAIN:
             return _expandable(node)
         op = node.op_type
         dtypes = {v.dtype.name for v in list(node.inputs) + list(node.outputs)
@@ -223,12 +225,12 @@ def _upsamples(node) -> bool:
 
 
 # -- ai.hal fused ops -> standard ONNX ------------------------------------------------
+#: the fused activations this backend rebuilds as standard ONNX ops
 _ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip")
 
 
 def _expandable(node) -> bool | str:
-    act = node.attributes.get("activation")
-    name = act.value if act is not None else None
+    name = attribute(node, "activation")
     if name not in _ACTIVATIONS:
         return f"ort cannot expand ai.hal {node.op_type} with activation {name!r}"
     return True
@@ -241,7 +243,7 @@ def _expand_hal_ops(model) -> int:
     g = model.graph
     n = 0
     for node in list(g):
-        if node.domain != "ai.hal":
+        if node.domain != HAL_DOMAIN:
             continue
         if _expandable(node) is not True:
             raise BackendError(_expandable(node))
@@ -284,7 +286,7 @@ def _expand_hal_ops(model) -> int:
         g.remove(node, safe=True)
         n += 1
     if n:
-        model.opset_imports.pop("ai.hal", None)
+        model.opset_imports.pop(HAL_DOMAIN, None)
     return n
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
+from hal.ir.schemas import HAL_DOMAIN
 from hal.device import DeviceInfo
 from hal.errors import InputError, OptionError
 
@@ -310,7 +311,7 @@ class Backend(abc.ABC):
 
     def supports(self, node: ir.Node, device: DeviceInfo) -> bool | str:
         """True if ``node`` can run on ``device``, else the reason it cannot."""
-        if node.domain == "ai.hal":
+        if node.domain == HAL_DOMAIN:
             return True if node.op_type in self.hal_ops else \
                 f"{self.name} has no kernel for ai.hal {node.op_type}"
         if node.domain not in ("", "ai.onnx"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from hal.ir.attributes import attribute
 from hal.backends.opencl.graph import HOST_INPUTS, OPENCL_DOMAIN, OPENCL_OPS, base_op
 from hal.ir.schemas import HAL_DOMAIN, ONNX_DOMAINS
 
@@ -57,16 +58,14 @@ def limits(node: ir.Node) -> str | None:
         shape = node.inputs[0].shape
         rank = len(shape) if shape is not None else None
         if rank is None and op != "Conv" and "kernel_shape" in node.attributes:
-            rank = len(node.attributes["kernel_shape"].value) + 2
+            rank = len(attribute(node, "kernel_shape")) + 2
         if rank is not None and rank not in (3, 4):
             return f"{op} on a {rank}-D tensor: opencl runs 1-D and 2-D {op} only"
     if op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1] is not None \
             and node.outputs[1].name:
         return "MaxPool with the Indices output is not supported by opencl"
-    if op == "MaxPool" and node.attributes.get("storage_order") is not None \
-            and node.attributes["storage_order"].value:
+    if op == "MaxPool" and attribute(node, "storage_order", 0):
         return "MaxPool storage_order=1 is not supported by opencl"
-    if op == "BatchNormalization" and (node.attributes.get("training_mode") is not None
-                                       and node.attributes["training_mode"].value):
+    if op == "BatchNormalization" and attribute(node, "training_mode", 0):
         return "BatchNormalization in training mode is not supported by opencl"
     return None

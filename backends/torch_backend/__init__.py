@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hal.ir.schemas import HAL_DOMAIN
 from hal.backends.torch_backend.optable import HAL_OPS, OPS
 
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, check_precision
@@ -89,9 +90,9 @@ class TorchBackend(Backend):
                           host_memory=host, details=details)
 
     def supports(self, node: ir.Node, device: DeviceInfo) -> bool | str:
-        if node.domain == "ai.hal":
+        if node.domain == HAL_DOMAIN:
             if node.op_type not in HAL_OPS:
-                return f"torch has no kernel for ai.hal {node.op_type}"
+                return f"torch has no kernel for {HAL_DOMAIN} {node.op_type}"
         else:
             base = super().supports(node, device)
             if base is not True:

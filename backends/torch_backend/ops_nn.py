@@ -7,6 +7,7 @@ import operator
 
 import torch
 import torch.nn.functional as F
+from hal.ir.schemas import HAL_DOMAIN
 from hal.backends.torch_backend.lowering import NodeView, attr, converter
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -392,12 +393,12 @@ def _activate(n: NodeView, y):
     return n.call(fn, y, *[float(p) for p in n.attr("activation_params") or []])
 
 
-@converter("FusedConv", domain="ai.hal", check=_fused_check)
+@converter("FusedConv", domain=HAL_DOMAIN, check=_fused_check)
 def fused_conv(n: NodeView):
     return _activate(n, conv_call(n, n.input(0), n.input(1), n.input(2)))
 
 
-@converter("FusedGemm", domain="ai.hal", check=_fused_check)
+@converter("FusedGemm", domain=HAL_DOMAIN, check=_fused_check)
 def fused_gemm(n: NodeView):
     from hal.backends.torch_backend.ops_math import gemm
 

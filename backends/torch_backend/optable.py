@@ -4,6 +4,8 @@ Each has a converter in ``ops_*.py``; tests check the two agree. Only ops that p
 every applicable ONNX conformance case through ``cpu:0@torch`` are listed.
 """
 
+from hal.ir.schemas import FUSED_OPS
+
 OPS = frozenset({
     # elementwise math and logic
     "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos",
@@ -30,5 +32,5 @@ OPS = frozenset({
     "NonZero",
 })
 
-#: ops of HAL's own "ai.hal" domain (fused conv/gemm + activation)
-HAL_OPS = frozenset({"FusedConv", "FusedGemm"})
+#: HAL's own fused ops (hal.ir.schemas), all of which torch runs
+HAL_OPS = FUSED_OPS

@@ -11,6 +11,7 @@ import math
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from hal.ir.attributes import attribute
 from hal.ir.graph import optional_const, replace_value, sole_consumer
 from hal.ir.schemas import ACTIVATIONS, HAL_DOMAIN, is_onnx
 from hal.passes.base import HalPass
@@ -18,9 +19,9 @@ from hal.passes.base import HalPass
 def activation_params(act: ir.Node) -> list[float] | None:
     """The fused node's ``activation_params`` for ``act``, or None if it cannot be fused."""
     if act.op_type == "LeakyRelu":
-        return [float(act.attributes["alpha"].value) if "alpha" in act.attributes else 0.01]
+        return [float(attribute(act, "alpha", 0.01))]
     if act.op_type == "Gelu":  # the tanh approximation has no agreed params encoding: keep it
-        approx = act.attributes["approximate"].value if "approximate" in act.attributes else "none"
+        approx = attribute(act, "approximate", "none")
         return [] if approx == "none" else None
     if act.op_type == "Clip":
         bounds = []

@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
+from hal.ir.attributes import attribute
 from hal.ir.graph import add_initializer, const, optional_const, replace_value, set_input, sole_consumer
 from hal.ir.schemas import is_onnx
 from hal.passes.base import HalPass
@@ -18,7 +19,7 @@ from hal.passes.base import HalPass
 
 def _bn_factors(bn: ir.Node):
     """(k, shift) in float64 with BN(y) = y * k + shift, or None if BN cannot be folded."""
-    if "training_mode" in bn.attributes and bn.attributes["training_mode"].value:
+    if attribute(bn, "training_mode", 0):
         return None
     if any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
         return None
@@ -26,7 +27,7 @@ def _bn_factors(bn: ir.Node):
     if len(params) != 4 or any(p is None for p in params):
         return None
     scale, bias, mean, var = (p.astype(np.float64) for p in params)
-    eps = bn.attributes["epsilon"].value if "epsilon" in bn.attributes else 1e-5
+    eps = attribute(bn, "epsilon", 1e-5)
     k = scale / np.sqrt(var + eps)
     return k, bias - mean * k
 
@@ -49,14 +50,14 @@ def _fold_gemm(g: ir.Graph, gemm: ir.Node, k, shift) -> bool:
     ok, c = optional_const(gemm, 2)
     if w is None or w.ndim != 2 or not ok:
         return False
-    trans_b = gemm.attributes["transB"].value if "transB" in gemm.attributes else 0
+    trans_b = attribute(gemm, "transB", 0)
     n_out = w.shape[0] if trans_b else w.shape[1]
     if k.shape != (n_out,):
         return False
     if c is not None:
         if c.size not in (1, n_out) or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
             return False  # a C that varies along the rows cannot become a bias
-        beta = gemm.attributes["beta"].value if "beta" in gemm.attributes else 1.0
+        beta = attribute(gemm, "beta", 1.0)
         c = beta * np.broadcast_to(c.reshape(-1).astype(np.float64), (n_out,))
     w2 = w * (k[:, None] if trans_b else k[None, :])
     c2 = (c if c is not None else 0.0) * k + shift

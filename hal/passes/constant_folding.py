@@ -13,6 +13,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
+from hal.ir.attributes import attribute
 from hal.ir.graph import add_initializer, const
 from hal.oracle import OPS
 from hal.oracle.interpreter import evaluate
@@ -29,8 +30,7 @@ def _shape_of(node: ir.Node) -> np.ndarray | None:
     if x is None or x.shape is None or not x.shape.is_static():
         return None
     dims = [int(d) for d in x.shape]
-    start = node.attributes["start"].value if "start" in node.attributes else 0
-    end = node.attributes["end"].value if "end" in node.attributes else None
+    start, end = attribute(node, "start", 0), attribute(node, "end")
     return np.array(dims[start:end], np.int64)  # slicing clamps like ONNX does
 
 
