@@ -13,12 +13,13 @@ import numpy as np
 
 from hal.ir.schemas import HAL_DOMAIN
 from hal.device import DeviceInfo
-from hal.errors import InputError, OptionError
+from hal.errors import BackendError, InputError, OptionError
 
 if TYPE_CHECKING:
     import onnx_ir as ir
 
     from hal.passes import Flow
+    from hal.trainer import Trainer, TrainGraph, TrainSpec
 
 
 @dataclass
@@ -342,6 +343,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def compile(self, model: ir.Model, device: Device, options: CompileOptions) -> Executable:
         """Lower one segment (a self-contained ir.Model) to an Executable on ``device``."""
+
+    #: Whether ``compile_training`` works: the backend differentiates HAL's training graph with
+    #: its framework's autodiff (see ``hal.trainer``). ``hal.train`` refuses the others.
+    trains: ClassVar[bool] = False
+
+    def compile_training(self, graph: TrainGraph, device: Device, spec: TrainSpec) -> Trainer:
+        """A ``Trainer`` of ``graph`` on ``device`` (backends with ``trains = True``)."""
+        raise BackendError(f"backend {self.name!r} cannot train")
 
     def put(self, array: np.ndarray, device: Device) -> Buffer:
         """Place a host array on ``device``. Host-memory backends keep the numpy array."""

@@ -1,0 +1,150 @@
+"""The training side of the backend vocabulary: what HAL's training loop asks of a backend.
+
+HAL builds one training graph for every backend (``hal.training.graph``): the model's graph
+with training-mode semantics plus its loss as ONNX operators. A backend that trains
+(``Backend.trains``) compiles it with ``Backend.compile_training`` into a ``Trainer``, which
+differentiates it with the framework's own autodiff and updates the weights with the
+framework's own optimizer. The loop around it (data order, accumulation groups, epochs,
+metrics, checkpoints, callbacks, progress) is HAL's and the same for every backend.
+
+The training graph's contract (``TrainGraph``):
+
+- inputs: the model's inputs, then ``target`` (int64 class indices [N] for the
+  classification losses, float of the output's shape for ``mse``);
+- outputs: ``loss`` (a float32 scalar: the mean over the micro-batch's samples), then the
+  model's outputs, then one output per running statistic that a step updates (BatchNorm's
+  running mean and variance, in training mode), named in ``TrainGraph.updates``;
+- BatchNormalization nodes have ``training_mode=1``; Dropout nodes get their
+  ``training_mode`` input as the constant True. The trainer draws dropout masks from its own
+  seeded generator (``TrainSpec.seed`` and the step number), so a run is repeatable and a
+  resumed run draws what the uninterrupted one would have;
+- ``eval_model`` is the inference graph over the same initializer names (BatchNorm on its
+  running statistics, Dropout off): ``Trainer.evaluate`` runs it on the current weights.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer and its learning-rate schedule, by the names every backend shares.
+
+    Each backend builds it from its framework's own implementation (torch.optim, optax,
+    Keras optimizers) with these values, so the same spec means the same update everywhere.
+    """
+
+    #: "sgd", "adam" or "adamw"
+    name: str = "adamw"
+    lr: float = 1e-3
+    #: sgd only
+    momentum: float = 0.0
+    nesterov: bool = False
+    #: L2 added to the gradient (sgd, adam) or decoupled decay (adamw, default 0.01)
+    weight_decay: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    #: "constant", "step" (lr * gamma ** (step // step_size)), "cosine" (to 0 at total_steps)
+    schedule: str = "constant"
+    #: linear warm-up from 0 over this many updates, before the schedule (any schedule)
+    warmup_steps: int = 0
+    step_size: int = 1000
+    gamma: float = 0.1
+    #: updates in the whole run (cosine needs it; HAL's loop fills it in)
+    total_steps: int = 0
+    #: clip the gradients' global norm to this value before each update; None: no clipping
+    clip_norm: float | None = None
+
+    OPTIMIZERS: ClassVar[tuple[str, ...]] = ("sgd", "adam", "adamw")
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("constant", "step", "cosine")
+
+    @property
+    def decay(self) -> float:
+        """The weight decay in effect (adamw's default is 0.01, the others' 0)."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.name == "adamw" else 0.0
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update ``step`` (0-based): warm-up, then the schedule. Backends
+        hand this to their framework's schedule objects or check theirs against it."""
+        import math
+
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        t = step - self.warmup_steps
+        if self.schedule == "step":
+            return self.lr * self.gamma ** (t // max(1, self.step_size))
+        if self.schedule == "cosine":
+            span = max(1, self.total_steps - self.warmup_steps)
+            return 0.5 * self.lr * (1 + math.cos(math.pi * min(t, span) / span))
+        return self.lr
+
+
+@dataclass
+class TrainGraph:
+    """A model prepared for training (see the module docstring for the contract)."""
+
+    model: ir.Model  # the training graph
+    eval_model: ir.Model  # the inference graph over the same initializers
+    params: list[str]  # trainable float initializers, in graph order
+    frozen: list[str]  # float initializers kept fixed (``freeze=`` patterns)
+    updates: dict[str, str]  # training-graph output -> the initializer it replaces each step
+    loss: str = "loss"
+    target: str = "target"
+    outputs: list[str] = field(default_factory=list)  # the model's own outputs
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train: the optimizer, the precision and the seed of every random draw."""
+
+    optimizer: OptimizerSpec = OptimizerSpec()
+    #: "fp32"; "bf16" (fp32 master weights, bf16 compute); "fp16" (with dynamic loss scaling)
+    precision: str = "fp32"
+    seed: int = 0
+    #: backend-specific training options (``hal.train(..., **options)``)
+    extra: dict = field(default_factory=dict)
+
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
+
+
+class Trainer(abc.ABC):
+    """A training graph compiled on one device. All arrays in and out are numpy."""
+
+    @abc.abstractmethod
+    def step(self, batches: Sequence[dict[str, np.ndarray]],
+             weights: Sequence[float]) -> list[float]:
+        """One optimizer update from ``len(batches)`` micro-batches (dicts by input name,
+        ``target`` included): the gradient is ``sum(weights[i] * grad(loss_i))`` (HAL passes
+        ``n_i / sum(n)``, so a group of micro-batches makes the step of one large batch), then
+        clipping, then the update; running statistics take each micro-batch's update in
+        order. Returns each micro-batch's loss."""
+
+    @abc.abstractmethod
+    def evaluate(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs in inference mode on the current weights."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything a resumed run needs, as named arrays: ``param/NAME``,
+        ``update/NAME`` (running statistics), ``opt/...`` (the optimizer's state, its own
+        names), ``step`` (updates done, int64 scalar), plus whatever else the backend's random
+        draws or loss scaling need."""
+
+    @abc.abstractmethod
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()`` exactly; a missing or mis-shaped entry is a HalError
+        naming it."""
+
+    @abc.abstractmethod
+    def weights(self) -> dict[str, np.ndarray]:
+        """The trained initializers (parameters and running statistics) by name, float32."""
