@@ -37,6 +37,9 @@ class Context:
     backend: str = ""
     #: the framework's numpy-like module
     xp: Any = None
+    #: training-mode randomness (Dropout's masks): a ``RandomSource`` set on the trace's own
+    #: copy of the context by ``hal.backends.common.training``; None when compiling inference
+    random: Any = None
 
     def __init__(self, table: KernelTable, low: Any = None):
         self.table = table

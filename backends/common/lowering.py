@@ -16,7 +16,7 @@ Values fall in three groups, decided here and not per call:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import onnx_ir as ir
@@ -69,8 +69,15 @@ class Plan:
         return [i for i in range(len(self.input_names)) if i not in self.static_inputs]
 
 
-def lower(model: ir.Model, table: KernelTable, backend: str, params: bool) -> Plan:
-    """The plan of ``model`` on ``table``'s kernels; ``params``: float weights as arguments."""
+def lower(model: ir.Model, table: KernelTable, backend: str, params: bool,
+          variables: Collection[str] = ()) -> Plan:
+    """The plan of ``model`` on ``table``'s kernels; ``params``: float weights as arguments.
+
+    ``variables``: initializers whose values change between calls (trained weights, running
+    statistics): always parameters, never computed with at lowering, so nothing derived
+    from them is frozen into a constant. One that must be known while tracing (it fixes a
+    shape) is a constant all the same: ``Plan.param_names`` says which stayed parameters.
+    """
     g = model.graph
     inits = {name: v.const_value.numpy() for name, v in g.initializers.items()
              if v.const_value is not None}
@@ -85,12 +92,14 @@ def lower(model: ir.Model, table: KernelTable, backend: str, params: bool) -> Pl
         kernels[node] = fn
 
     dtypes = value_dtypes(model)
-    values = dict(inits)
+    varying = {n: a for n, a in inits.items() if n in variables}
+    values = {n: a for n, a in inits.items() if n not in varying}
     nodes = [node for node in g if not _fold(node, values, dtypes)]
+    values.update(varying)
     need = needed_static(nodes, table.static_inputs, SHAPE_ONLY)
     static_inputs = [i for i, n in enumerate(input_names) if n in need]
-    consts = {n: a for n, a in values.items()
-              if not params or n in need or a.dtype.type not in FLOAT_TYPES}
+    consts = {n: a for n, a in values.items() if n in need or (
+        n not in varying and (not params or a.dtype.type not in FLOAT_TYPES))}
     param_names = [n for n in values if n not in consts]
 
     known = set(consts) | {input_names[i] for i in static_inputs}

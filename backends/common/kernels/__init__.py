@@ -19,4 +19,5 @@ COMMON = KernelTable()
 FUSED = KernelTable()
 kernel = COMMON.kernel
 
-from hal.backends.common.kernels import elementwise, fused, nn, reduce, tensor  # noqa: E402,F401
+from hal.backends.common.kernels import (  # noqa: E402,F401
+    elementwise, fused, loss, nn, reduce, tensor)

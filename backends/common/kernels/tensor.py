@@ -256,9 +256,21 @@ def constant(cx, sparse_value=None, value_string=None, value_strings=None, **val
 
 @kernel("Dropout", static=(1, 2))
 def dropout(cx, x, ratio=None, training_mode=None, seed=None):
-    """Inference: the input itself, and an all-true mask when the mask output is used."""
-    if training_mode is not None and \
-            bool(np.asarray(static_value(training_mode, "Dropout", "training_mode"))):
+    """Inference: the input itself and an all-true mask. Training mode (a training graph):
+    elements kept with probability ``1 - ratio`` and scaled by ``1 / (1 - ratio)``, the mask
+    drawn from the trainer's random source (``cx.random``); ``seed`` is not used, the
+    trainer's seed decides."""
+    train = training_mode is not None and \
+        bool(np.asarray(static_value(training_mode, "Dropout", "training_mode")))
+    rate = 0.5 if ratio is None else float(np.asarray(static_value(ratio, "Dropout", "ratio")))
+    if not train or rate == 0:
+        return x, cx.xp.ones_like(x, dtype=bool)
+    if cx.random is None:
         raise BackendError("Dropout in training mode is random; HAL compiles inference "
-                           "graphs: export the model in eval mode")
-    return x, cx.xp.ones_like(x, dtype=bool)
+                           "graphs: export the model in eval mode, or train it with hal.train")
+    if not 0 < rate < 1:
+        raise BackendError(f"Dropout's ratio must be in [0, 1), got {rate}")
+    draw = cx.random.uniform(dims(cx, x))
+    keep = draw >= cx.const(rate, draw)
+    scaled = x * cx.const(1 / (1 - rate), x)
+    return cx.xp.where(keep, scaled, cx.xp.zeros_like(x)), keep
