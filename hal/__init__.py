@@ -22,6 +22,7 @@ from hal.errors import (BackendError, DeviceNotFound, HalError, InputError, Mode
                         OptionError, UnsupportedOp)
 from hal.ir.model import DEFAULT_OPSET, Model, TensorSpec, load, save
 from hal.registry import device, devices, register_backend
+from hal.training import TrainResult, train
 from hal.version import __version__
 
 
@@ -33,10 +34,10 @@ def from_torch(module: Any, example_input: Any, **kw: Any) -> Model:
 
 
 def __getattr__(name: str):
-    if name == "models":  # the zoo imports hal.nn; load it on first use
+    if name in ("models", "data"):  # the zoo and the data sets: loaded on first use
         import importlib
 
-        return importlib.import_module("hal.models")
+        return importlib.import_module(f"hal.{name}")
     if name == "compare":  # the function, never the module of that name (see hal/compare.py)
         from hal.comparison.harness import compare
 
@@ -47,5 +48,6 @@ def __getattr__(name: str):
 __all__ = ["DEFAULT_OPSET", "Backend", "BackendError", "Buffer", "CompileOptions", "CompiledModel",
            "Device", "DeviceInfo", "DeviceNotFound", "DeviceSpec", "Executable", "HalError",
            "HostBuffer", "InputError", "Model", "ModelError", "OptionError", "TensorSpec",
-           "Transfers", "UnsupportedOp", "__version__", "compare", "compile", "device",
-           "devices", "errors", "from_torch", "load", "nn", "register_backend", "save"]
+           "TrainResult", "Transfers", "UnsupportedOp", "__version__", "compare", "compile",
+           "data", "device", "devices", "errors", "from_torch", "load", "nn", "register_backend",
+           "save", "train"]

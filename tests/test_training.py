@@ -9,10 +9,16 @@ import pytest
 
 import hal
 from hal import nn
-from hal.errors import ModelError
+from hal.backends.reference import ReferenceBackend
+from hal.device import DeviceInfo
+from hal.errors import HalError, InputError, ModelError, OptionError
 from hal.oracle import OPS
 from hal.oracle.interpreter import Interpreter
-from hal.training import build
+from hal.registry import REGISTRY
+from hal.trainer import Trainer, TrainGraph, TrainSpec
+from hal.training import Callback, CheckpointError, EarlyStopping, build
+from hal.training.checkpoint import load as load_checkpoint
+from hal.training.settings import training_device
 from helpers import make_model, rand
 from onnx import helper
 
@@ -171,3 +177,268 @@ def test_loss_kernels_weights_and_ignore_index_by_hand():
     np.testing.assert_allclose(nll, -picked * w, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="target class 7 is outside"):
         OPS["NegativeLogLikelihoodLoss"](logp, np.full((6, 3), 7))
+
+
+# -- the loop, on an in-process numpy trainer ------------------------------------------------
+
+class SoftmaxRegression(Trainer):
+    """The training graph Flatten -> Gemm -> SoftmaxCrossEntropyLoss, differentiated by hand,
+    updated by SGD with momentum; it records the targets of every micro-batch it is given."""
+
+    def __init__(self, tg: TrainGraph, spec: TrainSpec):
+        gemm = next(n for n in tg.model.graph if n.op_type == "Gemm")
+        self.w_name, self.b_name = gemm.inputs[1].name, gemm.inputs[2].name
+        inits = tg.model.graph.initializers
+        self.p = {n: inits[n].const_value.numpy().astype(np.float64) for n in tg.params}
+        self.v = {n: np.zeros_like(a) for n, a in self.p.items()}
+        self.spec, self.steps, self.seen, self.tg = spec, 0, [], tg
+
+    def forward(self, x):
+        return x.reshape(len(x), -1) @ self.p[self.w_name].T + self.p[self.b_name]
+
+    def grads(self, batch):
+        x, y = batch["input"].reshape(len(batch["target"]), -1), batch["target"]
+        logp = log_softmax(self.forward(x))
+        dz = np.exp(logp)
+        dz[np.arange(len(y)), y] -= 1
+        dz /= len(y)
+        return -logp[np.arange(len(y)), y].mean(), {self.w_name: dz.T @ x, self.b_name: dz.sum(0)}
+
+    def step(self, batches, weights):
+        opt = self.spec.optimizer
+        losses, total = [], {n: 0.0 for n in self.p}
+        for b, w in zip(batches, weights):
+            self.seen.append(b["target"].copy())
+            loss, g = self.grads(b)
+            losses.append(float(loss))
+            total = {n: total[n] + w * g[n] for n in self.p if n in g}
+        lr = opt.lr_at(self.steps)
+        for n in total:
+            self.v[n] = opt.momentum * self.v[n] + total[n]
+            self.p[n] -= lr * self.v[n]
+        self.steps += 1
+        return losses
+
+    def evaluate(self, inputs):
+        return [self.forward(inputs["input"]).astype(np.float32)]
+
+    def state(self):
+        return {**{f"param/{n}": a for n, a in self.p.items()},
+                **{f"opt/velocity/{n}": a for n, a in self.v.items()},
+                "step": np.array(self.steps, np.int64)}
+
+    def load_state(self, state):
+        for key, a in self.state().items():
+            if key not in state or state[key].shape != a.shape:
+                raise HalError(f"training state entry {key!r} is missing or mis-shaped")
+        self.p = {n: state[f"param/{n}"].copy() for n in self.p}
+        self.v = {n: state[f"opt/velocity/{n}"].copy() for n in self.v}
+        self.steps = int(state["step"])
+
+    def weights(self):
+        return {n: a.astype(np.float32) for n, a in self.p.items()}
+
+
+class NumpyTrainBackend(ReferenceBackend):
+    name = "nptrain"
+    priority = -100
+    trains = True
+    trainers: list = []
+
+    def probe(self):
+        return [DeviceInfo("cpu", 0, self.name, name="numpy softmax regression (tests)")]
+
+    def compile_training(self, graph, device, spec):
+        self.trainers.append(SoftmaxRegression(graph, spec))
+        return self.trainers[-1]
+
+
+@pytest.fixture
+def nptrain():
+    backend = hal.register_backend(NumpyTrainBackend())
+    backend.trainers = []
+    try:
+        yield backend
+    finally:
+        REGISTRY.unregister("nptrain")
+
+
+def linear(seed=0):
+    with nn.seed(seed):
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).to_model((None, 1, 4, 4),
+                                                                       name="linear")
+
+
+def blobs(n=38, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.standard_normal((n, 1, 4, 4)).astype(np.float32) * 0.5
+    x[:, 0, 0, :3] += np.eye(3, dtype=np.float32)[y] * 2  # separable: a hot pixel per class
+    return x, y
+
+
+def fit(model=None, data=None, **kw):
+    kw = {"device": "cpu@nptrain", "optimizer": "sgd", "lr": 0.1, "progress": False, **kw}
+    return hal.train(model or linear(), data or blobs(), **kw)
+
+
+def weights_of(result):
+    return {k: v.const_value.numpy() for k, v in result.model.graph.initializers.items()}
+
+
+def assert_same_weights(a, b, rtol=0.0):
+    wa, wb = weights_of(a), weights_of(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=rtol, atol=0, err_msg=k)
+
+
+@pytest.mark.parametrize("n", [40, 38])  # whole groups, and a short last micro-batch
+def test_accumulation_makes_the_step_of_one_large_batch(nptrain, n):
+    data = blobs(n)
+    big = fit(data=data, batch_size=16, epochs=2, momentum=0.9)
+    small = fit(data=data, batch_size=4, accumulate=4, epochs=2, momentum=0.9)
+    assert big.steps == small.steps == 6  # 3 updates per epoch: 16 + 16 + (8 or 6) samples
+    assert_same_weights(big, small, rtol=1e-6)
+    np.testing.assert_allclose([r["loss"] for r in big.history],
+                               [r["loss"] for r in small.history], rtol=1e-6)
+    sizes = [len(t) for t in nptrain.trainers[1].seen[:12]]
+    assert sizes == [4] * 9 + [n - 36] + [4, 4]  # a group never spans two epochs
+
+
+def test_data_order_is_the_seeded_generators_permutation(nptrain):
+    x, y = blobs()
+    fit(data=(x, y), batch_size=16, epochs=2, seed=7)
+    seen = nptrain.trainers[0].seen
+    for epoch in range(2):
+        order = np.random.default_rng([7, epoch]).permutation(len(y))
+        got = np.concatenate(seen[3 * epoch:3 * epoch + 3])
+        np.testing.assert_array_equal(got, y[order])
+    fit(data=(x, y), batch_size=16, seed=8)
+    assert not np.array_equal(np.concatenate(nptrain.trainers[1].seen), np.concatenate(seen[:3]))
+
+
+def test_result_history_and_the_users_model(nptrain):
+    model, (x, y) = linear(), blobs(60)
+    before = model.digest()
+    res = fit(model, (x[:40], y[:40]), validation=(x[40:], y[40:]), epochs=3, batch_size=8,
+              schedule="step", step_size=5, gamma=0.5)
+    assert model.digest() == before and res.model is not model
+    assert [r["epoch"] for r in res.history] == [1, 2, 3] and res.steps == 15
+    assert set(res.history[0]) == {"epoch", "step", "loss", "seconds", "samples_per_s", "lr",
+                                   "val_loss", "val_accuracy"}
+    assert [r["lr"] for r in res.history] == [0.1, 0.05, 0.025]
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    # validation metrics are those of the returned model (run here by the oracle)
+    logits = run(res.model, x[40:])[0]
+    last = res.history[-1]
+    assert last["val_accuracy"] == pytest.approx((logits.argmax(1) == y[40:]).mean())
+    want = -log_softmax(logits.astype(np.float64))[np.arange(20), y[40:]].mean()
+    assert last["val_loss"] == pytest.approx(want, rel=1e-5)
+    assert last["val_accuracy"] >= 0.9
+
+
+def test_resume_continues_to_the_weights_of_an_uninterrupted_run(nptrain, tmp_path):
+    kw = dict(batch_size=8, momentum=0.9, validation=blobs(20, seed=1))
+    whole = fit(epochs=4, **kw)
+    first = fit(epochs=2, checkpoint_dir=tmp_path, **kw)
+    assert first.last_checkpoint == tmp_path / "last.safetensors"
+    rest = fit(epochs=4, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert_same_weights(whole, rest)
+    assert [r["loss"] for r in rest.history] == [r["loss"] for r in whole.history]
+    assert nptrain.trainers[-1].steps == whole.steps  # it ran epochs 3 and 4 only
+    assert len(nptrain.trainers[-1].seen) == 2 * 5
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, run):
+        if run.step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_epoch_resumes_at_its_data_position(nptrain, tmp_path):
+    whole = fit(epochs=2, batch_size=8, accumulate=2, momentum=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        fit(epochs=2, batch_size=8, accumulate=2, momentum=0.5, checkpoint_dir=tmp_path,
+            callbacks=[StopAt(4)])  # 3 updates per epoch: stopped in epoch 2
+    rest = fit(epochs=2, batch_size=8, accumulate=2, momentum=0.5, checkpoint_dir=tmp_path,
+               resume=True, callbacks=[StopAt(-1)])
+    assert_same_weights(whole, rest)
+    assert rest.history[-1]["loss"] == pytest.approx(whole.history[-1]["loss"], rel=1e-12)
+
+
+def test_bad_checkpoints_are_errors_naming_the_file_and_the_mismatch(nptrain, tmp_path):
+    fit(epochs=1, checkpoint_dir=tmp_path)
+    last = tmp_path / "last.safetensors"
+    data = last.read_bytes()
+    with pytest.raises(CheckpointError, match="belongs to another run.*lr"):
+        fit(epochs=2, checkpoint_dir=tmp_path, resume=True, lr=0.2)
+    with pytest.raises(CheckpointError, match="belongs to another run.*model"):
+        fit(linear(seed=1), epochs=2, checkpoint_dir=tmp_path, resume=True)
+    last.write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=f"{last.name}.*truncated or corrupt"):
+        fit(epochs=2, checkpoint_dir=tmp_path, resume=True)
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF
+    last.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=f"{last.name}.*corrupt: its tensors do not match"):
+        fit(epochs=2, checkpoint_dir=tmp_path, resume=True)
+    last.write_bytes(data)
+    assert fit(epochs=2, checkpoint_dir=tmp_path, resume=True).steps == 2  # one per epoch
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_a_device_that_cannot_train_is_refused_naming_those_that_can(nptrain):
+    with pytest.raises(OptionError, match="'cpu@reference' cannot train.*cpu:0@nptrain"):
+        fit(device="cpu@reference")
+    assert training_device("cpu").backend.trains
+
+
+def test_early_stopping_and_best_checkpoint(nptrain, tmp_path):
+    # the learning rate never improves after the first epoch: patience 2 stops after epoch 3
+    res = fit(epochs=10, callbacks=[EarlyStopping("lr", patience=2, mode="min")])
+    assert len(res.history) == 3 and res.stopped_early
+    res = fit(epochs=4, validation=blobs(20, seed=1), checkpoint_dir=tmp_path, lr=0.02)
+    best = min(res.history, key=lambda r: r["val_loss"])
+    assert res.best_checkpoint == tmp_path / "best.safetensors"
+    assert load_checkpoint(res.best_checkpoint).meta["loop"]["epoch"] == best["epoch"]
+    with pytest.raises(OptionError, match="monitors 'val_loss'.*pass validation="):
+        fit(callbacks=[EarlyStopping("val_loss")])
+
+
+def test_batches_from_an_iterable_and_the_progress_bar(nptrain, capfd):
+    x, y = blobs(24)
+    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 24, 8)]
+    fit(data=batches, epochs=2, progress=True)
+    seen = nptrain.trainers[0].seen
+    np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([y, y]))  # as given
+    err = capfd.readouterr().err
+    assert "samples/s" in err and "loss" in err
+    with pytest.raises(InputError, match="gave no batches in epoch 2.*one-shot"):
+        fit(data=(b for b in batches), epochs=2)
+
+
+def test_cosine_fills_in_the_runs_updates(nptrain):
+    fit(batch_size=8, accumulate=2, epochs=3, schedule="cosine")
+    assert nptrain.trainers[0].spec.optimizer.total_steps == 3 * 3
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"data": (np.zeros((4, 1, 5, 5), np.float32), np.zeros(4, int))}, InputError,
+     r"input 'input' has shape \[4, 1, 5, 5\]; expected \[N, 1, 4, 4\]"),
+    ({"data": (np.zeros((4, 1, 4, 4), np.float32), np.zeros(4, np.float32))}, InputError,
+     "class indices"),
+    ({"data": (np.zeros((4, 1, 4, 4), np.float32), np.zeros(3, int))}, InputError,
+     "number of samples"),
+    ({"optimizer": "lion"}, OptionError, "optimizer 'lion' is not one of"),
+    ({"momentum": 0.9, "optimizer": "adam"}, OptionError, "sgd's options"),
+    ({"resume": True}, OptionError, "pass checkpoint_dir="),
+    ({"batch_size": 0}, OptionError, "batch_size must be a positive int"),
+    ({"precision": "fp8"}, OptionError, "precision 'fp8' is not one of"),
+])
+def test_bad_arguments_are_hal_errors(nptrain, kw, error, match):
+    with pytest.raises(error, match=match):
+        fit(**kw)

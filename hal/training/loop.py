@@ -1,0 +1,261 @@
+"""``hal.train``: HAL's training loop, the same for every backend.
+
+The backend's Trainer differentiates and updates (``hal.trainer``); the loop owns the rest:
+data order, accumulation groups, epochs, validation, checkpoints, callbacks and progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from hal.backend import Device
+from hal.errors import BackendError, HalError, OptionError
+from hal.ir.model import Model, TensorSpec
+from hal.trainer import TrainGraph, Trainer, TrainSpec
+from hal.training import checkpoint
+from hal.training.batches import TARGET, ArrayData, BatchStream, Feed, grouped, source, weights
+from hal.training.callbacks import BestCheckpoint, Callback
+from hal.training.graph import build
+from hal.training.metrics import Evaluation, check
+from hal.training.progress import Progress
+from hal.training.result import TrainResult, trained_model
+from hal.training.settings import optimizer_spec, positive_int, train_spec, training_device
+
+log = logging.getLogger("hal")
+
+
+def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "cross_entropy",
+          optimizer: str = "adamw", lr: float = 1e-3, epochs: int = 1, batch_size: int = 64,
+          accumulate: int = 1, precision: str = "fp32", seed: int = 0, validation: Any = None,
+          metrics: Sequence[str] = ("accuracy",), checkpoint_dir: str | Path | None = None,
+          resume: bool = False, callbacks: Sequence[Callback] = (), progress: bool = True,
+          freeze: Sequence[str] = (), output: str | None = None, **options: Any) -> TrainResult:
+    """Train ``model`` (anything ``hal.compile`` takes) on ``data`` on ``device``.
+
+    ``data``/``validation``: ``(x, y)`` arrays, a dict by input name with ``"target"``, or an
+    iterable of such batches. ``batch_size`` samples per micro-batch, ``accumulate``
+    micro-batches per update. Optimizer options by keyword: momentum, nesterov, weight_decay,
+    betas, eps, schedule ("constant", "step", "cosine"), warmup_steps, step_size, gamma,
+    clip_norm, total_steps; other keywords go to the backend (``TrainSpec.extra``).
+    ``checkpoint_dir``: last.safetensors each epoch and best.safetensors at the best epoch;
+    ``resume=True`` continues from last.safetensors.
+    """
+    from hal.frontends import to_model
+
+    model_kw = {k: options.pop(k) for k in ("input_shape", "example_input") if k in options}
+    hal_model = to_model(model, **model_kw)
+    for name, value in (("epochs", epochs), ("batch_size", batch_size),
+                        ("accumulate", accumulate)):
+        positive_int(name, value)
+    if resume and checkpoint_dir is None:
+        raise OptionError("resume=True continues from checkpoint_dir's last checkpoint: pass "
+                          "checkpoint_dir=")
+    dev = training_device(device)
+    tg = build(hal_model, loss, freeze, output)
+    feed = Feed(hal_model.inputs, _target_spec(tg))
+    data_src = source(data, feed, "data")
+    val_src = None if validation is None else source(validation, feed, "validation")
+    per_epoch = data_src.batches_per_epoch(batch_size)
+    steps = None if per_epoch is None else -(-per_epoch // accumulate)
+    opt = optimizer_spec(optimizer, lr, options)
+    spec = train_spec(opt, steps * epochs if steps else None, precision, seed, options)
+    run_settings = {"loss": loss, "optimizer": {k: v for k, v in asdict(spec.optimizer).items()
+                                                if k != "total_steps"},
+                    "batch_size": batch_size, "accumulate": accumulate, "precision": precision,
+                    "seed": seed, "freeze": list(freeze), "output": output,
+                    "samples": data_src.samples}
+    classification = feed.target.dtype.kind == "i"
+    evaluation = (lambda: Evaluation(tg, tg.outputs.index(output) if output else 0,
+                                     check(metrics, classification))) if val_src else None
+    trainer = _call(dev, "compile the training graph", dev.backend.compile_training, tg, dev, spec)
+    run = Run(trainer, tg, hal_model, dev, spec, run_settings, data_src, val_src, evaluation,
+              list(callbacks), Path(checkpoint_dir) if checkpoint_dir is not None else None,
+              epochs, steps)
+    if resume:
+        run.resume()
+    return run.fit(progress)
+
+
+def _target_spec(tg: TrainGraph) -> TensorSpec:
+    v = next(v for v in tg.model.graph.inputs if v.name == tg.target)
+    dims = tuple(d if isinstance(d, int) else str(d) for d in v.shape) if v.shape else ()
+    return TensorSpec(v.name, dims, np.dtype(v.dtype.numpy()))
+
+
+def _call(dev: Device, what: str, fn: Callable, *args: Any) -> Any:
+    """``fn(*args)``; a framework's exception becomes a BackendError naming the device."""
+    try:
+        return fn(*args)
+    except HalError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{dev.string} failed to {what}: {type(exc).__name__}: {exc}") \
+            from exc
+
+
+class Run:
+    """One training run: the trainer, the data and the loop's own state (what a checkpoint
+    holds besides the trainer's)."""
+
+    def __init__(self, trainer: Trainer, tg: TrainGraph, model: Model, dev: Device,
+                 spec: TrainSpec, settings: dict, data: ArrayData | BatchStream,
+                 validation: ArrayData | BatchStream | None,
+                 evaluation: Callable[[], Evaluation] | None, callbacks: list[Callback],
+                 checkpoint_dir: Path | None, epochs: int, steps_per_epoch: int | None):
+        self.trainer, self.tg, self.model, self.dev, self.spec = trainer, tg, model, dev, spec
+        self.settings, self.data, self.validation = settings, data, validation
+        self.evaluation, self.epochs, self.steps_per_epoch = evaluation, epochs, steps_per_epoch
+        self.checkpoint_dir = checkpoint_dir
+        if checkpoint_dir is not None and not any(isinstance(c, BestCheckpoint)
+                                                  for c in callbacks):
+            callbacks = [*callbacks, BestCheckpoint()]
+        self.callbacks = callbacks
+        self.history: list[dict] = []
+        self.epoch = self.position = self.step = self.samples = 0  # epoch: epochs done
+        self.loss_sum = self.seconds = 0.0
+        self.rng_state: dict = {}
+        self.stop = self.in_step = False
+        self.best_checkpoint: Path | None = None
+        self.last_checkpoint: Path | None = None
+
+    # -- what callbacks read ------------------------------------------------
+    @property
+    def has_validation(self) -> bool:
+        return self.validation is not None
+
+    @property
+    def record_keys(self) -> list[str]:
+        keys = ["loss", "seconds", "samples_per_s", "lr"]
+        if self.evaluation is not None:
+            keys += list(self.evaluation().result())
+        return keys
+
+    @property
+    def default_monitor(self) -> str:
+        return "val_loss" if self.has_validation else "loss"
+
+    # -- the loop -------------------------------------------------------------
+    def fit(self, progress: bool) -> TrainResult:
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        bar = Progress(progress, self.epochs)
+        try:
+            while self.epoch < self.epochs and not self.stop:
+                self._epoch(bar)
+                record = self._end_epoch()
+                bar.end_epoch(record)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
+                if self.checkpoint_dir is not None:
+                    self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
+        except KeyboardInterrupt:
+            if self.checkpoint_dir is not None and not self.in_step:
+                self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
+                log.warning("interrupted at step %d; resume=True continues from %s", self.step,
+                            self.last_checkpoint)
+            raise
+        finally:
+            bar.close()
+        weights = _call(self.dev, "return the trained weights", self.trainer.weights)
+        return TrainResult(trained_model(self.model, weights), self.history, self.dev.string,
+                           self.step, self.best_checkpoint, self.last_checkpoint, self.stop,
+                           self.settings)
+
+    def _epoch(self, bar: Progress) -> None:
+        batch_size, accumulate = self.settings["batch_size"], self.settings["accumulate"]
+        batches, self.rng_state = self.data.epoch(self.spec.seed, self.epoch, batch_size,
+                                                  start=self.position)
+        bar.start_epoch(self.epoch, self.steps_per_epoch, self.position // accumulate)
+        start, before = time.perf_counter(), self.seconds
+        for group in grouped(batches, accumulate):
+            self.in_step = True
+            losses = _call(self.dev, f"run training step {self.step}", self.trainer.step,
+                           group, weights(group))
+            self.in_step = False
+            sizes = [len(b[TARGET]) for b in group]
+            self.loss_sum += float(np.dot(np.asarray(losses, np.float64), sizes))
+            self.samples += sum(sizes)
+            self.position += len(group)
+            self.step += 1
+            self.seconds = before + time.perf_counter() - start
+            bar.step(self.loss_sum / self.samples, self.samples / max(self.seconds, 1e-9))
+            for cb in self.callbacks:
+                cb.on_step_end(self)
+
+    def _end_epoch(self) -> dict:
+        if not self.samples:
+            raise HalError(f"epoch {self.epoch + 1} had no training batches")
+        record = {"epoch": self.epoch + 1, "step": self.step,
+                  "loss": self.loss_sum / self.samples, "seconds": self.seconds,
+                  "samples_per_s": self.samples / max(self.seconds, 1e-9),
+                  "lr": self.spec.optimizer.lr_at(max(0, self.step - 1))}
+        if self.validation is not None:
+            record.update(self._validate())
+        self.history.append(record)
+        self.epoch += 1
+        self.position = self.samples = 0
+        self.loss_sum = self.seconds = 0.0
+        return record
+
+    def _validate(self) -> dict[str, float]:
+        ev = self.evaluation()
+        batches, _ = self.validation.epoch(self.spec.seed, 0, self.settings["batch_size"],
+                                           shuffle=False)
+        for b in batches:
+            inputs = {k: v for k, v in b.items() if k != TARGET}
+            ev.add(_call(self.dev, "evaluate", self.trainer.evaluate, inputs), b)
+        return ev.result()
+
+    # -- checkpoints ----------------------------------------------------------
+    def identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed by this run."""
+        inits = self.model.graph.initializers
+        return {"backend": self.dev.backend.name, "model": self.model.digest(),
+                "params": {n: list(inits[n].shape) for n in self.tg.params},
+                "run": self.settings}
+
+    def loop_state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "step": self.step,
+                "samples": self.samples, "loss_sum": self.loss_sum, "seconds": self.seconds,
+                "rng": self.rng_state, "history": self.history,
+                "callbacks": [cb.state() for cb in self.callbacks]}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the run's state to ``path`` (atomically); returns the path."""
+        state = _call(self.dev, "return its training state", self.trainer.state)
+        tensors = {k: np.asarray(v) for k, v in state.items()}
+        return checkpoint.save(path, tensors, {**self.identity(), "loop": self.loop_state(),
+                                               "device": self.dev.string})
+
+    def resume(self) -> None:
+        path = self.checkpoint_dir / checkpoint.LAST
+        if not path.exists():
+            msg = f"resume=True but {str(path)!r} does not exist: training starts from epoch 1"
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=3)
+            return
+        ckpt = checkpoint.load(path)
+        checkpoint.check_matches(ckpt, self.identity())
+        loop = ckpt.meta["loop"]
+        if len(loop["callbacks"]) != len(self.callbacks):
+            raise checkpoint.CheckpointError(
+                f"checkpoint {str(path)!r} was written with {len(loop['callbacks'])} callbacks, "
+                f"this run has {len(self.callbacks)}: resume with the same callbacks")
+        try:
+            self.trainer.load_state(ckpt.tensors)
+        except HalError as exc:
+            raise checkpoint.CheckpointError(f"checkpoint {str(path)!r} does not fit the "
+                                             f"trainer: {exc}") from None
+        for cb, state in zip(self.callbacks, loop["callbacks"]):
+            cb.load_state(state)
+        for key in ("epoch", "position", "step", "samples", "loss_sum", "seconds", "history"):
+            setattr(self, key, loop[key])
+        self.rng_state = loop["rng"]
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch + 1, self.step)

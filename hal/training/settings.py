@@ -1,0 +1,117 @@
+"""``hal.train``'s arguments checked and turned into the contract's objects: the device that
+trains, the OptimizerSpec, the TrainSpec."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any
+
+from hal.backend import Backend, Device
+from hal.device import DeviceInfo, DeviceSpec
+from hal.errors import OptionError
+from hal.registry import REGISTRY
+from hal.trainer import OptimizerSpec, TrainSpec
+
+#: OptimizerSpec fields set by keyword (``hal.train(..., momentum=0.9)``)
+OPTIMIZER_OPTIONS = tuple(f.name for f in fields(OptimizerSpec) if f.name not in ("name", "lr"))
+
+
+def _backend_of(info: DeviceInfo) -> Backend | None:
+    for rec in REGISTRY.records():
+        b = rec.backend
+        if b is not None and not rec.broken and (rec.name == info.backend
+                                                  or info.backend in b.variants):
+            return b
+    return None
+
+
+def trainable_devices() -> list[DeviceInfo]:
+    """Usable devices whose backend trains, best first (the backends' priority)."""
+    found = []
+    for d in REGISTRY.usable():
+        b = _backend_of(d)
+        if b is not None and b.trains and not d.alias_of:
+            found.append((-b.priority, len(found), d))
+    return [d for *_, d in sorted(found, key=lambda t: t[:2])]
+
+
+def training_device(device: str | Device) -> Device:
+    """The device that trains: ``device`` itself if its backend trains; for a bare kind
+    ("cpu", "cuda:1") the best usable backend of that kind that trains. Anything else is
+    refused with the devices that can train."""
+    if isinstance(device, Device):
+        if device.backend.trains:
+            return device
+        raise OptionError(_refusal(device.string, device.backend.name))
+    spec = DeviceSpec.parse(device)
+    if spec.backend is None:
+        for d in trainable_devices():
+            if d.kind == spec.kind and (spec.index is None or d.index == spec.index):
+                return REGISTRY.resolve(d.string)
+        raise OptionError(_refusal(device, None))
+    dev = REGISTRY.resolve(device)
+    if not dev.backend.trains:
+        raise OptionError(_refusal(device, dev.backend.name))
+    return dev
+
+
+def _refusal(device: str, backend: str | None) -> str:
+    why = (f"its backend {backend!r} runs models but does not train them (it has no autodiff)"
+           if backend else "no usable backend of that kind trains")
+    can = [d.string for d in trainable_devices()]
+    where = (f"devices that can train: {', '.join(can)}" if can else
+             "no usable device can train here: install a framework that does, e.g. "
+             "pip install 'hal-accel[torch]' (or [jax], [tf])")
+    return f"device {device!r} cannot train: {why}; {where}"
+
+
+def optimizer_spec(name: str, lr: float, options: dict[str, Any]) -> OptimizerSpec:
+    """The OptimizerSpec of ``name`` and ``lr`` with the optimizer options taken out of
+    ``options`` (the rest stays there)."""
+    if name not in OptimizerSpec.OPTIMIZERS:
+        raise OptionError(f"optimizer {name!r} is not one of {list(OptimizerSpec.OPTIMIZERS)}")
+    _positive("lr", lr, float)
+    kw = {k: options.pop(k) for k in list(options) if k in OPTIMIZER_OPTIONS}
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    spec = OptimizerSpec(name=name, lr=float(lr), **kw)
+    if spec.schedule not in OptimizerSpec.SCHEDULES:
+        raise OptionError(f"schedule {spec.schedule!r} is not one of "
+                          f"{list(OptimizerSpec.SCHEDULES)}")
+    if spec.momentum and name != "sgd" or spec.nesterov and name != "sgd":
+        raise OptionError(f"momentum and nesterov are sgd's options, not {name}'s")
+    if spec.nesterov and not spec.momentum:
+        raise OptionError("nesterov=True needs momentum > 0")
+    if len(spec.betas) != 2 or not all(0 <= b < 1 for b in spec.betas):
+        raise OptionError(f"betas must be two numbers in [0, 1), got {spec.betas!r}")
+    for key in ("warmup_steps", "step_size", "total_steps"):
+        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 0:
+            raise OptionError(f"{key} must be an int >= 0, got {getattr(spec, key)!r}")
+    if spec.clip_norm is not None:
+        _positive("clip_norm", spec.clip_norm, float)
+    return spec
+
+
+def train_spec(optimizer: OptimizerSpec, total_steps: int | None, precision: str, seed: int,
+               extra: dict) -> TrainSpec:
+    if precision not in TrainSpec.PRECISIONS:
+        raise OptionError(f"precision {precision!r} is not one of {list(TrainSpec.PRECISIONS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise OptionError(f"seed must be an int >= 0, got {seed!r}")
+    if not optimizer.total_steps and total_steps:
+        optimizer = replace(optimizer, total_steps=total_steps)
+    if optimizer.schedule == "cosine" and not optimizer.total_steps:
+        raise OptionError("the cosine schedule needs the run's number of updates: the data is an "
+                          "iterable without len(), so pass total_steps=")
+    return TrainSpec(optimizer=optimizer, precision=precision, seed=seed, extra=dict(extra))
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: Any, kind: type) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise OptionError(f"{name} must be a positive number, got {value!r}")
