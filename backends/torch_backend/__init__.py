@@ -5,6 +5,7 @@ ONNX node, weights as buffers on the device), run under ``torch.inference_mode``
 ``opt_level`` picks the native steps: 0 plain fx, 1 fx after HAL's shared passes,
 2 ``torch.compile`` (inductor) of the GraphModule, 3 adds CUDA graphs on CUDA.
 ``precision="bf16"|"fp16"`` runs under autocast (fp32 accumulation).
+Training (``compile_training``): autograd and torch.optim over the same lowering (training.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from hal.errors import InputError, OptionError
 if TYPE_CHECKING:
     import numpy as np
     import onnx_ir as ir
+
+    from hal.trainer import Trainer, TrainGraph, TrainSpec
 
 #: torch stores these but has almost no kernels for them; only data movement is allowed
 _SHELL_DTYPES = frozenset({"UINT16", "UINT32", "UINT64"})
@@ -140,6 +143,14 @@ class TorchBackend(Backend):
         if cl is not None and not isinstance(cl, bool):
             raise OptionError(f"channels_last must be True or False, got {cl!r}")
         return build(model, device, options)
+
+    # -- training ----------------------------------------------------------------------------
+    trains = True
+
+    def compile_training(self, graph: TrainGraph, device: Device, spec: TrainSpec) -> Trainer:
+        from hal.backends.torch_backend.training import TorchTrainer
+
+        return TorchTrainer(graph, device, spec)
 
 
 class TorchBuffer(Buffer):

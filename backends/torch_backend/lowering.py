@@ -78,6 +78,18 @@ class NodeView:
             return np.asarray(c).reshape(-1)[0].item() if np.asarray(c).size else None
         return self.input(i)
 
+    def static_shape(self, i: int) -> tuple[int, ...] | None:
+        """Input ``i``'s shape when the IR knows all of it, else None. Converters choose their
+        kernel by it rather than by ``const`` so that a trainable weight stays a runtime value."""
+        v = self.node.inputs[i] if self.has(i) else None
+        if v is None:
+            return None
+        if v.const_value is not None:
+            return tuple(v.const_value.shape)
+        if v.shape is not None and all(isinstance(d, int) for d in v.shape):
+            return tuple(v.shape)
+        return None
+
     def wants(self, i: int) -> bool:
         """Whether output ``i`` exists and is used (optional outputs are often omitted)."""
         return i < self.n_out and bool(self.node.outputs[i].name)
@@ -180,16 +192,20 @@ class Lowering:
         gm.eval()
         return gm
 
-    def lower_node(self, node: ir.Node) -> None:
+    def converter_for(self, node: ir.Node) -> tuple[Callable, Callable | None]:
+        """The converter of ``node`` and its check (a training lowering overrides some)."""
         key = ("" if node.domain == "ai.onnx" else node.domain, node.op_type)
         if key not in CONVERTERS:
             raise BackendError(f"torch backend has no converter for {node.op_type} "
                                f"(node {node.name!r})")
-        fn, check = CONVERTERS[key]
+        return CONVERTERS[key]
+
+    def lower_node(self, node: ir.Node) -> None:
+        fn, check = self.converter_for(node)
         if check is not None and (why := check(node)):
             raise BackendError(f"node {node.name!r} ({node.op_type}): {why}")
         view = NodeView(self, node)
-        if node.op_type == "Constant" and key[0] == "":
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             self.consts[node.outputs[0].name] = fn(view)
             return
         result = fn(view)

@@ -235,9 +235,9 @@ def gemm(n: NodeView):
     a, b, c = n.input(0), n.input(1), n.input(2)
     alpha, beta = float(n.attr("alpha", 1.0)), float(n.attr("beta", 1.0))
     ta, tb = int(n.attr("transA", 0)), int(n.attr("transB", 0))
-    c_const = n.const(2)
+    c_shape = n.static_shape(2)
     if alpha == 1.0 and beta == 1.0 and not ta and tb and (c is None or (
-            c_const is not None and c_const.ndim == 1)):
+            c_shape is not None and len(c_shape) == 1)):
         return n.call(F.linear, a, b, c)  # the fused addmm path
     return n.call(_gemm, a, b, c, alpha, beta, ta, tb)
 

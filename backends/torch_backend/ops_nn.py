@@ -8,7 +8,7 @@ import operator
 import torch
 import torch.nn.functional as F
 from hal.ir.schemas import HAL_DOMAIN
-from hal.backends.torch_backend.lowering import NodeView, attr, converter
+from hal.backends.torch_backend.lowering import NodeView, attr, converter, torch_dtype
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -68,8 +68,8 @@ def _conv_any(x, w, b, strides, pads, dilations, groups, auto_pad):
 
 def conv_call(n: NodeView, x, w, b):
     """Emit the conv of node ``n`` (Conv or FusedConv) and return its fx node."""
-    wc = n.const(1)
-    k = list(n.attr("kernel_shape") or (wc.shape[2:] if wc is not None else []))
+    ws = n.static_shape(1)
+    k = list(n.attr("kernel_shape") or (ws[2:] if ws is not None else []))
     groups = int(n.attr("group", 1))
     if not k:
         return n.call(_conv_any, x, w, b, n.attr("strides"), n.attr("pads"),
@@ -257,11 +257,16 @@ def global_pool(n: NodeView):
 # -- normalization ---------------------------------------------------------------------------
 
 def _bn_training(x, scale, bias, mean, var, eps, momentum):
-    """ONNX training-mode BatchNormalization: batch statistics, updated running ones."""
+    """ONNX training-mode BatchNormalization: batch statistics, updated running ones. Under
+    autocast the statistics and the normalization are computed in fp32 (a bf16 mean of a
+    large batch loses the running statistics' precision). The running statistics carry no
+    gradient: the optimizer never trains them."""
     dims = (0,) + tuple(range(2, x.ndim))
-    batch_mean = x.mean(dim=dims)
-    batch_var = x.var(dim=dims, unbiased=False)
-    y = F.batch_norm(x, batch_mean, batch_var, scale, bias, False, 0.0, eps)
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    y = F.batch_norm(xf, None, None, scale, bias, True, 0.0, eps).to(x.dtype)
+    xd = xf.detach()
+    batch_mean = xd.mean(dim=dims)
+    batch_var = xd.var(dim=dims, unbiased=False)
     return (y, mean * momentum + batch_mean * (1 - momentum),
             var * momentum + batch_var * (1 - momentum))
 
@@ -357,6 +362,42 @@ def dropout(n: NodeView):
         out = n.call(_dropout, n.input(0), True)
         return [n.call(operator.getitem, out, 0), n.call(operator.getitem, out, 1)]
     return n.input(0)
+
+
+# -- losses: mean over the samples not ignored, weighted by their class's weight -------------
+
+def _nll(log_prob, target, weight, reduction, ignore_index, dtype):
+    lp = log_prob.float() if log_prob.dtype in (torch.float16, torch.bfloat16) else log_prob
+    w = None if weight is None else weight.to(lp.dtype)
+    return F.nll_loss(lp, target.long(), w, ignore_index=ignore_index,
+                      reduction=reduction).to(dtype)
+
+
+def _softmax_cross_entropy(scores, target, weight, reduction, ignore_index, dtype):
+    s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+    log_prob = F.log_softmax(s, dim=1)
+    return (_nll(log_prob, target, weight, reduction, ignore_index, dtype), log_prob.to(dtype))
+
+
+def _loss_args(n: NodeView) -> tuple:
+    # torch ignores -100 by default; ONNX ignores nothing unless told, so nothing is ignored
+    # unless the node names a class (an int64 label never equals torch's sentinel below)
+    ignore = n.attr("ignore_index")
+    return (n.input(0), n.input(1), n.input(2), n.attr("reduction", "mean"),
+            int(ignore) if ignore is not None else -(2 ** 63),
+            torch_dtype(n.node.outputs[0].dtype or n.node.inputs[0].dtype))
+
+
+@converter("NegativeLogLikelihoodLoss")
+def nll_loss(n: NodeView):
+    return n.call(_nll, *_loss_args(n))
+
+
+@converter("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy_loss(n: NodeView):
+    out = n.call(_softmax_cross_entropy, *_loss_args(n))
+    return [n.call(operator.getitem, out, 0),
+            n.call(operator.getitem, out, 1) if n.wants(1) else None]
 
 
 # -- HAL's fused ops ("ai.hal"): Conv/Gemm attributes plus ``activation`` and its params ---------

@@ -25,6 +25,8 @@ OPS = frozenset({
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "BatchNormalization", "LayerNormalization", "InstanceNormalization", "LpNormalization",
     "LRN", "Dropout",
+    # losses (the training graph's)
+    "NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss",
     # shape and data movement
     "Constant", "Reshape", "Flatten", "Transpose", "Concat", "Squeeze", "Unsqueeze", "Shape",
     "Size", "Gather", "GatherElements", "Slice", "Split", "Expand", "Tile", "Pad", "Cast",
