@@ -4,6 +4,8 @@ refusal, history, callbacks) and, where the frameworks train, end to end on each
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ from hal.registry import REGISTRY
 from hal.trainer import Trainer, TrainGraph, TrainSpec
 from hal.training import Callback, CheckpointError, EarlyStopping, build
 from hal.training.checkpoint import load as load_checkpoint
-from hal.training.settings import training_device
+from hal.training.settings import trainable_devices, training_device
 from helpers import make_model, rand
 from onnx import helper
 
@@ -442,3 +444,41 @@ def test_cosine_fills_in_the_runs_updates(nptrain):
 def test_bad_arguments_are_hal_errors(nptrain, kw, error, match):
     with pytest.raises(error, match=match):
         fit(**kw)
+
+
+# -- hal train -----------------------------------------------------------------------------
+
+def test_hal_train_refuses_a_device_that_cannot_train(capsys):
+    from hal.cli import main
+
+    assert main(["train", "lenet", "--device", "cpu@reference", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot train" in err and "Traceback" not in err
+    trainable = [d.string for d in trainable_devices()]
+    assert all(d in err for d in trainable)
+
+
+def test_hal_train_on_arrays_from_a_file(nptrain, tmp_path, capsys):
+    from hal.cli import main
+
+    x, y = blobs(60)
+    np.savez(tmp_path / "d.npz", x=x[:40], y=y[:40], x_val=x[40:], y_val=y[40:])
+    linear().save(tmp_path / "m.onnx")
+    argv = ["train", str(tmp_path / "m.onnx"), "--device", "cpu@nptrain", "--data",
+            str(tmp_path / "d.npz"), "--optimizer", "sgd", "--lr", "0.1", "--epochs", "2",
+            "--batch", "8", "--option", "momentum=0.9", "--out", str(tmp_path / "t.onnx"),
+            "--checkpoint", str(tmp_path / "ck"), "--no-progress"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 10 and len(report["history"]) == 2
+    assert report["settings"]["optimizer"]["momentum"] == 0.9
+    trained = hal.load(tmp_path / "t.onnx")
+    logits = run(trained, x[40:])[0]
+    assert report["history"][-1]["val_accuracy"] == pytest.approx((logits.argmax(1) ==
+                                                                   y[40:]).mean())
+    assert main([*argv[:-5], "--epochs", "3", "--checkpoint", str(tmp_path / "ck"),
+                 "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "15 updates" in out and "best checkpoint" in out  # epoch 3 on top of 1 and 2
+    assert main(["train", "mlp", "--device", "cpu@nptrain"]) == 2
+    assert "--data digits fits models with one image input" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from hal.errors import HalError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hal.cli import compare, devices, fpga, run
+    from hal.cli import compare, devices, fpga, run, train
 
     p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
                                 "device HAL can reach.")
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "imports (TensorFlow, jax), which it otherwise keeps off stderr "
                         "(the same as HAL_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (devices, run, compare, fpga):
+    for command in (devices, run, train, compare, fpga):
         command.add_parser(sub)
     return p
 
