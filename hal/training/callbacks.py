@@ -1,6 +1,7 @@
 """Callbacks: small objects the loop calls at the end of each step and epoch.
 
-A callback reads the run (``run.history``, ``run.step``, ``run.epoch``), may stop it
+A callback reads the run (``run.history``, ``run.step``, ``run.epoch``, ``run.losses``: the
+last step's micro-batch losses, taken before its update), may stop it
 (``run.stop = True``) or write a checkpoint (``run.save(path)``). Its ``state()`` goes into
 each checkpoint, so a resumed run continues with the same counters.
 """

@@ -121,6 +121,7 @@ class Run:
         self.epoch = self.position = self.step = self.samples = 0  # epoch: epochs done
         self.loss_sum = self.seconds = 0.0
         self.rng_state: dict = {}
+        self.losses: list[float] = []  # the last step's micro-batch losses
         self.stop = self.in_step = False
         self.best_checkpoint: Path | None = None
         self.last_checkpoint: Path | None = None
@@ -179,6 +180,7 @@ class Run:
             losses = _call(self.dev, f"run training step {self.step}", self.trainer.step,
                            group, weights(group))
             self.in_step = False
+            self.losses = [float(v) for v in losses]
             sizes = [len(b[TARGET]) for b in group]
             self.loss_sum += float(np.dot(np.asarray(losses, np.float64), sizes))
             self.samples += sum(sizes)
