@@ -25,3 +25,19 @@ def import_tf() -> types.ModuleType:
 
 
 tf = LazyModule("tensorflow", import_tf)
+
+
+def import_keras() -> types.ModuleType:
+    """Keras on TensorFlow: the tf trainer's optimizers. Keras picks its backend once, when
+    first imported (``KERAS_BACKEND``), so one loaded on another framework is refused."""
+    from hal.errors import BackendError
+
+    import_tf()
+    keras = import_quietly("keras", env={"KERAS_BACKEND": "tensorflow"})
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise BackendError(f"the tf backend trains with Keras's optimizers on TensorFlow, but "
+                           f"Keras was loaded on {backend!r} (KERAS_BACKEND); set "
+                           f"KERAS_BACKEND=tensorflow before Keras is first imported, or train "
+                           f"on a {backend} device")
+    return keras

@@ -59,6 +59,9 @@ class ChannelsLastTrace(Trace):
                 args = [self.last.get(n, self.env.get(n)) for n in step.inputs if n]
                 raise self.error(step, args, exc) from exc
             if y is not None:
+                if isinstance(y, tuple):  # BatchNormalization in training: + running stats
+                    y, *stats = y
+                    self.env.update((n, v) for n, v in zip(step.outputs[1:], stats) if n)
                 self.last[step.outputs[0]] = y
                 return
         super().step(step)
@@ -72,7 +75,7 @@ class ChannelsLastTrace(Trace):
             if not isinstance(v, tf.Tensor) or v.shape.rank is None or v.shape.rank < 3:
                 return None
             spatial = v.shape.as_list()[1:-1] if x in self.last else v.shape.as_list()[2:]
-            if any(d is None for d in spatial) or step.attrs.get("training_mode"):
+            if any(d is None for d in spatial):
                 return None
             rest = [self.env[n] if n else None for n in ins[1:]]
             return CHANNELS_LAST.kernels[op](cx, self.channels_last(x), *rest, **step.attrs)

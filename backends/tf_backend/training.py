@@ -1,0 +1,258 @@
+"""The tf trainer: a training graph on the shared lowering, differentiated by
+``tf.GradientTape`` and updated by Keras's optimizers (``optimizers``).
+
+- Weights: trainable float initializers are ``tf.Variable``s (fp32 master weights: in bf16
+  and fp16 the graph casts them to the compute type, so their gradients are fp32); running
+  statistics are variables assigned the graph's updates after each micro-batch, in the same
+  compiled call; frozen weights are constants.
+- ``step``: one micro-batch is one compiled call (gradient and update, one XLA program);
+  several add each one's weighted gradient to a sum, one call each, then one update call.
+- Dropout: stateless random ops keyed by (seed, update step, micro-batch, draw), so a resumed
+  run draws the masks the uninterrupted one would have, with no generator state to save.
+- fp16: Keras's ``LossScaleOptimizer`` (dynamic loss scaling). The gradient is that of the
+  scaled loss; clipping and L2 act on it with the scale folded in (clip at ``clip * scale``,
+  add ``decay * scale * w``), and the optimizer unscales it, skips an update that is not
+  finite and adapts the scale.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from hal.backends.common.lowering import lower
+from hal.backends.common.trace import Trace, traced_function
+from hal.backends.common.training import RandomSource, lower_training, training_function
+from hal.backends.tf_backend import optimizers
+from hal.backends.tf_backend.context import TfContext
+from hal.backends.tf_backend.framework import tf
+from hal.backends.tf_backend.kernels import TABLE
+from hal.backends.tf_backend.layout import ChannelsLastTrace
+from hal.errors import InputError, ModelError
+from hal.trainer import Trainer, TrainGraph, TrainSpec
+
+
+class StatelessRandom(RandomSource):
+    """Draws of one micro-batch: ``key`` is (seed, update step, micro-batch index)."""
+
+    def __init__(self, key: Any):
+        super().__init__()
+        self.key = tf.random.experimental.stateless_fold_in(key[:2], key[2])
+
+    def draw(self, index: int, shape: list) -> Any:
+        seed = tf.random.experimental.stateless_fold_in(self.key, index)
+        size = tf.stack([tf.cast(d, tf.int32) for d in shape])
+        return tf.random.stateless_uniform(size, seed, dtype=tf.float32)
+
+
+class TfTrainer(Trainer):
+    def __init__(self, graph: TrainGraph, spec: TrainSpec, tf_device: str, xla: bool,
+                 nhwc: bool):
+        self.spec = spec
+        self.tf_device = tf_device
+        self.tp = tp = lower_training(graph, TABLE, "tf")
+        low = {"fp32": None, "bf16": tf.bfloat16, "fp16": tf.float16}[spec.precision]
+        self.cx = TfContext(TABLE, low)
+        self.trace = ChannelsLastTrace if nhwc else Trace
+        self.loss_fn = training_function(tp, self.cx, self.trace)
+        self.l2 = optimizers.l2(spec.optimizer)
+        names = _variable_names(tp.params + tp.state)
+        with tf.device(tf_device):
+            self.params = {n: _variable(tp.initial[n], names[n], True) for n in tp.params}
+            self.running = {n: _variable(tp.initial[n], names[n], False) for n in tp.state}
+            self.fixed = {n: tf.constant(tp.initial[n]) for n in tp.fixed}
+            self.opt = optimizers.build(spec.optimizer, loss_scaling=spec.precision == "fp16")
+            self.opt.build(list(self.params.values()))
+        self.updates = 0
+        self.zeros = [tf.zeros_like(v) for v in self.params.values()]
+        self._compile(xla)
+        self.evaluator = Evaluator(graph, self, xla)
+
+    # -- the compiled calls -------------------------------------------------------------
+    def _compile(self, xla: bool) -> None:
+        inputs = {n: tf.TensorSpec(shape, tf.as_dtype(dtype), name=_tf_name(n))
+                  for n, (shape, dtype) in zip(self.tp.plan.input_names,
+                                               self.tp.plan.input_specs)}
+        grads = [tf.TensorSpec(v.shape, v.dtype) for v in self.params.values()]
+        key, weight = tf.TensorSpec([3], tf.int64), tf.TensorSpec([], tf.float32)
+
+        def compiled(fn, *signature):
+            def on_device(*args):
+                with tf.device(self.tf_device):
+                    return fn(*args)
+            return tf.function(on_device, input_signature=list(signature), jit_compile=xla,
+                               autograph=False)
+
+        self.fused = compiled(self._fused, inputs, key, weight)
+        self.accumulate = compiled(self._accumulate, grads, inputs, key, weight)
+        self.apply = compiled(self._apply, grads)
+
+    def _gradients(self, inputs: dict, key: Any, weight: Any) -> tuple:
+        trainable = list(self.params.values())
+        with tf.GradientTape() as tape:
+            loss, _, new_state = self.loss_fn({**self.params, **self.fixed}, self.running,
+                                              inputs, StatelessRandom(key))
+            objective = tf.cast(loss, tf.float32) * weight * self._scale()
+        grads = tape.gradient(objective, trainable,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        for name, value in new_state.items():
+            self.running[name].assign(tf.cast(value, self.running[name].dtype))
+        return loss, grads
+
+    def _fused(self, inputs: dict, key: Any, weight: Any):
+        loss, grads = self._gradients(inputs, key, weight)
+        self._apply(grads)
+        return loss
+
+    def _accumulate(self, total: list, inputs: dict, key: Any, weight: Any):
+        loss, grads = self._gradients(inputs, key, weight)
+        return loss, [t + g for t, g in zip(total, grads)]
+
+    def _apply(self, grads: list) -> None:
+        spec = self.spec.optimizer
+        trainable = list(self.params.values())
+        scale = self._scale()
+        if spec.clip_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, spec.clip_norm * scale)
+        if self.l2:
+            grads = [g + self.l2 * scale * w for g, w in zip(grads, trainable)]
+        optimizers.set_epsilon(self.opt, spec)
+        self.opt.apply(grads, trainable)
+
+    def _scale(self):
+        return self.opt.dynamic_scale if self.spec.precision == "fp16" else 1.0
+
+    # -- Trainer ------------------------------------------------------------------------
+    def step(self, batches: Sequence[dict[str, np.ndarray]],
+             weights: Sequence[float]) -> list[float]:
+        if len(batches) != len(weights) or not batches:
+            raise InputError(f"step takes one weight per micro-batch and at least one; got "
+                             f"{len(batches)} batches and {len(weights)} weights")
+        with tf.device(self.tf_device):
+            feeds = [self._feed(b) for b in batches]
+            keys = [tf.constant([self.spec.seed, self.updates, i], tf.int64)
+                    for i in range(len(batches))]
+            ws = [tf.constant(w, tf.float32) for w in weights]
+            if len(batches) == 1:
+                losses = [self.fused(feeds[0], keys[0], ws[0])]
+            else:
+                total, losses = self.zeros, []
+                for feed, key, w in zip(feeds, keys, ws):
+                    loss, total = self.accumulate(total, feed, key, w)
+                    losses.append(loss)
+                self.apply(total)
+        self.updates += 1
+        return [float(loss) for loss in losses]
+
+    def _feed(self, batch: dict[str, np.ndarray]) -> dict:
+        missing = [n for n in self.tp.inputs if n not in batch]
+        if missing:
+            raise InputError(f"a training batch needs the inputs {self.tp.inputs}; "
+                             f"{missing} missing (it has {sorted(batch)})")
+        out = {}
+        for name, (shape, dtype) in zip(self.tp.plan.input_names, self.tp.plan.input_specs):
+            x = np.asarray(batch[name])
+            if x.dtype != dtype and not (x.dtype.kind == dtype.kind and x.dtype.kind in "iu"):
+                raise InputError(f"training input {name!r} is {x.dtype}, the graph takes {dtype}")
+            if shape is not None and (len(shape) != x.ndim or any(
+                    d is not None and d != s for d, s in zip(shape, x.shape))):
+                raise InputError(f"training input {name!r} has shape {x.shape}, the graph "
+                                 f"takes {['N' if d is None else d for d in shape]}")
+            out[name] = tf.constant(x.astype(dtype, copy=False))
+        return out
+
+    def evaluate(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.evaluator(inputs)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {n: v.numpy().astype(np.float32)
+                for n, v in {**self.params, **self.running}.items()}
+
+    def _state_variables(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"param/{n}": v for n, v in self.params.items()}
+        out.update((f"update/{n}", v) for n, v in self.running.items())
+        out.update((f"opt/{v.path}", v) for v in self.opt.variables)
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {name: np.array(v.numpy()) for name, v in self._state_variables().items()}
+        out["step"] = np.asarray(self.updates, np.int64)
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        variables = self._state_variables()
+        problems = [f"{name!r} is missing" for name in [*variables, "step"]
+                    if name not in state]
+        problems += [f"{name!r} has shape {np.shape(state[name])}, this model's is "
+                     f"{tuple(v.shape)}" for name, v in variables.items()
+                     if name in state and np.shape(state[name]) != tuple(v.shape)]
+        problems += [f"{name!r} is not part of this model's training state" for name in state
+                     if name.split("/")[0] in ("param", "update", "opt")
+                     and name not in variables]
+        if problems:
+            raise InputError("the training state does not fit this trainer (tf, "
+                             f"{self.spec.optimizer.name}): " + "; ".join(problems))
+        for name, v in variables.items():
+            v.assign(np.asarray(state[name]).astype(np.asarray(v.numpy()).dtype))
+        self.updates = int(np.asarray(state["step"]))
+
+
+class Evaluator:
+    """The eval graph on the trainer's current weights, compiled once (weights read from the
+    variables at each call)."""
+
+    def __init__(self, graph: TrainGraph, trainer: TfTrainer, xla: bool):
+        names = set(trainer.params) | set(trainer.running)
+        plan = lower(graph.eval_model, TABLE, "tf", params=True, variables=names)
+        if plan.static_inputs:
+            raise ModelError("the eval graph's inputs fix shapes inside it; tf evaluates "
+                             "graphs whose inputs are data")
+        self.plan = plan
+        current = {**trainer.params, **trainer.running}
+        values = [current.get(n, v) for n, v in zip(plan.param_names, plan.param_values)]
+        f = traced_function(plan, trainer.cx, {}, trainer.trace)
+
+        def run(*xs):
+            with tf.device(trainer.tf_device):
+                return f(values, *xs)
+
+        signature = [tf.TensorSpec(s, tf.as_dtype(d)) for s, d in plan.input_specs]
+        self.fn = tf.function(run, input_signature=signature, jit_compile=xla, autograph=False)
+        self.tf_device = trainer.tf_device
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.plan.input_names if n not in inputs]
+        if missing:
+            raise InputError(f"evaluate needs the inputs {self.plan.input_names}; {missing} "
+                             f"missing")
+        with tf.device(self.tf_device):
+            xs = [tf.constant(np.asarray(inputs[n], dtype))
+                  for n, (_, dtype) in zip(self.plan.input_names, self.plan.input_specs)]
+            return [y.numpy() for y in self.fn(*xs)]
+
+
+def _variable(value: np.ndarray, name: str, trainable: bool):
+    master = np.float64 if value.dtype == np.float64 else np.float32
+    return tf.Variable(value.astype(master), trainable=trainable, name=name)
+
+
+def _tf_name(name: str) -> str:
+    """``name`` in the characters TensorFlow accepts in names."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+    return name if re.match(r"[A-Za-z0-9.]", name) else "v" + name
+
+
+def _variable_names(names: list[str]) -> dict[str, str]:
+    """Distinct TensorFlow names for ``names`` (Keras names its slots after them)."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        base = candidate = _tf_name(name)
+        i = 1
+        while candidate in taken:
+            candidate, i = f"{base}_{i}", i + 1
+        taken.add(candidate)
+        out[name] = candidate
+    return out
