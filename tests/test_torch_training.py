@@ -163,10 +163,11 @@ def test_loss_converters_match_the_oracle():
 
 # -- resume ----------------------------------------------------------------------------------
 
-def test_resumed_run_equals_the_uninterrupted_one():
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16: the loss scaler's state too
+def test_resumed_run_equals_the_uninterrupted_one(precision):
     graph = build(bn_dropout_model())
     spec = TrainSpec(OptimizerSpec(name="adamw", lr=1e-2, warmup_steps=2, schedule="cosine",
-                                   total_steps=6, clip_norm=0.5), seed=7)
+                                   total_steps=6, clip_norm=0.5), seed=7, precision=precision)
     batches = [[{"input": x, "target": y}] for x, y in
                (digits_like(16, (3, 8, 8), seed=s) for s in range(6))]
     whole = trainer(graph, spec)
@@ -261,6 +262,7 @@ def test_mixed_precision_trains_close_to_fp32_with_fp32_master_weights(lenet_gra
     np.testing.assert_allclose(losses, runs["fp32"][0], rtol=0.03)
     assert all(p.dtype == torch.float32 for p in tr.params.values())
     assert all(v.dtype == np.float32 for v in tr.weights().values())
+    assert tr.evaluate({"input": x})[0].dtype == np.float32
     if precision == "fp16":
         assert float(tr.state()["scaler/scale"]) > 0
 

@@ -110,7 +110,9 @@ class TorchTrainer(Trainer):
                 losses.append(loss.detach())
         self._update()
         self.steps += 1
-        return [float(v) for v in torch.stack(losses).float().cpu()]
+        host = torch.stack(losses).float().cpu().numpy()
+        self._count_d2h([host])
+        return [float(v) for v in host]
 
     def _update(self) -> None:
         clip = self.spec.optimizer.clip_norm
@@ -131,7 +133,12 @@ class TorchTrainer(Trainer):
         xs = self._tensors(inputs, self.eval_inputs)
         with torch.no_grad(), self._precision():
             outs = self._run(self.eval_module, *xs)
-        return [t.detach().cpu().numpy().copy() for t in outs]
+        # 16-bit results (autocast's, where the graph declares no output dtype) come back as
+        # float32: numpy has no bfloat16
+        host = [_host(t) if t.dtype in _AUTOCAST.values() else t.detach().cpu().numpy().copy()
+                for t in outs]
+        self._count_d2h(host)
+        return host
 
     def _precision(self):
         if self.autocast is None:
@@ -151,8 +158,17 @@ class TorchTrainer(Trainer):
         if missing:
             raise InputError(f"the batch lacks {missing}; it must hold "
                              f"{[name for name, _, _ in declared]} (by input name)")
-        return [_tensor(batch[name], name, dtype, shape, self.tdev)
-                for name, dtype, shape in declared]
+        xs = [_tensor(batch[name], name, dtype, shape, self.tdev)
+              for name, dtype, shape in declared]
+        if not self.device.info.host_memory:  # counted as every device copy in HAL is
+            self.device.transfers.h2d_count += len(xs)
+            self.device.transfers.h2d_bytes += sum(x.numel() * x.element_size() for x in xs)
+        return xs
+
+    def _count_d2h(self, arrays: list[np.ndarray]) -> None:
+        if not self.device.info.host_memory:
+            self.device.transfers.d2h_count += len(arrays)
+            self.device.transfers.d2h_bytes += sum(a.nbytes for a in arrays)
 
     # -- state --------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
