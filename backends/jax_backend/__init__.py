@@ -98,6 +98,27 @@ class JaxBackend(TracingBackend):
         return JaxExecutable(device, plan, JaxContext(TABLE, prec, low), self.jax_device(device),
                              jit=options.opt_level >= 1)
 
+    # -- training ----------------------------------------------------------------
+    trains = True
+
+    def compile_training(self, graph, device: Device, spec):
+        import_jax()
+        import jax.numpy as jnp
+
+        from hal.backends.jax_backend.trainer import JaxTrainer
+        from hal.trainer import TrainSpec
+
+        if spec.precision not in TrainSpec.PRECISIONS:
+            raise OptionError(f"precision {spec.precision!r} is not one of "
+                              f"{list(TrainSpec.PRECISIONS)}")
+        if spec.precision == "fp16" and device.info.kind != "gpu":
+            # XLA on CPU computes fp16 by widening every op to fp32 and rounding back: slower
+            # than fp32 and no closer to a GPU's fp16; TPUs compute in bf16
+            raise OptionError(f"precision 'fp16' trains on gpu@jax; on {device.string} use "
+                              f"precision='bf16' (fp32 master weights, bf16 compute)")
+        low = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}[spec.precision]
+        return JaxTrainer(device, graph, spec, self.jax_device(device), low)
+
     # -- buffers -----------------------------------------------------------------
     def put(self, array: np.ndarray, device: Device):
         from hal.backends.jax_backend.executable import JaxBuffer

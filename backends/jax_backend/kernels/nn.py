@@ -62,8 +62,10 @@ def max_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape
     dilations = list(dilations or [1] * n)
     pp = pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     dims, st, dil = _pool_window(x, kernel_shape, strides, dilations)
-    init = jnp.asarray(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating)
-                       else jnp.iinfo(x.dtype).min, x.dtype)
+    # numpy init values: jax sees a concrete max/add monoid and uses its differentiable
+    # reduce_window_max/sum (a traced init value makes a generic, non-differentiable window)
+    init = np.asarray(-np.inf if jnp.issubdtype(x.dtype, jnp.floating)
+                      else jnp.iinfo(x.dtype).min, x.dtype)
     padding = [(0, 0), (0, 0)] + pp
     if len(wanted) < 2 or not wanted[1]:  # the Indices output is computed only when used
         return lax.reduce_window(x, init, lax.max, dims, st, padding, window_dilation=dil)
@@ -99,13 +101,13 @@ def average_pool(cx, x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dil
     pp = pool_pads(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     dims, st, dil = _pool_window(x, kernel_shape, strides, dilations)
     xw = cx.wide(x)
-    sums = lax.reduce_window(xw, jnp.zeros((), xw.dtype), lax.add, dims, st,
+    sums = lax.reduce_window(xw, np.zeros((), xw.dtype), lax.add, dims, st,
                              [(0, 0), (0, 0)] + pp, window_dilation=dil)
     # how many elements each window averages: the real ones, plus explicit padding when
     # count_include_pad, never the extra ceil_mode padding; static, so computed in numpy
     ones = np.pad(np.ones((1, 1) + tuple(x.shape[2:])), [(0, 0), (0, 0)] + explicit,
                   constant_values=float(count_include_pad))
     ones = np.pad(ones, [(0, 0), (0, 0)] + [(0, hi - e) for (_, hi), (_, e) in zip(pp, explicit)])
-    counts = lax.reduce_window(jnp.asarray(ones, xw.dtype), jnp.zeros((), xw.dtype), lax.add,
+    counts = lax.reduce_window(jnp.asarray(ones, xw.dtype), np.zeros((), xw.dtype), lax.add,
                                dims, st, [(0, 0)] * (n + 2), window_dilation=dil)
     return (sums / counts).astype(x.dtype)
