@@ -80,3 +80,82 @@ def test_weights_computed_from_constants_are_computed_once(tracing_device):
     per_pixel = np.maximum(x.astype(np.float64).sum(1) * 0.02 + 0.02, 0)  # every filter alike
     want = np.broadcast_to(per_pixel.sum((1, 2))[:, None], (1, 2050))
     np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-5)
+
+
+# -- training on the shared lowering ---------------------------------------------------
+def _train_graph(ratio: float):
+    """loss = mean(Dropout(x * w)); the contract's target input, unused."""
+    import onnx_ir as ir
+
+    from hal.trainer import TrainGraph
+
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"]),
+             helper.make_node("Mul", ["x", "wt"], ["y"]),
+             helper.make_node("Dropout", ["y", "ratio", "mode"], ["d"]),
+             helper.make_node("ReduceMean", ["d"], ["loss"], keepdims=0)]
+    inits = [numpy_helper.from_array(np.arange(1, 7, dtype=np.float32).reshape(6, 1), "w"),
+             numpy_helper.from_array(np.asarray(ratio, np.float32), "ratio"),
+             numpy_helper.from_array(np.asarray(True), "mode")]
+    model = ir.serde.deserialize_model(_model(
+        nodes, [helper.make_tensor_value_info("x", f, [4, 6]),
+                helper.make_tensor_value_info("target", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("loss", f, []),
+         helper.make_tensor_value_info("d", f, [4, 6])], inits))
+    return TrainGraph(model, model, params=["w"], frozen=[], updates={}, outputs=["d"])
+
+
+def _context(framework: str):
+    if framework == "jax":
+        pytest.importorskip("jax")
+        from hal.backends.jax_backend.context import JaxContext
+        from hal.backends.jax_backend.framework import lax
+        from hal.backends.jax_backend.kernels import TABLE
+
+        return TABLE, JaxContext(TABLE, lax.Precision.HIGHEST)
+    pytest.importorskip("tensorflow")
+    from hal.backends.tf_backend.context import TfContext
+    from hal.backends.tf_backend.kernels import TABLE
+
+    return TABLE, TfContext(TABLE)
+
+
+def test_trained_weights_are_never_folded_into_constants():
+    from hal.backends.common.lowering import lower
+    from hal.backends.jax_backend.kernels import TABLE
+
+    model = _train_graph(0.5).model
+    inference = lower(model, TABLE, "jax", params=True)
+    assert "Transpose" not in [s.op for s in inference.steps] and "wt" in inference.param_names
+    training = lower(model, TABLE, "jax", params=True, variables={"w", "ratio"})
+    assert "Transpose" in [s.op for s in training.steps] and "w" in training.param_names
+    assert "ratio" in training.consts  # Dropout must know it while tracing: a constant
+
+
+@pytest.mark.parametrize("framework", ["jax", "tf"])
+def test_dropout_draws_its_mask_from_the_trainers_random_source(framework):
+    from hal.backends.common.training import RandomSource, lower_training, training_function
+    from hal.errors import BackendError
+
+    table, cx = _context(framework)
+    u = np.random.default_rng(0).random((4, 6)).astype(np.float32)
+
+    class Fixed(RandomSource):
+        def draw(self, index, shape):
+            assert index == 0 and [int(d) for d in shape] == [4, 6]
+            return cx.cast(u, np.float32)
+
+    tp = lower_training(_train_graph(0.25), table, framework)
+    f = training_function(tp, cx)
+    x = np.ones((4, 6), np.float32)
+    w = np.arange(1, 7, dtype=np.float32).reshape(6, 1)
+    loss, (d,), state = f({"w": cx.cast(w, np.float32)}, {}, {"x": cx.cast(x, np.float32),
+                                                              "target": np.zeros(4, np.int64)},
+                          Fixed())
+    want = np.where(u >= 0.25, x * w.T / 0.75, 0)
+    np.testing.assert_allclose(np.asarray(d), want, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), want.mean(), rtol=1e-6)
+    assert state == {}
+    with pytest.raises(BackendError, match="hal.train"):
+        f({"w": cx.cast(w, np.float32)}, {}, {"x": cx.cast(x, np.float32),
+                                             "target": np.zeros(4, np.int64)}, None)
