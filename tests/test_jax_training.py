@@ -187,9 +187,12 @@ def test_bf16_trains_with_fp32_master_weights():
     assert t.evaluate({"input": x})[0].dtype == np.float32  # computed in bf16, given as fp32
 
 
-def test_fp16_is_for_gpus():
+def test_fp16_is_for_gpus_and_unknown_options_are_refused():
+    graph = build(plain_cnn())
     with pytest.raises(OptionError, match="bf16"):
-        trainer(build(plain_cnn()), precision="fp16")
+        trainer(graph, precision="fp16")
+    with pytest.raises(OptionError, match="no backend options"):
+        trainer(graph, extra={"xla": True})
 
 
 def test_fp16_loss_scaling_skips_an_overflowed_update():

@@ -16,6 +16,9 @@ framework trace it (``jax.jit``, ``tf.function``). The machinery for that is wri
 - ``backend``: ``TracingBackend`` (op list from the table, what it claims: ``support``) and
   ``FrameworkBuffer``.
 - ``frameworks``: importing a framework lazily and quietly.
+- ``training``: a training graph as one pure function of weights, running statistics,
+  inputs and a random source (``lower_training``, ``training_function``, ``RandomSource``),
+  which each backend differentiates with its own autodiff.
 
 A backend on it keeps only its own: ``framework`` (its import), ``xp`` (the framework as the
 numpy-like module), ``context``, ``kernels/`` (what only its framework does well),

@@ -1,7 +1,8 @@
 """``cpu@jax``, ``gpu@jax``, ``tpu@jax``: segments lowered to jax.numpy/lax and jax.jit-compiled.
 
 The lowering is the tracing backends' shared one (``hal.backends.common``) with jax's
-context and kernel table. jax is imported lazily (probe/compile, ``framework``). Nothing
+context and kernel table; training (``compile_training``) is ``trainer.JaxTrainer``, with
+optax's optimizers (``optim``). jax is imported lazily (probe/compile, ``framework``). Nothing
 global is changed: 64-bit types are enabled per computation, only for segments that need
 them, with ``jax.enable_x64`` around their trace and calls.
 """
@@ -108,6 +109,9 @@ class JaxBackend(TracingBackend):
         from hal.backends.jax_backend.trainer import JaxTrainer
         from hal.trainer import TrainSpec
 
+        if spec.extra:
+            raise OptionError(f"the jax trainer takes no backend options; got "
+                              f"{sorted(spec.extra)}")
         if spec.precision not in TrainSpec.PRECISIONS:
             raise OptionError(f"precision {spec.precision!r} is not one of "
                               f"{list(TrainSpec.PRECISIONS)}")

@@ -122,6 +122,7 @@ class JaxTrainer(Trainer):
             raise InputError(f"step needs one weight per micro-batch and at least one; got "
                              f"{len(batches)} batches and {len(weights)} weights")
         feeds = [self._feed(b) for b in batches]
+        self._count(feeds)
         seed, step = np.uint32(self.seed % 2 ** 32), np.int32(self.steps)
         with self._x64():
             if len(feeds) == 1:
@@ -141,6 +142,17 @@ class JaxTrainer(Trainer):
                     self.params, self.opt_state, acc, self.scaler)
         self.steps += 1
         return [float(x) for x in losses]
+
+    def _count(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        """The batches' copies to a device that is not host memory, and the losses' back."""
+        if self.device.info.host_memory:
+            return
+        moved = self.device.transfers
+        arrays = [a for feed in feeds for a in feed.values()]
+        moved.h2d_count += len(arrays)
+        moved.h2d_bytes += sum(a.nbytes for a in arrays)
+        moved.d2h_count += len(feeds)
+        moved.d2h_bytes += 4 * len(feeds)
 
     def _feed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         plan = self.tp.plan
