@@ -130,6 +130,8 @@ def test_batchnorm_and_dropout_train_and_evaluation_is_deterministic(bn_dropout)
     losses = [t.step(feeds(x, y, 1), [1.0])[0] for _ in range(3)]
     # lr 0: only the dropout masks differ between steps, and the same seed draws them again
     assert len(set(losses)) == 3
+    twice = t.step(feeds(x, y, 1) * 2, [0.5, 0.5])  # the same batch, another mask
+    assert twice[0] != twice[1]
     assert [trainer(bn_dropout, optimizer=OptimizerSpec("sgd", lr=0.0)).step(
         feeds(x, y, 1), [1.0])[0]] == losses[:1]
     after = t.weights()
@@ -252,6 +254,16 @@ def test_bad_requests_are_refused_with_the_fix(plain):
     del state["opt/sgd/iteration"]
     with pytest.raises(HalError, match=r"'opt/sgd/iteration' is missing.*'param/conv.w' has"):
         t.load_state(state)
+
+
+def test_xla_steps_as_the_graph_executor_does(plain):
+    """XLA is the default on gpu and tpu; on cpu it is the option ``xla``."""
+    x, y = data()
+    graph_mode, xla = trainer(plain), trainer(plain, extra={"xla": True})
+    for t in (graph_mode, xla):
+        t.step(feeds(x, y, 1), [1.0])
+        t.step(feeds(x, y, 2), [0.5, 0.5])
+    assert_weights_close(xla.weights(), graph_mode.weights(), 1e-5)
 
 
 @pytest.mark.parametrize("kind", ["gpu", "tpu"])
