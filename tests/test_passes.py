@@ -303,3 +303,30 @@ def test_fused_nodes_are_validated_and_placed_by_hal_ops():
         ir.AttrString("activation", "Softplus")
     with pytest.raises(ModelError, match="Softplus"):
         validate(bad, REGISTRY.known_ops())
+
+
+def test_inference_dropout_is_removed_by_every_flow_and_training_dropout_is_kept():
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = hal.models.get("mlp")
+    assert "Dropout" in [n.op_type for n in model.graph]  # hal.nn records it, for training
+    compiled = hal.compile(model, "cpu@reference")
+    assert "Dropout" not in [n.op_type for n in compiled.model.graph]
+    assert "InferenceDropoutElimination" in [p["pass"] for p in compiled.flow["passes"]]
+
+    def dropout_model(training: bool):
+        nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+                 helper.make_node("Dropout", ["h", "r", "t"], ["y"], name="drop")]
+        inits = [helper.make_tensor("r", TensorProto.FLOAT, [], [0.5]),
+                 helper.make_tensor("t", TensorProto.BOOL, [], [training])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2, 3])],
+                              [helper.make_tensor_value_info("y", 1, [2, 3])], inits)
+        return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+    kept = hal.compile(dropout_model(True), "cpu@reference")  # training mode drops
+    assert "Dropout" in [n.op_type for n in kept.model.graph]
+    gone = hal.compile(dropout_model(False), "cpu@reference")
+    assert "Dropout" not in [n.op_type for n in gone.model.graph]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(gone(x)[0], x)

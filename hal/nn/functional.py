@@ -40,8 +40,15 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor: return _unary("LogSoftmax"
 
 
 def dropout(x: Tensor, p: float = 0.5) -> Tensor:
-    """Inference graphs drop nothing: dropout is the identity (as in PyTorch's eval mode)."""
-    return x
+    """A Dropout node with ratio ``p``: the identity at inference (every flow removes it), a
+    random mask when ``hal.train`` runs the model in training mode."""
+    if not 0.0 <= p < 1.0:
+        from hal.errors import ModelError
+
+        raise ModelError(f"dropout probability must be in [0, 1), got {p!r}")
+    b = current()
+    ratio = b.constant(np.array(p, np.float32), "dropout_ratio")
+    return b.op("Dropout", [x.value, ratio], x.rank)[0]
 
 
 def clip(x: Tensor, lo: float, hi: float) -> Tensor:

@@ -60,8 +60,10 @@ def _pass_name(p) -> str:
 
 def cleanup_passes() -> list:
     """Structure-only passes every flow starts with."""
-    return [common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
-            common.TopologicalSortPass()]
+    from hal.passes.dropout import InferenceDropoutElimination
+
+    return [common.IdentityEliminationPass(), InferenceDropoutElimination(),
+            common.RemoveUnusedNodesPass(), common.TopologicalSortPass()]
 
 
 class ShapeInference(common.ShapeInferencePass):
