@@ -1,4 +1,7 @@
-"""ResNet-lite: a 3×3 stem and residual blocks with batch norm, one of them downsampling."""
+"""ResNet-lite: a 3×3 stem, residual blocks with batch norm, dropout before the classifier.
+
+One block downsamples; the dropout is active only in training (hal.train).
+"""
 
 from hal import nn
 
@@ -32,7 +35,7 @@ def build() -> nn.Module:
     net = nn.Sequential(
         _conv_bn(3, 16, 3), nn.ReLU(),
         Block(16, 16), Block(16, 16), Block(16, 32, stride=2), Block(32, 32),
-        nn.GlobalAvgPool(), nn.Flatten(), nn.Linear(32, 10),
+        nn.GlobalAvgPool(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32, 10),
     )
     randomize_batchnorm(net)
     return net
