@@ -6,6 +6,7 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     from hal.comparison.harness import DEFAULT_BUDGET_S
+    from hal.comparison.train import TRAIN_STEPS
 
     c = sub.add_parser("compare", help="every model on every usable device, side by side",
                        description="Measure models on devices the same way (warm-up, timed "
@@ -37,6 +38,13 @@ def add_parser(sub) -> None:
                    help="measure through MLPerf LoadGen with this scenario's method and names")
     c.add_argument("--latency-bound-ms", type=float, default=None,
                    help="MLPerf Server latency bound (default: 10x one batch's latency)")
+    c.add_argument("--train", action="store_true",
+                   help="measure a full training step (forward, backward, AdamW update) per "
+                   "micro-batch on every device that trains, and the losses of its first "
+                   "--steps steps from the same initial weights; --precision fp32 (default), "
+                   "bf16 or fp16")
+    c.add_argument("--steps", type=int, default=TRAIN_STEPS,
+                   help=f"with --train: steps behind each row's loss (default {TRAIN_STEPS})")
     c.set_defaults(func=cmd_compare)
 
 
@@ -64,7 +72,7 @@ def cmd_compare(args) -> int:
         res = compare(args.models, args.devices, args.batch, args.precision,
                       budget_s=args.budget, isolate=args.isolate, progress=progress,
                       scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
-                      rounds=args.rounds)
+                      rounds=args.rounds, train=args.train, train_steps=args.steps)
     con.print(res.table())
     run = res.environment["run"]
     failed = sum(1 for r in res.rows if r.error)
@@ -76,8 +84,11 @@ def cmd_compare(args) -> int:
             con.print(f"{escape(r.device)} {escape(r.model)} b{r.batch} "
                       f"{escape(accelerator_text(r.accelerator))}")
     for dev, why in run.get("left_out", {}).items():
-        con.print(f"not compared by default: {escape(dev)}: {escape(why)}; name it in --devices "
-                  "to include it")
+        if args.train:
+            con.print(f"not trained: {escape(dev)}: {escape(why)}")
+        else:
+            con.print(f"not compared by default: {escape(dev)}: {escape(why)}; name it in "
+                      "--devices to include it")
     for flag, write in (("json", res.to_json), ("csv", res.to_csv), ("html", res.to_html)):
         path = getattr(args, flag)
         if path:

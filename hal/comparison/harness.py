@@ -17,8 +17,10 @@ from hal.backend import CompileOptions
 from hal.comparison.policy import default_devices
 from hal.comparison.results import Results
 from hal.comparison.rounds import device_order, merge
-from hal.comparison.row import Row
+from hal.comparison.row import Row, failure
 from hal.comparison.timing import PeakMemory, Timing, measure
+from hal.comparison.train import (TRAIN_STEPS, check_precisions, check_steps, run_training,
+                                  settings, training_devices)
 from hal.errors import HalError, OptionError
 from hal.frontends import to_model
 from hal.ir.model import Model
@@ -52,6 +54,8 @@ class Job:
     min_runs: int = 5
     max_runs: int = 1000
     latency_bound_ms: float | None = None  # MLPerf Server only
+    task: str = "inference"  # or "training" (hal.comparison.train)
+    train_steps: int = 0  # training: updates behind each row's losses
 
 
 Progress = Callable[..., Any]
@@ -62,7 +66,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             budget_s: float = DEFAULT_BUDGET_S, isolate: bool = False,
             progress: Progress | None = None, scenario: str | None = None,
             warmup: int = 3, min_runs: int = 5, max_runs: int = 1000,
-            latency_bound_ms: float | None = None, rounds: int = 1) -> Results:
+            latency_bound_ms: float | None = None, rounds: int = 1, train: bool = False,
+            train_steps: int = TRAIN_STEPS) -> Results:
     """Measure every model on every device at every batch size and precision.
 
     ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
@@ -81,7 +86,11 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     measure the whole table this many times, devices in a rotated order each round, and
     report per row the median of the rounds and ``p50_spread_ms``, half the range of the
     per-round p50s: drift across the run that one row's own spread cannot show (3 or more
-    for figures meant to be compared with another run's).
+    for figures meant to be compared with another run's). ``train``: measure a full training
+    step (forward, backward, AdamW update) instead of inference, on the devices whose backend
+    trains (the others are left out with why), each row also recording the losses of its
+    first ``train_steps`` steps from the model's initial weights on fixed data
+    (``hal.comparison.train``); ``precision`` is then among fp32/bf16/fp16 (default fp32).
 
     Names and devices are checked before any work (a typo raises at once); after that a
     failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
@@ -91,6 +100,12 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     models = _as_list(models) or zoo.list()
     batch = _batches(batch)
     precision = _precisions(precision)
+    if train:
+        precision = check_precisions(precision)
+        check_steps(train_steps)
+        if scenario is not None:
+            raise OptionError("--scenario drives inference through MLPerf LoadGen; leave it "
+                              "out with --train")
     if scenario is not None:
         from hal.comparison.scenarios import check_scenario
 
@@ -103,22 +118,27 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
         raise OptionError(f"rounds must be a whole number >= 1, got {rounds!r}")
     if devices is None:
         devices, left_out = default_devices(registry.devices())
+    elif train:
+        devices, left_out = _as_list(devices), {}
     else:
         devices, left_out = _devices(devices), {}
+    if train:
+        devices, left_out = training_devices(devices, left_out)
     loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
 
     total = len(models) * len(devices) * len(batch) * max(len(precision), 1)  # [] = one each
     tick = _Ticker(progress, total * rounds)
     started = time.time()
-    refs = {name: _references(loaded[name], name, batch, tick) for name in models}
+    refs = {} if train else {name: _references(loaded[name], name, batch, tick)
+                             for name in models}
     worker_envs: dict[str, dict] = {}
     per_round: list[list[Row]] = []
     for r in range(rounds):
         round_rows: list[Row] = []
         for dev in device_order(devices, r):
             job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
-                      scenario, warmup, min_runs, max_runs,
-                      latency_bound_ms)
+                      scenario, warmup, min_runs, max_runs, latency_bound_ms,
+                      "training" if train else "inference", train_steps if train else 0)
             if isolate:
                 from hal.comparison.isolate import run_isolated
 
@@ -138,6 +158,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
                   "isolate": bool(isolate), "scenario": scenario, "reference": REFERENCE,
                   "memory": PeakMemory().method,
                   "left_out": left_out}
+    if train:
+        env["run"]["train"] = settings(train_steps)
     env["devices"] = _device_info(devices)
     if isolate:
         env["workers"] = worker_envs
@@ -148,6 +170,9 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
 def run_job(job: Job, models: dict[str, Model], refs: dict[str, dict[int, Reference]],
             tick: _Ticker | None = None, mem_scope: str = "in-process") -> Iterator[Row]:
     """Rows for one device: each model compiled once per precision, then run at every batch."""
+    if job.task == "training":
+        yield from run_training(job, models, tick, mem_scope)
+        return
     for name in job.models:
         for prec in job.precision:
             rows = [Row(model=name, device=job.device, batch=b, precision=prec,
@@ -186,7 +211,7 @@ def _compile(model, device: str, prec: str, rows: list[Row]):
         try:
             compiled = compiler.compile(model, device, precision=prec)  # int8: the model's own
         except Exception as exc:  # a broken backend must not abort the comparison
-            return None, _why(exc, f"compile on {device}"), base, None
+            return None, failure(exc, f"compile on {device}"), base, None
         compile_s = time.perf_counter() - t0
     dev = compiled.device
     for row in rows:
@@ -219,7 +244,7 @@ def _measure_row(row: Row, compiled, ref: Reference, job: Job, base_mb: float) -
         row.accelerator = _accelerator_figures(compiled)
         record_accuracy(row, outs, ref.outputs)
     except Exception as exc:
-        row.error = _why(exc, f"run on {row.device}")
+        row.error = failure(exc, f"run on {row.device}")
 
 
 def _accelerator_figures(compiled) -> dict:
@@ -269,12 +294,6 @@ def _placement(compiled) -> tuple[dict, list]:
     return placement, segs
 
 
-def _why(exc: BaseException, what: str) -> str:
-    if isinstance(exc, HalError):
-        return f"{type(exc).__name__}: {exc}"
-    return f"{what} failed: {type(exc).__name__}: {exc}"
-
-
 # -- references -----------------------------------------------------------------------------
 def _references(model, name: str, batch: list[int], tick: _Ticker) -> dict[int, Reference]:
     """cpu@reference at fp32 for every batch; a failure makes error rows for that model."""
@@ -285,7 +304,7 @@ def _references(model, name: str, batch: list[int], tick: _Ticker) -> dict[int, 
     try:
         ref = compiler.compile(model, REFERENCE)
     except Exception as exc:
-        why = f"no reference for {name!r}: {_why(exc, 'compile on ' + REFERENCE)}"
+        why = f"no reference for {name!r}: {failure(exc, 'compile on ' + REFERENCE)}"
         return {b: Reference(example_inputs(model, b), error=why) for b in batch}
     for b in batch:
         x = example_inputs(model, b)
@@ -293,7 +312,7 @@ def _references(model, name: str, batch: list[int], tick: _Ticker) -> dict[int, 
             refs[b] = Reference(x, [np.asarray(y) for y in ref(*x)])
         except Exception as exc:
             refs[b] = Reference(x, error=f"no reference for {name!r} at batch {b}: "
-                                         f"{_why(exc, 'run on ' + REFERENCE)}")
+                                         f"{failure(exc, 'run on ' + REFERENCE)}")
     return refs
 
 

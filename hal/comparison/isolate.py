@@ -69,7 +69,7 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
         for m, p, b in expected:
             if (m, p, b) not in seen:
                 row = Row(model=m, device=job.device, batch=b, precision=p,
-                          mem_scope=MEM_SCOPE,
+                          mem_scope=MEM_SCOPE, task=job.task,
                           error=f"{why or 'the worker returned no row'}"
                                 + (f"; its stderr ends: {tail}" if tail else ""))
                 if tick:
@@ -105,7 +105,7 @@ def _write_refs(refs: dict, job, tmp: str) -> dict:
     out: dict = {}
     for name in job.models:
         out[name] = {}
-        for b, ref in refs[name].items():
+        for b, ref in refs.get(name, {}).items():  # training rows have none
             path = os.path.join(tmp, f"ref{len(os.listdir(tmp))}.npz")
             arrays = {f"x{i}": a for i, a in enumerate(ref.inputs)}
             arrays.update({f"y{i}": a for i, a in enumerate(ref.outputs or [])})

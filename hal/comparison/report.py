@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
 from html import escape
 
+from hal.comparison import plots
+from hal.comparison.plots import MARKERS
 from hal.comparison.results import placement_text
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f"]
-MARKERS = {"fp32": "circle", "fp16": "square", "bf16": "triangle", "int8": "diamond"}
-EXACT = 1e-12  # where an error of exactly 0 is drawn on a log axis
 
 CSS = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
@@ -44,16 +42,20 @@ def html_report(results) -> str:
     precisions = list(dict.fromkeys(r.precision for r in rows))
     ok = [r for r in rows if not r.error and r.p50_ms]
     best = {id(r) for r in results.best().values()}
+    training = bool(rows) and all(r.task == "training" for r in rows)
+    title, call = (("HAL training comparison", "training step") if training
+                   else ("HAL device comparison", "call"))
+    items = "samples" if training else "items"
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>HAL device comparison</title><style>{CSS}</style></head><body>",
-             "<h1>HAL device comparison</h1>", _env_line(env, rows),
+             f"<title>{title}</title><style>{CSS}</style></head><body>",
+             f"<h1>{title}</h1>", _env_line(env, rows),
              "<div class='legend'>" + "".join(
                  f"<span><i class='sw' style='background:{colors[d]}'></i>{escape(d)}"
                  f"{' <b>(simulated)</b>' if d in simulated else ''}</span>" for d in devices)
              + "</div>"]
 
-    parts.append("<h2>Latency per device per model</h2><p class='note'>Median time of one call "
+    parts.append(f"<h2>Latency per device per model</h2><p class='note'>Median time of one {call} "
                  "(bar) with the 90th percentile (whisker), log scale; shorter is better. "
                  "Hatched bars are simulated devices.</p><div class='charts'>")
     for b in batches:
@@ -65,11 +67,11 @@ def html_report(results) -> str:
             if bars:
                 groups.append((m, bars))
         if groups:
-            parts.append(_bars(groups, f"batch {b}: milliseconds per call"))
+            parts.append(plots.bar_chart(groups, f"batch {b}: milliseconds per {call}"))
     parts.append("</div>")
 
-    parts.append("<h2>Throughput vs batch</h2><p class='note'>Items per second (log scale); "
-                 "higher is better.</p><div class='charts'>")
+    parts.append(f"<h2>Throughput vs batch</h2><p class='note'>{items.capitalize()} per second "
+                 "(log scale); higher is better.</p><div class='charts'>")
     for m in models:
         series = {}
         for r in ok:
@@ -78,8 +80,12 @@ def html_report(results) -> str:
                 series.setdefault(key, (colors[r.device], []))[1].append(
                     (r.batch, r.throughput_per_s))
         if series:
-            parts.append(_lines(m, series, "batch", "items/s"))
+            parts.append(plots.line_chart(m, series, "batch", f"{items}/s",
+                                          tip=f"{{label}} batch {{x}}: {{y:,.0f}} {items}/s"))
     parts.append("</div>")
+    if training:
+        parts.append(_loss_curves(models, batches, ok, colors))
+        return _end(parts, results, models, env)
 
     parts.append("<h2>Accuracy vs speed across precisions</h2><p class='note'>Max absolute "
                  "error against cpu@reference at fp32 (log; exact results sit on the bottom "
@@ -92,19 +98,39 @@ def html_report(results) -> str:
                 f"max err {r.max_abs_err:.2e}, top-1 {_pct(r.top1_agreement)}")
                for r in ok if r.model == m and r.max_abs_err is not None]
         if pts:
-            parts.append(_scatter(m, pts))
+            parts.append(plots.scatter_chart(m, pts))
     parts.append("</div>")
 
     parts.append("<h2>Placement</h2><p class='note'>Each model's graph as compiled for each "
                  "device: segments in execution order, width proportional to nodes, colour "
                  "= the device running the segment (fallbacks show as a second colour).</p>")
     parts.append(_placements(models, rows, colors))
+    return _end(parts, results, models, env)
 
+
+def _end(parts: list[str], results, models, env) -> str:
     parts.append("<h2>All rows</h2><div style='overflow-x:auto'>" + _table(results, models)
                  + "</div>")
     parts.append("<h2>Environment</h2><pre>" + escape(json.dumps(env, indent=2, default=str))
                  + "</pre></body></html>")
     return "\n".join(parts)
+
+
+def _loss_curves(models, batches, ok, colors) -> str:
+    """Training rows: each device's loss step by step from the same initial weights."""
+    out = ["<h2>Loss from the same initial weights</h2><p class='note'>The loss of each of the "
+           "first steps on the same data, one line per device: the first point is the initial "
+           "weights' loss, which every device should share; the lines part only as far as the "
+           "devices' arithmetic does.</p><div class='charts'>"]
+    for m in models:
+        for b in batches:
+            series = {f"{r.device} {r.precision}": (colors[r.device],
+                                                    list(enumerate(r.losses, 1)))
+                      for r in ok if r.model == m and r.batch == b and r.losses}
+            if series:
+                out.append(plots.line_chart(f"{m}, batch {b}", series, "step", "loss",
+                                            log=False, tip="{label} step {x}: loss {y:.6f}"))
+    return "".join(out) + "</div>"
 
 
 def _pct(v) -> str:
@@ -133,145 +159,6 @@ def _env_line(env: dict, rows) -> str:
     bad = sum(1 for r in rows if r.error)
     bits.append(f"{len(rows)} rows, {bad} failed")
     return "<p class='env'>" + escape(" · ".join(bits)) + "</p>"
-
-
-# -- scales ---------------------------------------------------------------------------------
-class _Log:
-    def __init__(self, lo: float, hi: float, a: float, b: float):
-        lo, hi = max(lo, 1e-300), max(hi, 1e-300)
-        self.lo = math.floor(math.log10(lo))
-        self.hi = math.ceil(math.log10(hi))
-        if self.hi <= self.lo:
-            self.hi = self.lo + 1
-        self.a, self.b = a, b
-
-    def __call__(self, v: float) -> float:
-        t = (math.log10(max(v, 1e-300)) - self.lo) / (self.hi - self.lo)
-        return self.a + t * (self.b - self.a)
-
-    def ticks(self) -> list[float]:
-        step = max(1, (self.hi - self.lo) // 8)
-        return [10.0 ** e for e in range(self.lo, self.hi + 1, step)]
-
-
-def _fmt(v: float) -> str:
-    if v >= 1e4 or v < 1e-2:
-        return f"{v:.0e}".replace("e+0", "e").replace("e-0", "e-")
-    return f"{v:g}"
-
-
-def _svg(w: int, h: int, body: list[str], title: str) -> str:
-    return (f"<svg width='{w}' height='{h}' "
-            f"viewBox='0 0 {w} {h}' role='img'><title>{escape(title)}</title>"
-            "<defs><pattern id='hatch' width='6' height='6' patternUnits='userSpaceOnUse' "
-            "patternTransform='rotate(45)'><rect width='3' height='6' fill='white' "
-            "fill-opacity='0.55'/></pattern></defs>"
-            f"<rect width='{w}' height='{h}' fill='white'/>" + "".join(body) + "</svg>")
-
-
-def _bars(groups: list, title: str) -> str:
-    label_w, w, bar_h, gap = 250, 640, 13, 10
-    vals = [v for _, bars in groups for _, p50, p90, *_ in bars for v in (p50, p90 or p50)]
-    x = _Log(min(vals), max(vals), label_w, w - 20)
-    h = 40 + sum(len(b) * bar_h + gap for _, b in groups) + 30
-    out = [f"<text x='{w / 2}' y='16' text-anchor='middle' font-weight='600'>"
-           f"{escape(title)}</text>"]
-    for t in x.ticks():
-        xx = x(t)
-        out.append(f"<line x1='{xx:.1f}' x2='{xx:.1f}' y1='26' y2='{h - 28}' stroke='#ddd'/>"
-                   f"<text x='{xx:.1f}' y='{h - 14}' text-anchor='middle'>{_fmt(t)}</text>")
-    y = 30
-    for model, bars in groups:
-        out.append(f"<text x='4' y='{y + 10}' font-weight='700'>{escape(model)}</text>")
-        for label, p50, p90, color, sim, best in bars:
-            x0, x1 = x(10.0 ** x.lo), x(p50)
-            tip = f"{model} {label}: p50 {p50:.3f} ms, p90 {(p90 or p50):.3f} ms"
-            out.append(f"<g><title>{escape(tip)}</title>"
-                       f"<text x='{label_w - 6}' y='{y + bar_h - 3}' text-anchor='end'>"
-                       f"{escape(label)}{' (sim)' if sim else ''}</text>"
-                       f"<rect x='{x0:.1f}' y='{y}' width='{max(1, x1 - x0):.1f}' "
-                       f"height='{bar_h - 2}' fill='{color}'/>")
-            if sim:
-                out.append(f"<rect x='{x0:.1f}' y='{y}' width='{max(1, x1 - x0):.1f}' "
-                           f"height='{bar_h - 2}' fill='url(#hatch)'/>")
-            if p90 and p90 > p50:
-                out.append(f"<line x1='{x1:.1f}' x2='{x(p90):.1f}' y1='{y + bar_h / 2 - 1}' "
-                           f"y2='{y + bar_h / 2 - 1}' stroke='#333'/>")
-            mark = " ★" if best else ""
-            out.append(f"<text x='{x(p90 or p50) + 4:.1f}' y='{y + bar_h - 3}' "
-                       f"fill='#333'>{p50:.3g}{mark}</text></g>")
-            y += bar_h
-        y += gap
-    return _svg(w, h, out, title)
-
-
-def _axes(w, h, x, y, xlabel, ylabel, title, ml, mt, mb) -> list[str]:
-    out = [f"<text x='{w / 2}' y='14' text-anchor='middle' font-weight='600'>"
-           f"{escape(title)}</text>"]
-    for t in x.ticks():
-        out.append(f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='{mt}' y2='{h - mb}' "
-                   f"stroke='#e5e5e5'/><text x='{x(t):.1f}' y='{h - mb + 14}' "
-                   f"text-anchor='middle'>{_fmt(t)}</text>")
-    for t in y.ticks():
-        out.append(f"<line x1='{ml}' x2='{w - 10}' y1='{y(t):.1f}' y2='{y(t):.1f}' "
-                   f"stroke='#e5e5e5'/><text x='{ml - 4}' y='{y(t) + 4:.1f}' "
-                   f"text-anchor='end'>{_fmt(t)}</text>")
-    out.append(f"<text x='{(ml + w) / 2}' y='{h - 4}' text-anchor='middle'>{escape(xlabel)}"
-               f"</text><text x='12' y='{(mt + h - mb) / 2}' text-anchor='middle' "
-               f"transform='rotate(-90 12 {(mt + h - mb) / 2})'>{escape(ylabel)}</text>")
-    return out
-
-
-def _lines(title: str, series: dict, xlabel: str, ylabel: str) -> str:
-    w, h, ml, mt, mb = 400, 270, 58, 24, 34
-    xs = [p[0] for _, pts in series.values() for p in pts]
-    ys = [p[1] for _, pts in series.values() for p in pts]
-    x = _Log(min(xs), max(xs) if max(xs) > min(xs) else min(xs) * 10, ml, w - 110)
-    y = _Log(min(ys), max(ys), h - mb, mt)
-    out = _axes(w, h, x, y, xlabel, ylabel, title, ml, mt, mb)
-    for i, (label, (color, pts)) in enumerate(series.items()):
-        pts = sorted(pts)
-        coords = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in pts)
-        out.append(f"<polyline points='{coords}' fill='none' stroke='{color}' "
-                   f"stroke-width='2'/>")
-        for a, b in pts:
-            out.append(f"<circle cx='{x(a):.1f}' cy='{y(b):.1f}' r='3.5' fill='{color}'>"
-                       f"<title>{escape(f'{label} batch {a}: {b:,.0f} items/s')}</title>"
-                       "</circle>")
-        out.append(f"<text x='{w - 104}' y='{mt + 12 + 13 * i}' fill='{color}'>"
-                   f"{escape(_short(label))}</text>")
-    return _svg(w, h, out, f"{title}: {ylabel} vs {xlabel}")
-
-
-def _marker(shape: str, cx: float, cy: float, color: str, tip: str) -> str:
-    t = f"<title>{escape(tip)}</title>"
-    if shape == "square":
-        return (f"<rect x='{cx - 4:.1f}' y='{cy - 4:.1f}' width='8' height='8' "
-                f"fill='{color}'>{t}</rect>")
-    if shape in ("triangle", "diamond"):
-        pts = ([(cx, cy - 5), (cx + 5, cy + 4), (cx - 5, cy + 4)] if shape == "triangle"
-               else [(cx, cy - 5), (cx + 5, cy), (cx, cy + 5), (cx - 5, cy)])
-        return (f"<polygon points='{' '.join(f'{a:.1f},{b:.1f}' for a, b in pts)}' "
-                f"fill='{color}'>{t}</polygon>")
-    return (f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='{color}' "
-            f"fill-opacity='0.85'>{t}</circle>")
-
-
-def _scatter(title: str, pts: Sequence) -> str:
-    w, h, ml, mt, mb = 400, 270, 58, 24, 34
-    errs = [max(e, EXACT) for _, e, *_ in pts if not math.isnan(e)]
-    x = _Log(min(p[0] for p in pts), max(p[0] for p in pts), ml, w - 12)
-    y = _Log(EXACT if not errs else min(errs), max(errs or [1e-6]), h - mb, mt)
-    out = _axes(w, h, x, y, "median ms per call", "max abs error", title, ml, mt, mb)
-    for ms, err, color, prec, tip in pts:
-        if math.isnan(err):  # drawn at the top; its tooltip says nan
-            err = 10.0 ** y.hi
-        out.append(_marker(MARKERS.get(prec, "circle"), x(ms), y(max(err, EXACT)), color, tip))
-    return _svg(w, h, out, f"{title}: accuracy vs speed")
-
-
-def _short(s: str, n: int = 17) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 def _placements(models, rows, colors) -> str:
@@ -309,17 +196,21 @@ def _placements(models, rows, colors) -> str:
         y += 6
     if not out:
         return "<p class='note'>No model compiled.</p>"
-    return _svg(w + 300, y + 4, out, "placement of each model")
+    return plots.svg(w + 300, y + 4, out, "placement of each model")
 
 
 def _table(results, models) -> str:
     best = {id(r) for r in results.best().values()}
+    training = any(r.task == "training" for r in results.rows)
+    steps = max((r.train_steps for r in results.rows), default=0)
     head = ["batch", "device", "precision", "p50 ms", "± p50 ms", "p90 ms", "p99 ms", "MAD ms",
-            "runs",
-            "items/s", "first ms", "compile s", "mem MB", "max err", "top-1", "placement",
-            "transfers/call", "error"]
+            "runs", "items/s", "first ms", "compile s", "mem MB", "max err", "top-1",
+            "placement", "transfers/call", "error"]
+    if training:
+        head[9:16] = ["samples/s", "first step ms", "compile s", "mem MB", "loss@1",
+                      f"loss@{steps}", "data"]
     out = ["<table><thead><tr>" + "".join(
-        f"<th class='{'l' if h in ('device', 'placement', 'error', 'precision') else ''}'>"
+        f"<th class='{'l' if h in ('device', 'placement', 'error', 'precision', 'data') else ''}'>"
         f"{h}</th>" for h in head) + "</tr></thead><tbody>"]
 
     def num(v, f="{:.3f}"):
@@ -337,8 +228,10 @@ def _table(results, models) -> str:
                      num(r.p99_ms), num(r.mad_ms), str(r.runs),
                      num(r.throughput_per_s, "{:,.0f}"), num(r.first_call_ms),
                      num(r.compile_s, "{:.2f}"), num(r.peak_mem_mb, "{:.1f}"),
-                     num(r.max_abs_err, "{:.1e}"), _pct(r.top1_agreement),
-                     escape(placement_text(r.placement)),
+                     *((num(r.loss_first, "{:.6f}"), num(r.loss_last, "{:.6f}"),
+                        escape(r.train_data)) if r.task == "training" else
+                       (num(r.max_abs_err, "{:.1e}"), _pct(r.top1_agreement),
+                        escape(placement_text(r.placement)))),
                      f"{t['count']} / {t['bytes']:,} B" if t else "-", escape(r.error or "")]
             out.append(f"<tr class='{cls}'>" + "".join(
                 f"<td class='{'l' if i in (1, 2, 15, 17) else ''}'>{c}</td>"

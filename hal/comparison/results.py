@@ -135,6 +135,7 @@ def _flat(r: Row, text: bool = True) -> dict:
     d["accelerator"] = accelerator_text(r.accelerator)
     if text:
         d["round_p50_ms"] = " ".join(f"{v:.6g}" for v in r.round_p50_ms)
+        d["losses"] = " ".join(f"{v:.7g}" for v in r.losses)
     return d
 
 

@@ -9,6 +9,12 @@ from dataclasses import asdict, dataclass, field, fields
 class Row:
     """A row of ``hal compare``. Times are per call (one batch); ``error`` says why a row failed.
 
+    A training row (``task == "training"``, ``hal compare --train``) times one optimizer step
+    (forward, backward, update) on a micro-batch of ``batch`` samples; its throughput is
+    samples/s, it has no reference error, and ``losses`` are its first ``train_steps`` steps'
+    losses from the model's initial weights on fixed data (``train_data``), which every device
+    starts from alike.
+
     Spread (``iqr_ms``, ``mad_ms``, ``runs``; ``p50_spread_ms`` over rounds) is recorded so
     that two runs can be compared against their own noise (see ``hal.comparison.baseline``).
     """
@@ -21,6 +27,7 @@ class Row:
     batch: int = 1
     precision: str = "fp32"
     scenario: str | None = None  # None: HAL's own timing loop; else the MLPerf scenario
+    task: str = "inference"  # or "training"
     compile_s: float | None = None
     first_call_ms: float | None = None
     p50_ms: float | None = None
@@ -49,12 +56,17 @@ class Row:
     #: ``hal.backend.AcceleratorStats`` as a dict (cycles read from the device, estimates
     #: of real parts labelled as such)
     accelerator: dict = field(default_factory=dict)
+    train_steps: int = 0
+    losses: list = field(default_factory=list)
+    loss_first: float | None = None  # the first step's loss: the initial weights' loss
+    loss_last: float | None = None  # the loss of step ``train_steps``
+    train_data: str = ""
     error: str | None = None
 
     @property
     def key(self) -> tuple:
         """What identifies a row across runs (for baselines)."""
-        return (self.model, self.device, self.batch, self.precision, self.scenario)
+        return (self.model, self.device, self.batch, self.precision, self.scenario, self.task)
 
     @property
     def ok(self) -> bool:
@@ -70,3 +82,12 @@ class Row:
 
 
 FIELDS = [f.name for f in fields(Row)]
+
+
+def failure(exc: BaseException, what: str) -> str:
+    """A failed row's ``error``: a HalError's own message, else what failed and how."""
+    from hal.errors import HalError
+
+    if isinstance(exc, HalError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{what} failed: {type(exc).__name__}: {exc}"

@@ -52,14 +52,23 @@ def measure(compiled: Any, inputs: Sequence[np.ndarray], budget_s: float = 1.0,
         sync()
         if clock() > end_warm:
             break
+    return Timing(first, timed_calls(lambda: compiled(*inputs), budget_s, max_runs, min_runs,
+                                     sync)), outputs
+
+
+def timed_calls(call: Callable[[], Any], budget_s: float, max_runs: int = 1000,
+                min_runs: int = 5, sync: Callable[[], None] = lambda: None) -> list[float]:
+    """Milliseconds of each ``call()`` (closed by ``sync()``), repeated until ``budget_s`` is
+    spent and at least ``min_runs`` were made, or ``max_runs``."""
+    clock = time.perf_counter
     times: list[float] = []
     deadline = clock() + budget_s
     while len(times) < max_runs and (len(times) < min_runs or clock() < deadline):
         t = clock()
-        compiled(*inputs)
+        call()
         sync()
         times.append((clock() - t) * 1e3)
-    return Timing(first, times), outputs
+    return times
 
 
 class PeakMemory:
