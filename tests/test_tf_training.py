@@ -144,11 +144,23 @@ def test_batchnorm_and_dropout_train_and_evaluation_is_deterministic(bn_dropout)
     np.testing.assert_allclose(out, oracle([x[:8]])[0], rtol=1e-4, atol=1e-5)
 
 
+def fp16_trainer(graph, **spec):
+    """fp16 as a GPU runs it, here on the CPU (compile_training refuses fp16 on cpu: too slow
+    there to mean anything but a test of the loss scaling, which it is here)."""
+    from hal.backends.tf_backend.training import TfTrainer
+
+    spec.setdefault("optimizer", OptimizerSpec("sgd", lr=0.1, momentum=0.9))
+    return TfTrainer(hal.device("cpu@tf"), graph, TrainSpec(precision="fp16", **spec), False,
+                     True)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_low_precision_trains_on_fp32_master_weights(plain, precision):
     x, y = data(256)
     spec = dict(optimizer=OptimizerSpec("adam", lr=1e-2))
-    fp32, low = trainer(plain, **spec), trainer(plain, precision=precision, **spec)
+    low = fp16_trainer(plain, **spec) if precision == "fp16" else trainer(plain, precision=precision,
+                                                                           **spec)
+    fp32 = trainer(plain, **spec)
     first = [t.step(feeds(x, y, 1), [1.0])[0] for t in (fp32, low)]
     assert first[0] != first[1] and first[1] == pytest.approx(first[0], rel=2e-2)  # computed low
     for _ in range(40):
@@ -159,7 +171,7 @@ def test_low_precision_trains_on_fp32_master_weights(plain, precision):
 
 def test_fp16_skips_an_overflowing_update_and_halves_the_scale(plain):
     x, y = data()
-    t = trainer(plain, precision="fp16")
+    t = fp16_trainer(plain)
     state = t.state()
     state["opt/loss_scale/dynamic_scale"] = np.float32(1e30)
     t.load_state(state)
@@ -241,6 +253,8 @@ def test_bad_requests_are_refused_with_the_fix(plain):
     assert hal.device("cpu@tf").backend.trains
     with pytest.raises(OptionError, match="fp32"):
         trainer(plain, precision="int8")
+    with pytest.raises(OptionError, match="gpu@tf.*bf16"):
+        trainer(plain, precision="fp16")
     with pytest.raises(OptionError, match="xla"):
         trainer(plain, extra={"jit": True})
     with pytest.raises(OptionError, match="sgd"):
@@ -277,3 +291,9 @@ def test_accelerators_train_through_the_same_code(plain, kind):
         on_cpu.step(feeds(x, y, 2), [0.5, 0.5])
         on_device.step(feeds(x, y, 2), [0.5, 0.5])
     assert_weights_close(on_device.weights(), on_cpu.weights(), 1e-4)
+    moved = hal.device(f"{kind}@tf").transfers.copy()
+    on_device.step(feeds(x, y, 2), [0.5, 0.5])  # two inputs of two batches in, two losses out
+    assert (hal.device(f"{kind}@tf").transfers - moved).count == 6
+    low = trainer(plain, device=f"{kind}@tf", precision="fp16" if kind == "gpu" else "bf16")
+    losses = [low.step(feeds(x, y, 1), [1.0])[0] for _ in range(5)]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]

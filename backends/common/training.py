@@ -29,12 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hal.backend import Device
 from hal.backends.common.context import Context, numpy_dtype
 from hal.backends.common.lowering import FLOAT_TYPES, Plan, lower
 from hal.backends.common.table import KernelTable
 from hal.backends.common.trace import Trace
-from hal.errors import ModelError
-from hal.trainer import TrainGraph
+from hal.errors import ModelError, OptionError
+from hal.trainer import TrainGraph, TrainSpec
 
 
 class RandomSource:
@@ -118,6 +119,19 @@ def training_function(tp: TrainingPlan, cx: Context, trace: type[Trace] = Trace)
                 {init: out[name] for name, init in tp.updates.items()})
 
     return f
+
+
+def check_precision(spec: TrainSpec, device: Device) -> None:
+    """The tracing backends train in fp32 and bf16 on every kind, in fp16 on GPUs only: XLA on
+    CPU widens fp16 to fp32 (no faster, no closer to a GPU's fp16), TensorFlow's CPU kernels
+    ran it 100x slower than fp32, and TPUs compute in bf16."""
+    if spec.precision not in TrainSpec.PRECISIONS:
+        raise OptionError(f"precision {spec.precision!r} is not one of "
+                          f"{list(TrainSpec.PRECISIONS)} for training")
+    if spec.precision == "fp16" and device.info.kind != "gpu":
+        raise OptionError(f"precision 'fp16' trains on gpu@{device.backend.name}; on "
+                          f"{device.string} use precision='bf16' (fp32 master weights, bf16 "
+                          f"compute)")
 
 
 def _check_contract(graph: TrainGraph) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hal.backend import Device
 from hal.backends.common.lowering import lower
 from hal.backends.common.trace import Trace, traced_function
 from hal.backends.common.training import RandomSource, lower_training, training_function
@@ -48,10 +49,11 @@ class StatelessRandom(RandomSource):
 
 
 class TfTrainer(Trainer):
-    def __init__(self, graph: TrainGraph, spec: TrainSpec, tf_device: str, xla: bool,
+    def __init__(self, device: Device, graph: TrainGraph, spec: TrainSpec, xla: bool,
                  nhwc: bool):
+        self.device = device
         self.spec = spec
-        self.tf_device = tf_device
+        self.tf_device = tf_device = device.backend.tf_device(device)
         self.tp = tp = lower_training(graph, TABLE, "tf")
         low = {"fp32": None, "bf16": tf.bfloat16, "fp16": tf.float16}[spec.precision]
         self.cx = TfContext(TABLE, low)
@@ -144,6 +146,7 @@ class TfTrainer(Trainer):
                     losses.append(loss)
                 self.apply(total)
         self.updates += 1
+        _count_copies(self.device, [t for f in feeds for t in f.values()], losses)
         return [float(loss) for loss in losses]
 
     def _feed(self, batch: dict[str, np.ndarray]) -> dict:
@@ -164,7 +167,9 @@ class TfTrainer(Trainer):
         return out
 
     def evaluate(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.evaluator(inputs)
+        xs, ys = self.evaluator(inputs)
+        _count_copies(self.device, xs, ys)
+        return [y.numpy() for y in ys]
 
     def weights(self) -> dict[str, np.ndarray]:
         return {n: v.numpy().astype(np.float32)
@@ -222,7 +227,8 @@ class Evaluator:
         self.fn = tf.function(run, input_signature=signature, jit_compile=xla, autograph=False)
         self.tf_device = trainer.tf_device
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, inputs: dict[str, np.ndarray]) -> tuple[list, list]:
+        """(the inputs on the device, the outputs there)."""
         missing = [n for n in self.plan.input_names if n not in inputs]
         if missing:
             raise InputError(f"evaluate needs the inputs {self.plan.input_names}; {missing} "
@@ -230,7 +236,19 @@ class Evaluator:
         with tf.device(self.tf_device):
             xs = [tf.constant(np.asarray(inputs[n], dtype))
                   for n, (_, dtype) in zip(self.plan.input_names, self.plan.input_specs)]
-            return [y.numpy() for y in self.fn(*xs)]
+            return xs, list(self.fn(*xs))
+
+
+def _count_copies(device: Device, sent: list, received: list) -> None:
+    """The copies of tensors ``sent`` to ``device`` and ``received`` back, in its transfer
+    counts, where it is not host memory."""
+    if device.info.host_memory:
+        return
+    moved = device.transfers
+    moved.h2d_count += len(sent)
+    moved.h2d_bytes += sum(t.dtype.size * t.shape.num_elements() for t in sent)
+    moved.d2h_count += len(received)
+    moved.d2h_bytes += sum(t.dtype.size * t.shape.num_elements() for t in received)
 
 
 def _variable(value: np.ndarray, name: str, trainable: bool):
