@@ -259,6 +259,10 @@ def test_bad_requests_are_refused_with_the_fix(plain):
         trainer(plain, extra={"jit": True})
     with pytest.raises(OptionError, match="sgd"):
         trainer(plain, optimizer=OptimizerSpec("lion"))
+    with pytest.raises(OptionError, match="momentum"):
+        trainer(plain, optimizer=OptimizerSpec("sgd", nesterov=True))
+    with pytest.raises(OptionError, match="total_steps"):
+        trainer(plain, optimizer=OptimizerSpec(schedule="cosine"))
     t = trainer(plain)
     x, y = data(8)
     with pytest.raises(InputError, match="target"):

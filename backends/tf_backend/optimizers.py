@@ -60,8 +60,12 @@ def schedule(spec: OptimizerSpec) -> Any:
         after = keras.optimizers.schedules.ExponentialDecay(
             spec.lr, max(1, spec.step_size), spec.gamma, staircase=True)
     elif spec.schedule == "cosine":
+        if spec.total_steps <= spec.warmup_steps:
+            raise OptionError(f"the cosine schedule needs total_steps (the run's updates) "
+                              f"above warmup_steps={spec.warmup_steps}; got "
+                              f"total_steps={spec.total_steps}")
         after = keras.optimizers.schedules.CosineDecay(
-            spec.lr, max(1, spec.total_steps - spec.warmup_steps), alpha=0.0)
+            spec.lr, spec.total_steps - spec.warmup_steps, alpha=0.0)
     return WarmUp(spec.lr, spec.warmup_steps, after) if spec.warmup_steps else after
 
 
@@ -72,6 +76,8 @@ def build(spec: OptimizerSpec, loss_scaling: bool = False) -> Any:
     if spec.name not in OptimizerSpec.OPTIMIZERS:
         raise OptionError(f"optimizer {spec.name!r} is not one of "
                           f"{list(OptimizerSpec.OPTIMIZERS)}")
+    if spec.nesterov and (spec.name != "sgd" or not spec.momentum):
+        raise OptionError("nesterov=True needs optimizer 'sgd' with a momentum above 0")
     opt = _optimizer(spec, schedule(spec))
     if loss_scaling:
         return keras.optimizers.LossScaleOptimizer(opt, name="loss_scale")

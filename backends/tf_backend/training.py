@@ -5,10 +5,13 @@
   and fp16 the graph casts them to the compute type, so their gradients are fp32); running
   statistics are variables assigned the graph's updates after each micro-batch, in the same
   compiled call; frozen weights are constants.
-- ``step``: one micro-batch is one compiled call (gradient and update, one XLA program);
+- ``step``: one micro-batch is one call of one ``tf.function`` (gradient and update);
   several add each one's weighted gradient to a sum, one call each, then one update call.
+  XLA (``jit_compile``) where the backend chose it: gpu and tpu by default, cpu on request
+  (``TfBackend.compile_training`` says why).
 - Dropout: stateless random ops keyed by (seed, update step, micro-batch, draw), so a resumed
-  run draws the masks the uninterrupted one would have, with no generator state to save.
+  run draws the masks the uninterrupted one would have, with no generator state to save
+  (XLA's stateless draws differ from the graph executor's: a run keeps one of them).
 - fp16: Keras's ``LossScaleOptimizer`` (dynamic loss scaling). The gradient is that of the
   scaled loss; clipping and L2 act on it with the scale folded in (clip at ``clip * scale``,
   add ``decay * scale * w``), and the optimizer unscales it, skips an update that is not
@@ -67,8 +70,8 @@ class TfTrainer(Trainer):
             self.fixed = {n: tf.constant(tp.initial[n]) for n in tp.fixed}
             self.opt = optimizers.build(spec.optimizer, loss_scaling=spec.precision == "fp16")
             self.opt.build(list(self.params.values()))
+            self.zeros = [tf.zeros_like(v) for v in self.params.values()]
         self.updates = 0
-        self.zeros = [tf.zeros_like(v) for v in self.params.values()]
         self._compile(xla)
         self.evaluator = Evaluator(graph, self, xla)
 
