@@ -80,6 +80,11 @@ def optimizer_spec(name: str, lr: float, options: dict[str, Any]) -> OptimizerSp
                           f"{list(OptimizerSpec.SCHEDULES)}")
     if spec.momentum and name != "sgd" or spec.nesterov and name != "sgd":
         raise OptionError(f"momentum and nesterov are sgd's options, not {name}'s")
+    for key in ("momentum", "weight_decay", "eps"):
+        value = getattr(spec, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < 0):
+            raise OptionError(f"{key} must be a number >= 0, got {value!r}")
     if spec.nesterov and not spec.momentum:
         raise OptionError("nesterov=True needs momentum > 0")
     if len(spec.betas) != 2 or not all(0 <= b < 1 for b in spec.betas):
