@@ -66,6 +66,42 @@ class OptimizerSpec:
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("sgd", "adam", "adamw")
     SCHEDULES: ClassVar[tuple[str, ...]] = ("constant", "step", "cosine")
 
+    def check(self) -> OptimizerSpec:
+        """Raise OptionError naming the first value no backend would accept; self when valid.
+        ``hal.train`` checks the spec it builds and every trainer checks the one it gets, so
+        the rules live here once."""
+        from hal.errors import OptionError
+
+        if self.name not in self.OPTIMIZERS:
+            raise OptionError(f"unknown optimizer {self.name!r}; use one of {list(self.OPTIMIZERS)}")
+        if self.schedule not in self.SCHEDULES:
+            raise OptionError(f"unknown schedule {self.schedule!r}; use one of "
+                              f"{list(self.SCHEDULES)}")
+        if _number(self.lr) is None or self.lr < 0:
+            raise OptionError(f"lr must be a number >= 0, got {self.lr!r}")
+        for key in ("momentum", "weight_decay", "eps"):
+            value = getattr(self, key)
+            if value is not None and (_number(value) is None or value < 0):
+                raise OptionError(f"{key} must be a number >= 0, got {value!r}")
+        if (self.momentum or self.nesterov) and self.name != "sgd":
+            raise OptionError(f"momentum and nesterov are sgd's options, not {self.name}'s")
+        if self.nesterov and not self.momentum:
+            raise OptionError("nesterov needs momentum > 0 (sgd's momentum=)")
+        if len(self.betas) != 2 or not all(_number(b) is not None and 0 <= b < 1
+                                           for b in self.betas):
+            raise OptionError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        for key in ("warmup_steps", "step_size", "total_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OptionError(f"{key} must be an int >= 0, got {value!r}")
+        if self.schedule == "cosine" and self.total_steps <= self.warmup_steps:
+            raise OptionError(f"the cosine schedule needs total_steps (the run's updates) above "
+                              f"warmup_steps={self.warmup_steps}; got "
+                              f"total_steps={self.total_steps}")
+        if self.clip_norm is not None and (_number(self.clip_norm) is None or self.clip_norm <= 0):
+            raise OptionError(f"clip_norm must be a number > 0 or None, got {self.clip_norm!r}")
+        return self
+
     @property
     def decay(self) -> float:
         """The weight decay in effect (adamw's default is 0.01, the others' 0)."""
@@ -87,6 +123,10 @@ class OptimizerSpec:
             span = max(1, self.total_steps - self.warmup_steps)
             return 0.5 * self.lr * (1 + math.cos(math.pi * min(t, span) / span))
         return self.lr
+
+
+def _number(v) -> float | None:
+    return None if isinstance(v, bool) or not isinstance(v, (int, float)) else float(v)
 
 
 @dataclass

@@ -26,17 +26,12 @@ def optax_module() -> Any:
 def schedule(spec: OptimizerSpec) -> Any:
     """The learning rate by update step, as an optax schedule equal to ``spec.lr_at``."""
     optax = optax_module()
-    if spec.schedule not in OptimizerSpec.SCHEDULES:
-        raise OptionError(f"schedule {spec.schedule!r} is not one of "
-                          f"{list(OptimizerSpec.SCHEDULES)}")
+    spec.check()
     warm = spec.warmup_steps
     if spec.schedule == "step":
         main = optax.exponential_decay(spec.lr, max(1, spec.step_size), spec.gamma,
                                        staircase=True)
     elif spec.schedule == "cosine":
-        if spec.total_steps <= warm:
-            raise OptionError(f"the cosine schedule needs total_steps (the run's updates) "
-                              f"above warmup_steps={warm}; got total_steps={spec.total_steps}")
         main = optax.cosine_decay_schedule(spec.lr, spec.total_steps - warm)
     else:
         main = optax.constant_schedule(spec.lr)
@@ -52,8 +47,7 @@ def optimizer(spec: OptimizerSpec) -> Any:
     optax = optax_module()
     lr = schedule(spec)
     b1, b2 = spec.betas
-    if spec.nesterov and (spec.name != "sgd" or not spec.momentum):
-        raise OptionError("nesterov=True needs optimizer 'sgd' with a momentum above 0")
+    spec.check()
     if spec.name == "sgd":
         core = [optax.add_decayed_weights(spec.decay)] if spec.decay else []
         core.append(optax.sgd(lr, momentum=spec.momentum or None, nesterov=spec.nesterov))

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 from hal.backends.tf_backend.framework import import_keras, tf
-from hal.errors import OptionError
 from hal.trainer import OptimizerSpec
 
 keras = import_keras()
@@ -52,18 +51,12 @@ def _rate(schedule: Any, step):
 
 def schedule(spec: OptimizerSpec) -> Any:
     """The learning rate Keras is given: a float or a schedule of Keras's iterations."""
-    if spec.schedule not in OptimizerSpec.SCHEDULES:
-        raise OptionError(f"schedule {spec.schedule!r} is not one of "
-                          f"{list(OptimizerSpec.SCHEDULES)}")
+    spec.check()
     after: Any = spec.lr
     if spec.schedule == "step":
         after = keras.optimizers.schedules.ExponentialDecay(
             spec.lr, max(1, spec.step_size), spec.gamma, staircase=True)
     elif spec.schedule == "cosine":
-        if spec.total_steps <= spec.warmup_steps:
-            raise OptionError(f"the cosine schedule needs total_steps (the run's updates) "
-                              f"above warmup_steps={spec.warmup_steps}; got "
-                              f"total_steps={spec.total_steps}")
         after = keras.optimizers.schedules.CosineDecay(
             spec.lr, spec.total_steps - spec.warmup_steps, alpha=0.0)
     return WarmUp(spec.lr, spec.warmup_steps, after) if spec.warmup_steps else after
@@ -73,11 +66,7 @@ def build(spec: OptimizerSpec, loss_scaling: bool = False) -> Any:
     """A Keras optimizer for ``spec`` (clipping and L2 are the trainer's, see the module),
     named by it: its variables' paths are the state's names, the same in every trainer.
     ``loss_scaling``: inside Keras's ``LossScaleOptimizer`` (dynamic loss scaling, fp16)."""
-    if spec.name not in OptimizerSpec.OPTIMIZERS:
-        raise OptionError(f"optimizer {spec.name!r} is not one of "
-                          f"{list(OptimizerSpec.OPTIMIZERS)}")
-    if spec.nesterov and (spec.name != "sgd" or not spec.momentum):
-        raise OptionError("nesterov=True needs optimizer 'sgd' with a momentum above 0")
+    spec.check()
     opt = _optimizer(spec, schedule(spec))
     if loss_scaling:
         return keras.optimizers.LossScaleOptimizer(opt, name="loss_scale")

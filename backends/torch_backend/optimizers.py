@@ -19,14 +19,7 @@ from hal.trainer import OptimizerSpec
 
 def build_optimizer(spec: OptimizerSpec, params: Sequence[torch.nn.Parameter]):
     """The torch.optim optimizer ``spec`` names, over ``params``."""
-    if spec.name not in OptimizerSpec.OPTIMIZERS:
-        raise OptionError(f"unknown optimizer {spec.name!r}; choose one of "
-                          f"{list(OptimizerSpec.OPTIMIZERS)}")
-    if spec.schedule not in OptimizerSpec.SCHEDULES:
-        raise OptionError(f"unknown schedule {spec.schedule!r}; choose one of "
-                          f"{list(OptimizerSpec.SCHEDULES)}")
-    if spec.clip_norm is not None and not spec.clip_norm > 0:
-        raise OptionError(f"clip_norm must be a positive number or None, got {spec.clip_norm!r}")
+    spec.check()
     params = list(params)
     try:
         if spec.name == "sgd":

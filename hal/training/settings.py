@@ -74,27 +74,7 @@ def optimizer_spec(name: str, lr: float, options: dict[str, Any]) -> OptimizerSp
     kw = {k: options.pop(k) for k in list(options) if k in OPTIMIZER_OPTIONS}
     if "betas" in kw:
         kw["betas"] = tuple(kw["betas"])
-    spec = OptimizerSpec(name=name, lr=float(lr), **kw)
-    if spec.schedule not in OptimizerSpec.SCHEDULES:
-        raise OptionError(f"schedule {spec.schedule!r} is not one of "
-                          f"{list(OptimizerSpec.SCHEDULES)}")
-    if spec.momentum and name != "sgd" or spec.nesterov and name != "sgd":
-        raise OptionError(f"momentum and nesterov are sgd's options, not {name}'s")
-    for key in ("momentum", "weight_decay", "eps"):
-        value = getattr(spec, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value < 0):
-            raise OptionError(f"{key} must be a number >= 0, got {value!r}")
-    if spec.nesterov and not spec.momentum:
-        raise OptionError("nesterov=True needs momentum > 0")
-    if len(spec.betas) != 2 or not all(0 <= b < 1 for b in spec.betas):
-        raise OptionError(f"betas must be two numbers in [0, 1), got {spec.betas!r}")
-    for key in ("warmup_steps", "step_size", "total_steps"):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 0:
-            raise OptionError(f"{key} must be an int >= 0, got {getattr(spec, key)!r}")
-    if spec.clip_norm is not None:
-        _positive("clip_norm", spec.clip_norm, float)
-    return spec
+    return OptimizerSpec(name=name, lr=float(lr), **kw)  # checked by train_spec, once whole
 
 
 def train_spec(optimizer: OptimizerSpec, total_steps: int | None, precision: str, seed: int,
@@ -108,6 +88,7 @@ def train_spec(optimizer: OptimizerSpec, total_steps: int | None, precision: str
     if optimizer.schedule == "cosine" and not optimizer.total_steps:
         raise OptionError("the cosine schedule needs the run's number of updates: the data is an "
                           "iterable without len(), so pass total_steps=")
+    optimizer.check()
     return TrainSpec(optimizer=optimizer, precision=precision, seed=seed, extra=dict(extra))
 
 
