@@ -107,7 +107,7 @@ def _resnet_lite(p, x):
         y = conv_bn(jnp.maximum(conv_bn(x, f"{i}.conv1", stride), 0), f"{i}.conv2")
         s = conv_bn(x, f"{i}.shortcut", stride) if f"{i}.shortcut.0.weight" in p else x
         x = jnp.maximum(y + s, 0)
-    return _linear(x.mean(axis=(2, 3)), p, "8")
+    return _linear(x.mean(axis=(2, 3)), p, "9")  # 8 is the Dropout
 
 
 def _layer_norm(x, p, k):

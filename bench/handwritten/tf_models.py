@@ -141,7 +141,7 @@ def _resnet(tf, sd):
 
     stem = conv_bn("0")
     blocks = [block(2, 1, False), block(3, 1, False), block(4, 2, True), block(5, 1, False)]
-    fw, fb = _dense(tf, sd, "8")
+    fw, fb = _dense(tf, sd, "9")
 
     def forward(x):
         x = tf.nn.relu(stem(tf.transpose(x, [0, 2, 3, 1])))

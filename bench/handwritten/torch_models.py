@@ -67,7 +67,7 @@ def resnet_lite() -> nn.Module:
     return nn.Sequential(
         _conv_bn(3, 16, 3), nn.ReLU(),
         Block(16, 16), Block(16, 16), Block(16, 32, stride=2), Block(32, 32),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(32, 10))
 
 
 def lenet() -> nn.Module:

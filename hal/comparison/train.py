@@ -130,10 +130,17 @@ def _digits_fit(model: Model) -> tuple[int, int, bool] | None:
 
 
 def _classes(model: Model) -> int:
+    """The classes of the model's single output [N, classes]: from shape inference, else from
+    one sample through cpu@reference (ONNX's inference stops at some nodes)."""
+    from hal.compiler import compile
+    from hal.inputs import example_inputs
     from hal.ir import shapes as S
 
-    out = model.outputs[0].name if len(model.outputs) == 1 else None
-    shape = S.infer(model.to_proto()).get(out, (None, None))[0] if out else None
+    shape = None
+    if len(model.outputs) == 1:
+        shape = S.infer(model.to_proto()).get(model.outputs[0].name, (None, None))[0]
+        if not S.static(shape[1:] if shape else None):
+            shape = np.shape(compile(model, "cpu@reference")(*example_inputs(model, 1))[0])
     if not shape or len(shape) != 2 or not isinstance(shape[1], int) or shape[1] < 2:
         raise HalError(f"the training comparison trains classifiers (one output [N, classes], "
                        f"cross-entropy); {model.name!r} has outputs "

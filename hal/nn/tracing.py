@@ -38,7 +38,7 @@ class Builder:
 
     def constant(self, array: np.ndarray, name: str | None = None) -> ir.Value:
         """An initializer; parameters are named by their module path."""
-        arr = np.ascontiguousarray(array)
+        arr = np.asarray(array, order="C")  # ascontiguousarray would make a scalar 1-D
         name = self.unique(name or (self.prefix() + ".const" if self.prefix() else "const"))
         v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
                      const_value=ir.tensor(arr, name=name))
