@@ -51,6 +51,20 @@ class StatelessRandom(RandomSource):
         return tf.random.stateless_uniform(size, seed, dtype=tf.float32)
 
 
+class _Concrete:
+    """A tf.function traced on its first call, then called as its concrete function: a step
+    skips the polymorphic dispatch (about 0.25 ms of a 3 ms mlp step), and a function never
+    called (accumulation's, without accumulate=) is never traced."""
+
+    def __init__(self, fn: Any):
+        self.fn, self.concrete = fn, None
+
+    def __call__(self, *args):
+        if self.concrete is None:
+            self.concrete = self.fn.get_concrete_function()
+        return self.concrete(*args)
+
+
 class TfTrainer(Trainer):
     def __init__(self, device: Device, graph: TrainGraph, spec: TrainSpec, xla: bool,
                  nhwc: bool):
@@ -87,8 +101,8 @@ class TfTrainer(Trainer):
             def on_device(*args):
                 with tf.device(self.tf_device):
                     return fn(*args)
-            return tf.function(on_device, input_signature=list(signature), jit_compile=xla,
-                               autograph=False)
+            return _Concrete(tf.function(on_device, input_signature=list(signature),
+                                         jit_compile=xla, autograph=False))
 
         self.fused = compiled(self._fused, inputs, key, weight)
         self.accumulate = compiled(self._accumulate, grads, inputs, key, weight)

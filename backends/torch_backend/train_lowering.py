@@ -66,14 +66,16 @@ def _dropout_draw(x, ratio, rng, want_mask):
     if ratio == 0.0:
         keep = torch.ones_like(x, dtype=torch.bool)
         return (x, keep) if want_mask else x
-    keep = torch.rand(x.shape, generator=rng, device=x.device) >= ratio
-    y = x * keep / (1.0 - ratio)
-    return (y, keep) if want_mask else y
+    with torch.no_grad():  # one scaled mask, so autograd records a single product
+        scale = torch.empty_like(x).bernoulli_(1.0 - ratio, generator=rng).div_(1.0 - ratio)
+    y = x * scale
+    return (y, scale != 0) if want_mask else y
 
 
 def dropout_training(n: NodeView):
-    """ONNX Dropout whose ``training_mode`` is a constant: True draws ``mask = U[0,1) >= ratio``
-    from the trainer's generator and scales by 1/(1-ratio); False (or absent) is the identity."""
+    """ONNX Dropout whose ``training_mode`` is a constant: True keeps each element with
+    probability 1-ratio (a Bernoulli draw from the trainer's generator) and scales it by
+    1/(1-ratio); False (or absent) is the identity."""
     mode = n.const(2) if n.has(2) else np.array(False)
     if mode is None:
         raise BackendError(f"Dropout {n.node.name!r}: training_mode must be a constant for the "

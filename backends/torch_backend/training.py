@@ -45,9 +45,14 @@ def trainable_precisions(device_type: str) -> list[str]:
 
 
 def draw_seed(seed: int, step: int) -> int:
-    """The dropout generator's seed for update ``step``: a well-mixed function of both."""
-    state = np.random.SeedSequence([seed % 2 ** 64, step]).generate_state(1, np.uint64)[0]
-    return int(state) >> 1
+    """The dropout generator's seed for update ``step``: a well-mixed function of both
+    (splitmix64's finalizer over the pair; a few integer operations, since it runs every
+    step)."""
+    mask = 2 ** 64 - 1
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & mask
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        z = ((z ^ (z >> shift)) * mult) & mask
+    return (z ^ (z >> 31)) >> 1
 
 
 class TorchTrainer(Trainer):
