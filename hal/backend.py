@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from hal.passes import Flow
-    from hal.trainer import Trainer, TrainGraph, TrainSpec
+    from hal.trainer import Launch, Parallel, Trainer, TrainGraph, TrainSpec
 
 
 @dataclass
@@ -349,8 +349,19 @@ class Backend(abc.ABC):
     trains: ClassVar[bool] = False
 
     def compile_training(self, graph: TrainGraph, device: Device, spec: TrainSpec) -> Trainer:
-        """A ``Trainer`` of ``graph`` on ``device`` (backends with ``trains = True``)."""
+        """A ``Trainer`` of ``graph`` on ``device`` (backends with ``trains = True``). With
+        ``spec.parallel`` active, the trainer spreads each step over the workers: it is given
+        this process's micro-batches (its shard of each global batch when ``parallel.world``
+        > 1, the global batch otherwise) with weights that already account for the split."""
         raise BackendError(f"backend {self.name!r} cannot train")
+
+    def launch_training(self, device: Device, parallel: Parallel) -> Launch:
+        """How to run ``parallel`` on ``device``'s engine: the processes to start and their
+        environment, or ``Launch(here=True)``. A strategy or worker count the backend cannot
+        run is an OptionError saying what it can."""
+        raise OptionError(f"backend {self.name!r} trains on one device only; "
+                          f"strategy={parallel.strategy!r} with workers={parallel.workers} "
+                          f"needs a backend that runs it (torch, jax or tf)")
 
     def put(self, array: np.ndarray, device: Device) -> Buffer:
         """Place a host array on ``device``. Host-memory backends keep the numpy array."""

@@ -144,6 +144,47 @@ class TrainGraph:
 
 
 @dataclass(frozen=True)
+class Parallel:
+    """How one run spreads over several workers, on the framework's own engine.
+
+    ``strategy``: "data" (the global batch split across ``workers``, gradients averaged by
+    the engine: torch DistributedDataParallel, a jax device mesh, tf.distribute),
+    "pipeline" (``stages`` consecutive pieces of the graph, micro-batched) or "tensor" (the
+    largest weight matrices sharded over a mesh axis). ``rank``/``world``: this process's place
+    among the processes of the run when the engine runs one process per worker (torch); a
+    single-process engine (a jax mesh, MirroredStrategy) has rank 0 of world 1 and its
+    ``workers`` devices inside the process. ``address``: the rendezvous ("host:port") of a
+    multi-process run.
+    """
+
+    workers: int = 1
+    strategy: str = "data"
+    stages: int = 2
+    rank: int = 0
+    world: int = 1
+    address: str = ""
+
+    STRATEGIES: ClassVar[tuple[str, ...]] = ("data", "pipeline", "tensor")
+
+    @property
+    def active(self) -> bool:
+        return self.workers > 1 or self.strategy != "data"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a backend needs to run a parallel training (``Backend.launch_training``):
+    ``processes`` worker processes (1 for single-process engines), each started with ``env``
+    added to its environment; ``here``: the current process can already host its part (the
+    framework already sees the devices, or torchrun started it), so nothing is launched."""
+
+    processes: int = 1
+    env: dict = field(default_factory=dict)
+    here: bool = True
+    why: str = ""  # what the launch is for, in words (the run's report)
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """How to train: the optimizer, the precision and the seed of every random draw."""
 
@@ -153,6 +194,8 @@ class TrainSpec:
     seed: int = 0
     #: backend-specific training options (``hal.train(..., **options)``)
     extra: dict = field(default_factory=dict)
+    #: several workers (``hal.train(..., workers=, strategy=)``); inactive by default
+    parallel: Parallel = Parallel()
 
     PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "bf16", "fp16")
 
