@@ -435,7 +435,7 @@ def test_cosine_fills_in_the_runs_updates(nptrain):
      "class indices"),
     ({"data": (np.zeros((4, 1, 4, 4), np.float32), np.zeros(3, int))}, InputError,
      "number of samples"),
-    ({"optimizer": "lion"}, OptionError, "optimizer 'lion' is not one of"),
+    ({"optimizer": "lion"}, OptionError, "unknown optimizer 'lion'"),
     ({"momentum": 0.9, "optimizer": "adam"}, OptionError, "sgd's options"),
     ({"resume": True}, OptionError, "pass checkpoint_dir="),
     ({"batch_size": 0}, OptionError, "batch_size must be a positive int"),
@@ -605,3 +605,29 @@ def test_lenet_reaches_97_percent_on_digits_on_every_framework(lenet_digits):
     assert min(fp32) >= 0.97 and max(fp32) - min(fp32) <= 0.015, accuracies
     for (device, precision), a in accuracies.items():
         assert abs(a - accuracies[device, "fp32"]) <= 0.01, accuracies
+
+
+@pytest.mark.slow
+def test_hal_train_then_int8_on_the_emulated_fpga(tmp_path, capsys):
+    """The issue's command line: train on cpu@jax, save model and calibration images, run the
+    trained model in int8 on fpga@emu."""
+    from hal.cli import main
+
+    device = trainer_device("cpu@jax")
+    pytest.importorskip("sklearn")
+    out, calib = tmp_path / "t.onnx", tmp_path / "calib.npy"
+    assert main(["train", "lenet", "--device", device, "--data", "digits", "--epochs", "2",
+                 "--out", str(out), "--save-calibration", str(calib), "--no-progress",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["history"][-1]["val_accuracy"] > 0.9
+    images = np.load(calib)
+    assert images.shape == (256, 1, 28, 28)
+    assert main(["run", str(out), "--device", "fpga@emu", "--calibration", str(calib),
+                 "--repeat", "2", "--json"]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    assert ran["simulated"] and ran["report"]["options"]["precision"] == "int8"
+    assert "calib.npy" in ran["calibration"], ran["calibration"]
+    x, y = hal.data.digits("test", 28)
+    int8 = hal.compile(hal.load(out), "fpga@emu", calibration=images)
+    assert (int8(x)[0].argmax(1) == y).mean() > 0.9

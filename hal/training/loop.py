@@ -7,6 +7,7 @@ data order, accumulation groups, epochs, validation, checkpoints, callbacks and 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -18,15 +19,16 @@ import numpy as np
 from hal.backend import Device
 from hal.errors import BackendError, HalError, OptionError
 from hal.ir.model import Model, TensorSpec
-from hal.trainer import TrainGraph, Trainer, TrainSpec
-from hal.training import checkpoint
+from hal.trainer import Launch, Parallel, TrainGraph, Trainer, TrainSpec
+from hal.training import checkpoint, launcher
 from hal.training.batches import TARGET, ArrayData, BatchStream, Feed, grouped, source, weights
 from hal.training.callbacks import BestCheckpoint, Callback
 from hal.training.graph import build
 from hal.training.metrics import Evaluation, check
 from hal.training.progress import Progress
 from hal.training.result import TrainResult, trained_model
-from hal.training.settings import optimizer_spec, positive_int, train_spec, training_device
+from hal.training.settings import (check_shards, joined, optimizer_spec, parallel_spec,
+                                   positive_int, train_spec, training_device)
 
 log = logging.getLogger("hal")
 
@@ -36,7 +38,9 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
           accumulate: int = 1, precision: str = "fp32", seed: int = 0, validation: Any = None,
           metrics: Sequence[str] = ("accuracy",), checkpoint_dir: str | Path | None = None,
           resume: bool = False, callbacks: Sequence[Callback] = (), progress: bool = True,
-          freeze: Sequence[str] = (), output: str | None = None, **options: Any) -> TrainResult:
+          freeze: Sequence[str] = (), output: str | None = None, workers: int = 1,
+          strategy: str = "data", stages: int = 2, explain: bool = False,
+          **options: Any) -> TrainResult:
     """Train ``model`` (anything ``hal.compile`` takes) on ``data`` on ``device``.
 
     ``data``/``validation``: ``(x, y)`` arrays, a dict by input name with ``"target"``, or an
@@ -46,6 +50,11 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     clip_norm, total_steps; other keywords go to the backend (``TrainSpec.extra``).
     ``checkpoint_dir``: last.safetensors each epoch and best.safetensors at the best epoch;
     ``resume=True`` continues from last.safetensors.
+
+    ``workers``/``strategy``: several workers on the backend's own engine ("data": the
+    global batch of ``batch_size`` split across them; "pipeline" with ``stages``; "tensor"),
+    in fresh worker processes when this one cannot host them (``hal.training.launcher``);
+    the result's ``settings["parallel"]`` says what ran where, and ``explain=True`` logs it.
     """
     from hal.frontends import to_model
 
@@ -58,6 +67,26 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
         raise OptionError("resume=True continues from checkpoint_dir's last checkpoint: pass "
                           "checkpoint_dir=")
     dev = training_device(device)
+    parallel = parallel_spec(workers, strategy, stages)
+    launch = None
+    if parallel.active:
+        launch = dev.backend.launch_training(dev, parallel)
+        if not launch.here:
+            if not _arrays(data) or not (validation is None or _arrays(validation)):
+                raise OptionError(f"workers={workers} on {dev.string} runs in fresh worker "
+                                  f"processes ({launch.why}), which take data as (x, y) arrays "
+                                  f"or a dict of arrays, not an iterable of batches")
+            _explain(explain, dev, parallel, launch)
+            call = dict(model=hal_model, data=data, device=dev.string, loss=loss,
+                        optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
+                        accumulate=accumulate, precision=precision, seed=seed,
+                        validation=validation, metrics=metrics, checkpoint_dir=checkpoint_dir,
+                        resume=resume, callbacks=callbacks, progress=progress, freeze=freeze,
+                        output=output, workers=workers, strategy=strategy, stages=stages,
+                        **options)
+            return launcher.run_elsewhere(launch, call)
+        parallel = joined(parallel, launch)
+        _explain(explain, dev, parallel, launch)
     tg = build(hal_model, loss, freeze, output)
     feed = Feed(hal_model.inputs, _target_spec(tg))
     data_src = source(data, feed, "data")
@@ -65,12 +94,20 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     per_epoch = data_src.batches_per_epoch(batch_size)
     steps = None if per_epoch is None else -(-per_epoch // accumulate)
     opt = optimizer_spec(optimizer, lr, options)
-    spec = train_spec(opt, steps * epochs if steps else None, precision, seed, options)
+    spec = train_spec(opt, steps * epochs if steps else None, precision, seed, options,
+                      parallel)
+    if parallel.world > 1:
+        check_shards(parallel, batch_size, data_src.samples)
     run_settings = {"loss": loss, "optimizer": {k: v for k, v in asdict(spec.optimizer).items()
                                                 if k != "total_steps"},
                     "batch_size": batch_size, "accumulate": accumulate, "precision": precision,
                     "seed": seed, "freeze": list(freeze), "output": output,
                     "samples": data_src.samples}
+    if parallel.active:
+        run_settings["parallel"] = {"workers": parallel.workers, "strategy": parallel.strategy,
+                                    "processes": parallel.world, "engine": launch.why}
+        if parallel.strategy == "pipeline":
+            run_settings["parallel"]["stages"] = parallel.stages
     classification = feed.target.dtype.kind == "i"
     evaluation = (lambda: Evaluation(tg, tg.outputs.index(output) if output else 0,
                                      check(metrics, classification))) if val_src else None
@@ -81,6 +118,32 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     if resume:
         run.resume()
     return run.fit(progress)
+
+
+def _arrays(data: Any) -> bool:
+    return isinstance(data, dict) or (isinstance(data, (tuple, list)) and len(data) == 2)
+
+
+def _explain(explain: bool, dev: Device, parallel: Parallel, launch: Launch) -> None:
+    where = "this process" if launch.here else f"{launch.processes} fresh worker process(es)"
+    msg = (f"hal.train on {dev.string}: strategy {parallel.strategy!r}, {parallel.workers} "
+           f"workers, in {where}: {launch.why}")
+    log.info(msg)
+    if explain and parallel.rank == 0:
+        print(msg, file=sys.stderr)
+
+
+def shard(group: Sequence[dict], parallel: Parallel) -> tuple[list[dict], list[float]]:
+    """This process's rows of each micro-batch of ``group``, and weights such that the engine's
+    gradient average over the processes is the gradient of the whole group:
+    ``n_local * world / n_group``."""
+    total = sum(len(b[TARGET]) for b in group)
+    mine, w = [], []
+    for b in group:
+        rows = np.array_split(np.arange(len(b[TARGET])), parallel.world)[parallel.rank]
+        mine.append({k: v[rows] for k, v in b.items()})
+        w.append(len(rows) * parallel.world / total)
+    return mine, w
 
 
 def _target_spec(tg: TrainGraph) -> TensorSpec:
@@ -128,6 +191,12 @@ class Run:
 
     # -- what callbacks read ------------------------------------------------
     @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints and shows progress: rank 0 of a run over
+        several processes, or the only process."""
+        return self.spec.parallel.rank == 0
+
+    @property
     def has_validation(self) -> bool:
         return self.validation is not None
 
@@ -146,7 +215,7 @@ class Run:
     def fit(self, progress: bool) -> TrainResult:
         for cb in self.callbacks:
             cb.on_train_begin(self)
-        bar = Progress(progress, self.epochs)
+        bar = Progress(progress and self.writes, self.epochs)
         try:
             while self.epoch < self.epochs and not self.stop:
                 self._epoch(bar)
@@ -177,8 +246,10 @@ class Run:
         start, before = time.perf_counter(), self.seconds
         for group in grouped(batches, accumulate):
             self.in_step = True
+            parallel = self.spec.parallel
+            mine, w = shard(group, parallel) if parallel.world > 1 else (group, weights(group))
             losses = _call(self.dev, f"run training step {self.step}", self.trainer.step,
-                           group, weights(group))
+                           mine, w)
             self.in_step = False
             self.losses = [float(v) for v in losses]
             sizes = [len(b[TARGET]) for b in group]
@@ -230,7 +301,9 @@ class Run:
                 "callbacks": [cb.state() for cb in self.callbacks]}
 
     def save(self, path: str | Path) -> Path:
-        """Write the run's state to ``path`` (atomically); returns the path."""
+        """Write the run's state to ``path`` (atomically; rank 0 only); returns the path."""
+        if not self.writes:
+            return Path(path)
         state = _call(self.dev, "return its training state", self.trainer.state)
         tensors = {k: np.asarray(v) for k, v in state.items()}
         return checkpoint.save(path, tensors, {**self.identity(), "loop": self.loop_state(),

@@ -3,6 +3,7 @@ trains, the OptimizerSpec, the TrainSpec."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields, replace
 from typing import Any
 
@@ -10,7 +11,7 @@ from hal.backend import Backend, Device
 from hal.device import DeviceInfo, DeviceSpec
 from hal.errors import OptionError
 from hal.registry import REGISTRY
-from hal.trainer import OptimizerSpec, TrainSpec
+from hal.trainer import Launch, OptimizerSpec, Parallel, TrainSpec
 
 #: OptimizerSpec fields set by keyword (``hal.train(..., momentum=0.9)``)
 OPTIMIZER_OPTIONS = tuple(f.name for f in fields(OptimizerSpec) if f.name not in ("name", "lr"))
@@ -68,8 +69,6 @@ def _refusal(device: str, backend: str | None) -> str:
 def optimizer_spec(name: str, lr: float, options: dict[str, Any]) -> OptimizerSpec:
     """The OptimizerSpec of ``name`` and ``lr`` with the optimizer options taken out of
     ``options`` (the rest stays there)."""
-    if name not in OptimizerSpec.OPTIMIZERS:
-        raise OptionError(f"optimizer {name!r} is not one of {list(OptimizerSpec.OPTIMIZERS)}")
     _positive("lr", lr, float)
     kw = {k: options.pop(k) for k in list(options) if k in OPTIMIZER_OPTIONS}
     if "betas" in kw:
@@ -78,7 +77,7 @@ def optimizer_spec(name: str, lr: float, options: dict[str, Any]) -> OptimizerSp
 
 
 def train_spec(optimizer: OptimizerSpec, total_steps: int | None, precision: str, seed: int,
-               extra: dict) -> TrainSpec:
+               extra: dict, parallel: Parallel = Parallel()) -> TrainSpec:
     if precision not in TrainSpec.PRECISIONS:
         raise OptionError(f"precision {precision!r} is not one of {list(TrainSpec.PRECISIONS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -89,7 +88,44 @@ def train_spec(optimizer: OptimizerSpec, total_steps: int | None, precision: str
         raise OptionError("the cosine schedule needs the run's number of updates: the data is an "
                           "iterable without len(), so pass total_steps=")
     optimizer.check()
-    return TrainSpec(optimizer=optimizer, precision=precision, seed=seed, extra=dict(extra))
+    return TrainSpec(optimizer=optimizer, precision=precision, seed=seed, extra=dict(extra),
+                     parallel=parallel)
+
+
+def parallel_spec(workers: Any, strategy: Any, stages: Any) -> Parallel:
+    positive_int("workers", workers)
+    positive_int("stages", stages)
+    if strategy not in Parallel.STRATEGIES:
+        raise OptionError(f"strategy {strategy!r} is not one of {list(Parallel.STRATEGIES)}")
+    return Parallel(workers=workers, strategy=strategy, stages=stages)
+
+
+def joined(parallel: Parallel, launch: Launch) -> Parallel:
+    """``parallel`` as this process takes part in it: its rank among ``launch.processes``
+    from torch's rendezvous variables (set by HAL's launcher or by torchrun)."""
+    if launch.processes <= 1:
+        return parallel
+    env = os.environ
+    try:
+        world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+    except (KeyError, ValueError):
+        raise OptionError(f"a run of {launch.processes} processes needs RANK and WORLD_SIZE in "
+                          f"the environment (HAL's launcher or torchrun sets them)") from None
+    if world != launch.processes or not 0 <= rank < world:
+        raise OptionError(f"WORLD_SIZE={world}, RANK={rank} in the environment do not fit a run "
+                          f"of {launch.processes} processes")
+    address = f"{env.get('MASTER_ADDR', '127.0.0.1')}:{env.get('MASTER_PORT', '29500')}"
+    return replace(parallel, rank=rank, world=world, address=address)
+
+
+def check_shards(parallel: Parallel, batch_size: int, samples: int | None) -> None:
+    """Every process must get at least one sample of every micro-batch."""
+    short = samples % batch_size if samples else 0
+    for n, what in ((batch_size, "batch_size"), (short, "the last micro-batch of an epoch")):
+        if 0 < n < parallel.world:
+            raise OptionError(f"{what} has {n} samples, fewer than the {parallel.world} worker "
+                              f"processes that split it; choose a batch_size that leaves each "
+                              f"process at least one sample (samples={samples})")
 
 
 def positive_int(name: str, value: Any) -> int:

@@ -1,0 +1,83 @@
+"""hal.train(..., workers=N): the loop's side of parallel training (the split of each global
+batch, the options, the launch), and end to end on each framework's engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hal
+from hal.errors import OptionError
+from hal.trainer import Launch, Parallel
+from hal.training.batches import TARGET
+from hal.training.loop import shard
+from hal.training.settings import check_shards, joined, parallel_spec
+
+
+def linear_grad(w, x, y):
+    """The gradient of the mean squared error of x @ w against y."""
+    return 2 * x.T @ (x @ w - y) / len(x)
+
+
+@pytest.mark.parametrize("sizes", [[64], [63], [32, 31], [5, 64, 3]])
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_average_of_weighted_shard_gradients_is_the_groups_gradient(sizes, world):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 1))
+    group = [{"input": rng.standard_normal((n, 4)), TARGET: rng.standard_normal((n, 1))}
+             for n in sizes]
+    x = np.concatenate([b["input"] for b in group])
+    y = np.concatenate([b[TARGET] for b in group])
+    whole = linear_grad(w, x, y)
+    per_rank = []
+    for rank in range(world):
+        mine, weights = shard(group, Parallel(workers=world, rank=rank, world=world))
+        assert [len(b[TARGET]) for b in mine] == [len(np.array_split(np.arange(n), world)[rank])
+                                                   for n in sizes]
+        per_rank.append(sum(wt * linear_grad(w, b["input"], b[TARGET])
+                            for b, wt in zip(mine, weights)))
+    np.testing.assert_allclose(np.mean(per_rank, axis=0), whole, rtol=1e-12)
+    rows = np.concatenate([shard(group, Parallel(workers=world, rank=r, world=world))[0][0]
+                           ["input"] for r in range(world)])
+    np.testing.assert_array_equal(rows, group[0]["input"])  # each row goes to one rank
+
+
+def test_parallel_options_are_checked():
+    assert not parallel_spec(1, "data", 2).active and parallel_spec(2, "data", 2).active
+    with pytest.raises(OptionError, match="workers must be a positive int"):
+        parallel_spec(0, "data", 2)
+    with pytest.raises(OptionError, match="strategy 'model' is not one of"):
+        parallel_spec(2, "model", 2)
+    with pytest.raises(OptionError, match="fewer than the 2 worker processes"):
+        check_shards(Parallel(workers=2, world=2), 64, 129)
+    check_shards(Parallel(workers=2, world=2), 64, 130)
+
+
+def test_a_rank_joins_from_the_rendezvous_variables(monkeypatch):
+    launch = Launch(processes=2, here=True, why="test")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(OptionError, match="RANK and WORLD_SIZE"):
+        joined(Parallel(workers=2), launch)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    p = joined(Parallel(workers=2), launch)
+    assert (p.rank, p.world, p.address.endswith(":1234")) == (1, 2, True)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(OptionError, match="do not fit a run of 2"):
+        joined(Parallel(workers=2), launch)
+
+
+def test_a_backend_without_an_engine_refuses_workers():
+    from tests.test_training import NumpyTrainBackend
+    from hal.registry import REGISTRY
+
+    hal.register_backend(NumpyTrainBackend())
+    try:
+        x = np.zeros((8, 1, 4, 4), np.float32)
+        from tests.test_training import linear
+        with pytest.raises(OptionError, match="trains on one device only"):
+            hal.train(linear(), (x, np.zeros(8, np.int64)), device="cpu@nptrain", workers=2,
+                      progress=False)
+    finally:
+        REGISTRY.unregister("nptrain")
