@@ -137,14 +137,14 @@ def _free_port() -> int:
 
 def worker(folder: Path) -> int:
     """Run the call in ``folder``; rank 0 writes the result. Returns the exit status."""
-    import hal
     from hal.ir.model import load
+    from hal.training.loop import train
 
     rank = int(os.environ.get("RANK", "0"))
     try:
         call = pickle.loads((folder / CALL).read_bytes())
         model, data = load(*call.pop("model")), call.pop("data")
-        result = hal.train(model, data, **call)
+        result = train(model, data, **call)
     except HalError as exc:
         (folder / f"error-{rank}.pkl").write_bytes(pickle.dumps((type(exc).__name__, str(exc))))
         return 1
