@@ -81,3 +81,45 @@ def test_a_backend_without_an_engine_refuses_workers():
                       progress=False)
     finally:
         REGISTRY.unregister("nptrain")
+
+
+def test_the_scaling_model_is_a_ring_all_reduce():
+    from hal.training.scaling import estimate, parse_bandwidth, parse_workers
+
+    assert parse_bandwidth("100Gbit") == 100e9 == parse_bandwidth("100 Gb/s")
+    assert parse_bandwidth("12.5GB/s") == 100e9
+    with pytest.raises(OptionError, match="not a rate"):
+        parse_bandwidth("fast")
+    assert parse_workers("1,8,64") == [1, 8, 64]
+    with pytest.raises(OptionError, match="worker counts"):
+        parse_workers("1,x")
+    one, four = estimate(0.010, 64, 4_000_000, [1, 4], 8e9, latency_s=1e-5)
+    assert one.allreduce_s == 0 and one.efficiency == 1 and one.samples_per_s == 6400
+    # 2 (n-1)/n of 32 Mbit at 8 Gbit/s, plus 6 messages of 10 us
+    assert four.allreduce_s == pytest.approx(1.5 * 4e-3 + 6e-5)
+    assert four.samples_per_s == pytest.approx(256 / (0.010 + four.allreduce_s))
+    assert four.efficiency == pytest.approx(0.010 / four.step_s)
+
+
+def test_hal_train_estimate_scaling_measures_one_step_and_labels_the_model(tmp_path, capsys):
+    import json
+
+    from hal.cli import main
+    from hal.registry import REGISTRY
+    from tests.test_training import NumpyTrainBackend, blobs, linear
+
+    hal.register_backend(NumpyTrainBackend())
+    try:
+        x, y = blobs(40)
+        np.savez(tmp_path / "d.npz", x=x, y=y)
+        linear().save(tmp_path / "m.onnx")
+        assert main(["train", str(tmp_path / "m.onnx"), "--device", "cpu@nptrain", "--data",
+                     str(tmp_path / "d.npz"), "--batch", "8", "--estimate-scaling", "1,2,512",
+                     "--bandwidth", "10Gbit", "--json"]) == 0
+    finally:
+        REGISTRY.unregister("nptrain")
+    report = json.loads(capsys.readouterr().out)
+    assert "a model, not a measurement" in report["note"]
+    assert report["gradient_bytes"] == 4 * (16 * 3 + 3)
+    assert [r["workers"] for r in report["rows"]] == [1, 2, 512]
+    assert report["measured_step_ms"] > 0 and report["rows"][2]["efficiency"] < 1

@@ -36,6 +36,20 @@ def add_parser(sub) -> None:
     t.add_argument("--save-calibration", metavar="FILE.npy",
                    help=f"save {CALIBRATION_SAMPLES} training inputs, for `hal run "
                         f"--precision int8 --calibration FILE.npy` of the trained model")
+    t.add_argument("--workers", type=int, default=1,
+                   help="workers on the backend's own engine (DistributedDataParallel, a jax "
+                        "device mesh, MirroredStrategy)")
+    t.add_argument("--strategy", default="data", help="data, pipeline or tensor")
+    t.add_argument("--stages", type=int, default=2, help="pipeline stages")
+    t.add_argument("--explain", action="store_true", help="say what runs where")
+    t.add_argument("--estimate-scaling", metavar="N,N,...",
+                   help="instead of training: time one worker's step at --batch and model the "
+                        "step of N data-parallel workers (ring all-reduce; a model, not a "
+                        "measurement)")
+    t.add_argument("--bandwidth", default="100Gbit",
+                   help="link bandwidth for --estimate-scaling (100Gbit, 25Gb/s, 12.5GB/s)")
+    t.add_argument("--latency-us", type=float, default=5.0,
+                   help="per-message latency for --estimate-scaling, microseconds")
     t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -50,13 +64,17 @@ def cmd_train(args) -> int:
 
     model = to_model(args.model)
     (x, y), validation = load_data(args.data, model)
+    if args.estimate_scaling:
+        return estimate_scaling(args, model, x, y)
     options = dict(backend_options(args.option))
     result = hal.train(model, (x, y), device=args.device, loss=args.loss,
                        optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
                        batch_size=args.batch, accumulate=args.accumulate,
                        precision=args.precision, seed=args.seed, validation=validation,
                        checkpoint_dir=args.checkpoint, resume=args.resume,
-                       progress=not args.no_progress, **options)
+                       progress=not args.no_progress, workers=args.workers,
+                       strategy=args.strategy, stages=args.stages, explain=args.explain,
+                       **options)
     if args.out:
         hal.save(result.model, args.out)
     if args.save_calibration:
@@ -67,6 +85,40 @@ def cmd_train(args) -> int:
         print(json.dumps(report, indent=2, default=str))
     else:
         print_result(report)
+    return 0
+
+
+def estimate_scaling(args, model, x, y) -> int:
+    from hal.training.scaling import estimate, measure_step, parse_bandwidth, parse_workers
+
+    counts, bps = parse_workers(args.estimate_scaling), parse_bandwidth(args.bandwidth)
+    step_s, grad_bytes = measure_step(model, x, y, args.device, args.batch, args.optimizer,
+                                      args.lr, args.loss)
+    rows = estimate(step_s, args.batch, grad_bytes, counts, bps, args.latency_us * 1e-6)
+    report = {"model": model.name, "device": args.device, "batch_per_worker": args.batch,
+              "measured_step_ms": step_s * 1e3, "gradient_bytes": grad_bytes,
+              "bandwidth_bits_per_s": bps, "latency_us": args.latency_us,
+              "note": "a model, not a measurement: one worker's measured step plus a ring "
+                      "all-reduce of the fp32 gradients, no overlap",
+              "rows": [vars(r) for r in rows]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from rich.table import Table
+
+    from hal.cli import console
+
+    con = console()
+    con.print(f"[bold]{model.name}[/] on {args.device}: one worker's step at batch "
+              f"{args.batch} measured {step_s * 1e3:.2f} ms; gradients {grad_bytes:,} bytes; "
+              f"{args.bandwidth}, {args.latency_us:g} us per message")
+    t = Table(title="ESTIMATED scaling (a model, not a measurement)")
+    for c in ("workers", "step ms", "all-reduce ms", "samples/s", "efficiency"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(str(r.workers), f"{r.step_s * 1e3:.2f}", f"{r.allreduce_s * 1e3:.3f}",
+                  f"{r.samples_per_s:,.0f}", f"{r.efficiency:.1%}")
+    con.print(t)
     return 0
 
 
