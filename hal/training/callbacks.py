@@ -29,6 +29,10 @@ class Callback:
     def on_epoch_end(self, run: Run, record: dict) -> None:
         """Called with the epoch's history record (loss, metrics, timing)."""
 
+    def on_checkpoint(self, run: Run, path: Path) -> None:
+        """Called after the epoch's checkpoint is written to ``path`` (with checkpoint_dir;
+        on every process of a parallel run, though only rank 0 writes)."""
+
     def state(self) -> dict:
         """JSON values the callback needs to continue after a resume."""
         return {}

@@ -20,7 +20,7 @@ from hal.backend import Device
 from hal.errors import BackendError, HalError, OptionError
 from hal.ir.model import Model, TensorSpec
 from hal.trainer import Launch, Parallel, TrainGraph, Trainer, TrainSpec
-from hal.training import checkpoint, launcher
+from hal.training import checkpoint, launcher, ray_cluster
 from hal.training.batches import TARGET, ArrayData, BatchStream, Feed, grouped, source, weights
 from hal.training.callbacks import BestCheckpoint, Callback
 from hal.training.graph import build
@@ -40,7 +40,7 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
           resume: bool = False, callbacks: Sequence[Callback] = (), progress: bool = True,
           freeze: Sequence[str] = (), output: str | None = None, workers: int = 1,
           strategy: str = "data", stages: int = 2, explain: bool = False,
-          **options: Any) -> TrainResult:
+          cluster: str | None = None, max_failures: int = 0, **options: Any) -> TrainResult:
     """Train ``model`` (anything ``hal.compile`` takes) on ``data`` on ``device``.
 
     ``data``/``validation``: ``(x, y)`` arrays, a dict by input name with ``"target"``, or an
@@ -55,6 +55,9 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     global batch of ``batch_size`` split across them; "pipeline" with ``stages``; "tensor"),
     in fresh worker processes when this one cannot host them (``hal.training.launcher``);
     the result's ``settings["parallel"]`` says what ran where, and ``explain=True`` logs it.
+    ``cluster="ray"`` (or "ray://HOST:PORT", "HOST:PORT"): the data-parallel run as Ray Train
+    workers on a Ray cluster, restarted from the last epoch's checkpoint up to
+    ``max_failures`` times (``hal.training.ray_cluster``; ``storage_path=`` for checkpoints).
     """
     from hal.frontends import to_model
 
@@ -68,22 +71,29 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
                           "checkpoint_dir=")
     dev = training_device(device)
     parallel = parallel_spec(workers, strategy, stages)
+    call = dict(model=hal_model, data=data, device=dev.string, loss=loss, optimizer=optimizer,
+                lr=lr, epochs=epochs, batch_size=batch_size, accumulate=accumulate,
+                precision=precision, seed=seed, validation=validation, metrics=metrics,
+                checkpoint_dir=checkpoint_dir, resume=resume, callbacks=callbacks,
+                progress=progress, freeze=freeze, output=output, workers=workers,
+                strategy=strategy, stages=stages, explain=explain, **options)
+    if cluster is not None:
+        if isinstance(max_failures, bool) or not isinstance(max_failures, int) \
+                or max_failures < 0:
+            raise OptionError(f"max_failures must be an int >= 0, got {max_failures!r}")
+        _check_arrays(data, validation, f"cluster={cluster!r}")
+        if checkpoint_dir is not None or resume:
+            raise OptionError("a cluster run keeps its checkpoints in Ray's storage "
+                              "(storage_path=), not checkpoint_dir/resume")
+        call.pop("checkpoint_dir"), call.pop("resume")
+        storage = call.pop("storage_path", None)
+        return ray_cluster.run_on_ray(call, cluster, dev.backend.name, max_failures, storage)
     launch = None
     if parallel.active:
         launch = dev.backend.launch_training(dev, parallel)
         if not launch.here:
-            if not _arrays(data) or not (validation is None or _arrays(validation)):
-                raise OptionError(f"workers={workers} on {dev.string} runs in fresh worker "
-                                  f"processes ({launch.why}), which take data as (x, y) arrays "
-                                  f"or a dict of arrays, not an iterable of batches")
+            _check_arrays(data, validation, f"workers={workers} on {dev.string} ({launch.why})")
             _explain(explain, dev, parallel, launch)
-            call = dict(model=hal_model, data=data, device=dev.string, loss=loss,
-                        optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
-                        accumulate=accumulate, precision=precision, seed=seed,
-                        validation=validation, metrics=metrics, checkpoint_dir=checkpoint_dir,
-                        resume=resume, callbacks=callbacks, progress=progress, freeze=freeze,
-                        output=output, workers=workers, strategy=strategy, stages=stages,
-                        **options)
             return launcher.run_elsewhere(launch, call)
         parallel = joined(parallel, launch)
         _explain(explain, dev, parallel, launch)
@@ -122,6 +132,12 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
 
 def _arrays(data: Any) -> bool:
     return isinstance(data, dict) or (isinstance(data, (tuple, list)) and len(data) == 2)
+
+
+def _check_arrays(data: Any, validation: Any, what: str) -> None:
+    if not _arrays(data) or not (validation is None or _arrays(validation)):
+        raise OptionError(f"{what} runs in other processes, which take data as (x, y) arrays "
+                          f"or a dict of arrays, not an iterable of batches")
 
 
 def _explain(explain: bool, dev: Device, parallel: Parallel, launch: Launch) -> None:
@@ -225,6 +241,8 @@ class Run:
                     cb.on_epoch_end(self, record)
                 if self.checkpoint_dir is not None:
                     self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
+                    for cb in self.callbacks:
+                        cb.on_checkpoint(self, self.last_checkpoint)
         except KeyboardInterrupt:
             if self.checkpoint_dir is not None and not self.in_step:
                 self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
