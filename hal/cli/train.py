@@ -42,6 +42,11 @@ def add_parser(sub) -> None:
     t.add_argument("--strategy", default="data", help="data, pipeline or tensor")
     t.add_argument("--stages", type=int, default=2, help="pipeline stages")
     t.add_argument("--explain", action="store_true", help="say what runs where")
+    t.add_argument("--cluster", metavar="ray|ray://HOST:PORT",
+                   help="train as Ray Train workers on a Ray cluster (torch devices)")
+    t.add_argument("--max-failures", type=int, default=0,
+                   help="with --cluster: restarts from the last epoch's checkpoint when a "
+                        "worker dies")
     t.add_argument("--estimate-scaling", metavar="N,N,...",
                    help="instead of training: time one worker's step at --batch and model the "
                         "step of N data-parallel workers (ring all-reduce; a model, not a "
@@ -74,7 +79,8 @@ def cmd_train(args) -> int:
                        checkpoint_dir=args.checkpoint, resume=args.resume,
                        progress=not args.no_progress, workers=args.workers,
                        strategy=args.strategy, stages=args.stages, explain=args.explain,
-                       **options)
+                       **({"cluster": args.cluster, "max_failures": args.max_failures}
+                          if args.cluster else {}), **options)
     if args.out:
         hal.save(result.model, args.out)
     if args.save_calibration:
