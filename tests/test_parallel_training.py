@@ -123,3 +123,52 @@ def test_hal_train_estimate_scaling_measures_one_step_and_labels_the_model(tmp_p
     assert report["gradient_bytes"] == 4 * (16 * 3 + 3)
     assert [r["workers"] for r in report["rows"]] == [1, 2, 512]
     assert report["measured_step_ms"] > 0 and report["rows"][2]["efficiency"] < 1
+
+
+# -- end to end through hal.train, on each framework's engine ---------------------------------
+
+FRAMEWORKS = ["cpu@torch", "cpu@jax", "cpu@tf"]
+
+
+def trainer_device(device):
+    from hal.errors import HalError
+    from hal.training.settings import training_device
+
+    try:
+        return training_device(device).string
+    except HalError as exc:
+        pytest.skip(f"{device} does not train here: {exc}")
+
+
+def small_mlp():
+    from hal import nn
+
+    with nn.seed(0):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(),
+                             nn.Linear(48, 10)).to_model((None, 1, 8, 8), name="small_mlp")
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("adam", 1e-3)])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_two_workers_make_the_steps_of_one(framework, optimizer, lr):
+    """20 steps at a global batch of 64 (10 per epoch, the last of each 63 samples: an uneven
+    split) with workers=2 end at the weights of one worker."""
+    device = trainer_device(framework)
+    pytest.importorskip("sklearn")
+    x, y = hal.data.digits("train", 8)
+    data = (x[:639], y[:639])
+    kw = dict(device=device, optimizer=optimizer, lr=lr, epochs=2, batch_size=64,
+              progress=False)
+    one = hal.train(small_mlp(), data, **kw)
+    two = hal.train(small_mlp(), data, workers=2, timeout=240, **kw)
+    assert two.steps == one.steps == 20
+    assert two.settings["parallel"]["workers"] == 2, two.settings
+    inits = one.model.graph.initializers
+    for name, v in two.model.graph.initializers.items():
+        assert rel(v.const_value.numpy(), inits[name].const_value.numpy()) < 1e-5, name
+    for a, b in zip(one.history, two.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

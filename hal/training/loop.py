@@ -40,7 +40,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
           resume: bool = False, callbacks: Sequence[Callback] = (), progress: bool = True,
           freeze: Sequence[str] = (), output: str | None = None, workers: int = 1,
           strategy: str = "data", stages: int = 2, explain: bool = False,
-          cluster: str | None = None, max_failures: int = 0, **options: Any) -> TrainResult:
+          cluster: str | None = None, max_failures: int = 0, timeout: float | None = None,
+          **options: Any) -> TrainResult:
     """Train ``model`` (anything ``hal.compile`` takes) on ``data`` on ``device``.
 
     ``data``/``validation``: ``(x, y)`` arrays, a dict by input name with ``"target"``, or an
@@ -58,6 +59,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     ``cluster="ray"`` (or "ray://HOST:PORT", "HOST:PORT"): the data-parallel run as Ray Train
     workers on a Ray cluster, restarted from the last epoch's checkpoint up to
     ``max_failures`` times (``hal.training.ray_cluster``; ``storage_path=`` for checkpoints).
+    ``timeout``: seconds the fresh worker processes of a parallel run may take before they are
+    stopped and the run fails (None: no limit).
     """
     from hal.frontends import to_model
 
@@ -94,7 +97,7 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
         if not launch.here:
             _check_arrays(data, validation, f"workers={workers} on {dev.string} ({launch.why})")
             _explain(explain, dev, parallel, launch)
-            return launcher.run_elsewhere(launch, call)
+            return launcher.run_elsewhere(launch, call, timeout)
         parallel = joined(parallel, launch)
         _explain(explain, dev, parallel, launch)
     tg = build(hal_model, loss, freeze, output)
