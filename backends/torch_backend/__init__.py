@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx_ir as ir
 
-    from hal.trainer import Trainer, TrainGraph, TrainSpec
+    from hal.trainer import Launch, Parallel, Trainer, TrainGraph, TrainSpec
 
 #: torch stores these but has almost no kernels for them; only data movement is allowed
 _SHELL_DTYPES = frozenset({"UINT16", "UINT32", "UINT64"})
@@ -151,6 +151,14 @@ class TorchBackend(Backend):
         from hal.backends.torch_backend.training import TorchTrainer
 
         return TorchTrainer(graph, device, spec)
+
+    def launch_training(self, device: Device, parallel: Parallel) -> Launch:
+        """strategy "data": one process per worker under DistributedDataParallel (gloo on cpu,
+        nccl on cuda with one GPU per process); ``here`` when torchrun or HAL's launcher started
+        this process (RANK set, WORLD_SIZE == workers). "pipeline" and "tensor" are refused."""
+        from hal.backends.torch_backend.parallel import launch
+
+        return launch(device.info.kind, parallel)
 
 
 class TorchBuffer(Buffer):

@@ -5,6 +5,17 @@ autocast); running statistics are buffers that take the graph's ``updates`` outp
 micro-batch; the evaluation graph runs on the same tensors. Dropout masks come from a
 generator reseeded from ``TrainSpec.seed`` and the update number at each update, so a resumed
 run draws the masks the uninterrupted one would have without any generator state to save.
+
+Data-parallel (``spec.parallel``: strategy "data", world > 1): this process is one rank of a
+torch process group (gloo on CPU, nccl on CUDA, where each rank uses ``cuda:LOCAL_RANK``), and
+the training module runs through ``DistributedDataParallel`` (``parallel.py``): the backward of
+a step's last micro-batch averages the gradients over the ranks (the others accumulate under
+``no_sync``), so with HAL's weights (``n_local * world / N_global``) every rank makes the
+update of the global batch. ``step`` returns each micro-batch's global loss (the same on every
+rank). Each rank draws its own dropout masks (the rank folded into the seed; rank 0 draws what a
+single process would). BatchNorm running statistics: each rank updates them from its shard and
+then takes rank 0's, so every rank holds rank 0's. ``close()`` leaves the process group (also
+done at exit).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import onnx_ir as ir
 import torch
 
 from hal.backend import Device
+from hal.backends.torch_backend import parallel as dp
 from hal.backends.torch_backend import torch_device
 from hal.backends.torch_backend.optimizers import (array_entry, build_optimizer, build_schedule,
                                                    check_state, flatten, load_optimizer_state,
@@ -62,6 +74,17 @@ class TorchTrainer(Trainer):
                               f"{sorted(spec.extra)}")
         self.device, self.spec = device, spec
         self.tdev = torch_device(device)
+        par = spec.parallel
+        self.distributed = par.strategy == "data" and par.world > 1
+        if par.active and not self.distributed:
+            dp.launch(self.tdev.type, par)  # the refusal of a strategy torch does not run
+            raise OptionError(f"workers={par.workers} (strategy {par.strategy!r}) runs one "
+                              f"process per worker on torch, but this trainer was given rank "
+                              f"{par.rank} of world={par.world}; train through hal.train(..., "
+                              f"workers={par.workers}) or torchrun, which start the processes")
+        if self.distributed:
+            self.tdev = dp.rank_device(self.tdev, par)
+            dp.join(par, self.tdev)
         self.autocast = _autocast_dtype(spec.precision, self.tdev, device.string)
         if self.tdev.type == "cuda" and self.autocast is None:
             # true fp32, as in inference: TF32 would not agree with the other backends
@@ -78,6 +101,7 @@ class TorchTrainer(Trainer):
         low = SharedLowering(graph.model, self.tdev, tensors, draws=True, cast_outputs=cast)
         self.train_module = low.lower()
         self.train_inputs = _declared(graph.model, low.input_names)
+        self.target_index = low.input_names.index(graph.target)
         outs = [v.name for v in graph.model.graph.outputs]
         self.loss_index = outs.index(graph.loss)
         self.update_slots = [(outs.index(out), self.stats[init])
@@ -91,6 +115,9 @@ class TorchTrainer(Trainer):
         self.scaler = torch.amp.GradScaler(self.tdev.type) if spec.precision == "fp16" else None
         self.rng = torch.Generator(device=self.tdev)
         self.steps = 0
+        self.closed = False
+        self.run = (dp.DataParallelRun(self.train_module, list(self.stats.values()), par,
+                                       self.tdev) if self.distributed else None)
 
     # -- training ---------------------------------------------------------------------------
     def step(self, batches: Sequence[dict[str, np.ndarray]],
@@ -98,24 +125,37 @@ class TorchTrainer(Trainer):
         if len(batches) == 0 or len(batches) != len(weights):
             raise InputError(f"step() takes one or more micro-batches and one weight each; got "
                              f"{len(batches)} batches and {len(weights)} weights")
-        self.rng.manual_seed(draw_seed(self.spec.seed, self.steps))
+        if self.closed:
+            raise BackendError("this data-parallel trainer was closed (it left its process "
+                               "group); compile a new one to train again")
+        seed = draw_seed(self.spec.seed, self.steps)
+        if self.run is not None and self.run.rank:
+            seed = draw_seed(seed, self.run.rank)  # each rank its own dropout masks
+        self.rng.manual_seed(seed)
         self.optimizer.zero_grad(set_to_none=True)
-        losses = []
+        losses, counts = [], []
+        module = self.train_module if self.run is None else self.run.ddp
         with torch.enable_grad():
-            for batch, weight in zip(batches, weights):
+            for i, (batch, weight) in enumerate(zip(batches, weights)):
                 xs = self._tensors(batch, self.train_inputs)
-                with self._precision():
-                    outs = self._run(self.train_module, *xs, self.rng)
-                loss = outs[self.loss_index]
-                scaled = loss * float(weight)
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                with self._sync(i == len(batches) - 1):
+                    with self._precision():
+                        outs = self._run(module, *xs, self.rng)
+                    loss = outs[self.loss_index]
+                    scaled = loss * float(weight)
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 with torch.no_grad():
                     for index, stat in self.update_slots:
                         stat.copy_(outs[index])
                 losses.append(loss.detach())
+                counts.append(int(xs[self.target_index].shape[0]))
         self._update()
         self.steps += 1
-        host = torch.stack(losses).float().cpu().numpy()
+        if self.run is None:
+            host = torch.stack(losses).float().cpu().numpy()
+        else:
+            self.run.share_stats()
+            host = self.run.global_losses(losses, counts).float().cpu().numpy()
         self._count_d2h([host])
         return [float(v) for v in host]
 
@@ -133,6 +173,16 @@ class TorchTrainer(Trainer):
         with warnings.catch_warnings():  # a skipped fp16 step is expected, not a misuse
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.schedule.step()
+
+    def _sync(self, last: bool):
+        return contextlib.nullcontext() if self.run is None else self.run.sync(last)
+
+    def close(self) -> None:
+        """Leave the process group of a data-parallel run (nothing for a single process);
+        the trainer steps no more after it."""
+        if self.run is not None:
+            self.run, self.closed = None, True
+            dp.close()
 
     def evaluate(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         xs = self._tensors(inputs, self.eval_inputs)

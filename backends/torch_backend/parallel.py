@@ -1,0 +1,196 @@
+"""Data-parallel training on torch: one process per worker, DistributedDataParallel between them.
+
+``TorchBackend.launch_training`` says how to run a ``hal.trainer.Parallel``: strategy "data"
+runs one process per worker (gloo on CPU, nccl on CUDA, one GPU per process: ``cuda:LOCAL_RANK``).
+A process that torchrun or HAL's launcher started (``RANK`` set and ``WORLD_SIZE`` equal to
+``workers``) hosts its part here; otherwise HAL's launcher starts ``workers`` processes.
+
+In each process the trainer (``TorchTrainer``) joins the process group and wraps its training
+module in ``torch.nn.parallel.DistributedDataParallel`` (``DataParallelRun`` below): every rank
+steps on its shard of each global micro-batch with the weights HAL's loop gives it
+(``n_local * world / N_global``), so DDP's gradient average over the ranks is the gradient of
+the global batch, and every rank makes the same update.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+from hal.errors import BackendError, OptionError
+from hal.trainer import Launch, Parallel
+
+#: how long a collective (the rendezvous included) waits for the other ranks before failing
+TIMEOUT_S = 600
+
+#: the process-group backend of each device kind
+ENGINES = {"cpu": "gloo", "cuda": "nccl"}
+
+_owned = False  # this module initialized the default process group (close() destroys it)
+
+
+def launch(kind: str, parallel: Parallel) -> Launch:
+    """``TorchBackend.launch_training`` for a device of ``kind`` ("cpu", "cuda", "mps")."""
+    if parallel.strategy not in Parallel.STRATEGIES:
+        raise OptionError(f"strategy {parallel.strategy!r} is not one of "
+                          f"{list(Parallel.STRATEGIES)}")
+    if parallel.strategy == "tensor":
+        raise OptionError("torch does not run strategy='tensor' (weights sharded over a device "
+                          "mesh); train on a jax device (e.g. device='cpu@jax') for it, or use "
+                          "strategy='data' on torch")
+    if parallel.strategy == "pipeline":
+        raise OptionError("strategy='pipeline' is not built yet on torch; use strategy='data' "
+                          "(DistributedDataParallel) on torch")
+    workers = parallel.workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise OptionError(f"workers must be a positive int, got {workers!r}")
+    if workers == 1:
+        return Launch(processes=1, here=True, why="one process")
+    engine = ENGINES.get(kind)
+    if engine is None:
+        raise OptionError(f"torch runs DistributedDataParallel on cpu (gloo) and cuda (nccl), "
+                          f"not on {kind}; train with workers=1 on {kind}, or on a cpu or cuda "
+                          f"device")
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        if workers > count:
+            raise OptionError(f"workers={workers} needs one CUDA device per worker process; "
+                              f"torch sees {count}; use workers <= {count}")
+    why = f"DistributedDataParallel over {workers} processes, {engine}"
+    world, rank = os.environ.get("WORLD_SIZE"), os.environ.get("RANK")
+    if world is not None and rank is not None:
+        if world != str(workers):
+            raise OptionError(f"this process is rank {rank} of WORLD_SIZE={world} (set by "
+                              f"torchrun or HAL's launcher), but the run asks for "
+                              f"workers={workers}; start it with --nproc-per-node {workers} "
+                              f"or pass workers={world}")
+        return Launch(processes=workers, env={}, here=True, why=why)
+    return Launch(processes=workers, env={}, here=False, why=why)
+
+
+def rank_device(tdev: torch.device, parallel: Parallel) -> torch.device:
+    """The torch device of this rank: the CPU for every rank, ``cuda:LOCAL_RANK`` on CUDA."""
+    if tdev.type not in ENGINES:
+        raise OptionError(f"torch runs DistributedDataParallel on cpu (gloo) and cuda (nccl), "
+                          f"not on {tdev.type}; train with workers=1 there")
+    if tdev.type != "cuda":
+        return tdev
+    local = int(os.environ.get("LOCAL_RANK", parallel.rank))
+    count = torch.cuda.device_count()
+    if not 0 <= local < count:
+        raise OptionError(f"rank {parallel.rank} would run on cuda:{local} (LOCAL_RANK), but "
+                          f"torch sees {count} CUDA device(s); start at most {count} processes "
+                          f"per machine")
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def join(parallel: Parallel, tdev: torch.device) -> None:
+    """Join the default process group of ``parallel`` (once per process): rendezvous at
+    ``parallel.address`` ("host:port") or, without one, at MASTER_ADDR/MASTER_PORT."""
+    global _owned
+    if not 0 <= parallel.rank < parallel.world:
+        raise OptionError(f"rank {parallel.rank} is not in [0, world={parallel.world})")
+    if dist.is_initialized():
+        if (dist.get_rank(), dist.get_world_size()) != (parallel.rank, parallel.world):
+            raise OptionError(f"this process already belongs to a torch process group as rank "
+                              f"{dist.get_rank()} of {dist.get_world_size()}, not rank "
+                              f"{parallel.rank} of {parallel.world}")
+        return
+    if parallel.address:
+        host, _, port = parallel.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise OptionError(f"parallel address {parallel.address!r} is not 'host:port'")
+        init = f"tcp://{parallel.address}"
+    else:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise OptionError(f"a run of {parallel.world} processes needs a rendezvous address: "
+                              f"Parallel(address='host:port') or {missing} in the environment")
+        init = "env://"
+    try:
+        dist.init_process_group(ENGINES[tdev.type], init_method=init, rank=parallel.rank,
+                                world_size=parallel.world,
+                                timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    except (RuntimeError, ValueError) as exc:
+        raise BackendError(f"rank {parallel.rank} of {parallel.world} could not join the torch "
+                           f"process group at {init}: {exc}") from exc
+    _owned = True
+
+
+def close() -> None:
+    """Leave (destroy) the process group this module joined; nothing when it joined none."""
+    global _owned
+    if _owned and dist.is_initialized():
+        dist.destroy_process_group()
+    _owned = False
+
+
+atexit.register(close)
+
+
+class DataParallelRun:
+    """One rank's side of a data-parallel step: the DDP wrapper of the training module, the
+    global losses, and the running statistics made the same on every rank.
+
+    BatchNorm running statistics: each rank updates them from its own shard (no SyncBatchNorm:
+    the batch statistics that normalize a shard are the shard's own), and after each update
+    every rank takes rank 0's, so all ranks hold, evaluate with and save the same values: rank
+    0's.
+    """
+
+    def __init__(self, module: torch.nn.Module, stats: Sequence[torch.Tensor],
+                 parallel: Parallel, tdev: torch.device):
+        self.rank, self.world = parallel.rank, parallel.world
+        self.stats = list(stats)
+        self.tdev = tdev
+        ids = [tdev.index] if tdev.type == "cuda" else None
+        try:
+            # broadcasts rank 0's parameters and buffers, so every rank starts from the same
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=ids, output_device=ids[0] if ids else None,
+                broadcast_buffers=False)
+        except RuntimeError as exc:
+            raise BackendError(f"rank {self.rank} of {self.world}: DistributedDataParallel "
+                               f"could not wrap the training module: {exc}") from exc
+
+    def sync(self, last: bool):
+        """The context of one micro-batch's forward and backward: gradients are all-reduced
+        (averaged) only in the last micro-batch of a step."""
+        return torch.enable_grad() if last else self.ddp.no_sync()
+
+    def global_losses(self, losses: Sequence[torch.Tensor],
+                      counts: Sequence[int]) -> torch.Tensor:
+        """Each micro-batch's loss over the global micro-batch: the sum over ranks of
+        ``loss * n_local`` over the sum of ``n_local``."""
+        local = torch.stack([torch.stack([loss.detach().double() * n,
+                                          torch.tensor(float(n), dtype=torch.float64,
+                                                       device=loss.device)])
+                             for loss, n in zip(losses, counts)])
+        self._collective(dist.all_reduce, local)
+        return local[:, 0] / local[:, 1]
+
+    def share_stats(self) -> None:
+        """Every rank takes rank 0's running statistics (one broadcast for all of them)."""
+        if not self.stats:
+            return
+        with torch.no_grad():
+            flat = torch.cat([t.reshape(-1) for t in self.stats])
+            self._collective(dist.broadcast, flat, src=0)
+            offset = 0
+            for t in self.stats:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def _collective(self, op, *args, **kw) -> None:
+        try:
+            op(*args, **kw)
+        except RuntimeError as exc:
+            raise BackendError(f"rank {self.rank} of {self.world}: {op.__name__} failed (did "
+                               f"every rank step with the same number of micro-batches?): "
+                               f"{exc}") from exc
