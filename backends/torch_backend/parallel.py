@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import inspect
 import os
 from collections.abc import Sequence
 
@@ -150,11 +151,15 @@ class DataParallelRun:
         self.stats = list(stats)
         self.tdev = tdev
         ids = [tdev.index] if tdev.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel
+        # no buffer broadcast at each forward (share_stats does it once per update); newer
+        # torch names that option forward_sync_buffers and deprecates broadcast_buffers
+        sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                inspect.signature(ddp.__init__).parameters else "broadcast_buffers")
         try:
             # broadcasts rank 0's parameters and buffers, so every rank starts from the same
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=ids, output_device=ids[0] if ids else None,
-                broadcast_buffers=False)
+            self.ddp = ddp(module, device_ids=ids, output_device=ids[0] if ids else None,
+                           **{sync: False})
         except RuntimeError as exc:
             raise BackendError(f"rank {self.rank} of {self.world}: DistributedDataParallel "
                                f"could not wrap the training module: {exc}") from exc
