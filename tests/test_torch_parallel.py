@@ -87,7 +87,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import hal
     from hal.trainer import OptimizerSpec, Parallel, TrainSpec
-    from test_torch_parallel import BN_DROPOUT, SCENARIOS, model, rank_step
+    from test_torch_parallel import BN_DROPOUT, SCENARIOS, global_batches, model, rank_step
 
     out, address = sys.argv[1], sys.argv[2]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -107,8 +107,14 @@ WORKER = textwrap.dedent("""
             else:
                 batches, weights = rank_step(kind, s, micro, n, rank, world)
             losses.append(tr.step(batches, weights))
+        extra = {{}}
+        if name == "sgd":  # evaluate, state and load_state on every rank
+            state = tr.state()
+            tr.load_state(state)
+            x = global_batches(kind, 99, 1, 8)[0][0]
+            extra = {{"eval": tr.evaluate({{"input": x}})[0], "keys": np.array(sorted(state))}}
         np.savez(os.path.join(out, f"{{name}}-{{rank}}.npz"), losses=np.array(losses),
-                 **{{"w/" + k: v for k, v in tr.weights().items()}})
+                 **extra, **{{"w/" + k: v for k, v in tr.weights().items()}})
     tr.close()
 """)
 
@@ -188,7 +194,8 @@ def ddp_runs(tmp_path_factory):
 
 
 def single_process(graph, name: str):
-    """The scenario in one process: each step on the global micro-batches, weights n / N."""
+    """The scenario in one process: each step on the global micro-batches, weights n / N;
+    (losses, weights, trainer)."""
     kind, opt, steps, micro, n = SCENARIOS.get(name, BN_DROPOUT)
     dev = hal.training.settings.training_device("cpu@torch")
     tr = dev.backend.compile_training(graph, dev, TrainSpec(OptimizerSpec(**opt)))
@@ -197,7 +204,7 @@ def single_process(graph, name: str):
         batches, weights = rank_step(kind, s, micro, n, 0, 1)
         assert weights == [1 / micro] * micro
         losses.append(tr.step(batches, weights))
-    return np.array(losses), tr.weights()
+    return np.array(losses), tr.weights(), tr
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -207,7 +214,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_ddp_matches_one_process(ddp_runs, graphs, name):
     graph = graphs[SCENARIOS[name][0]]
-    losses, weights = single_process(graph, name)
+    losses, weights, _ = single_process(graph, name)
     runs = ddp_runs[name]
     for rank, run in enumerate(runs):
         # every rank reports the global loss of each micro-batch
@@ -224,12 +231,20 @@ def test_ddp_matches_one_process(ddp_runs, graphs, name):
     assert max(rel_err(weights[k], start[k]) for k in start) > 1e-3
 
 
+def test_ddp_evaluate_and_state(ddp_runs, graphs):
+    _, _, tr = single_process(graphs["mlp"], "sgd")
+    want = tr.evaluate({"input": global_batches("mlp", 99, 1, 8)[0][0]})[0]
+    for run in ddp_runs["sgd"]:
+        assert rel_err(run["eval"], want) < 1e-5
+        assert list(run["keys"]) == sorted(tr.state())
+
+
 def test_ddp_dropout_and_batchnorm(ddp_runs, graphs):
     """Both ranks step on the same batch: each draws its own dropout masks (rank 0 the ones a
     single process draws), so the global loss differs from the single process's; the ranks
     still hold the same weights and the same running statistics (rank 0's)."""
     runs = ddp_runs["bn_dropout"]
-    losses, _ = single_process(graphs["bn_dropout"], "bn_dropout")
+    losses, _, _ = single_process(graphs["bn_dropout"], "bn_dropout")
     np.testing.assert_array_equal(runs[0]["losses"], runs[1]["losses"])
     assert abs(runs[0]["losses"][0, 0] - losses[0, 0]) > 1e-4  # same weights, other masks
     keys = [k for k in runs[0] if k.startswith("w/")]
@@ -263,7 +278,7 @@ def test_torchrun_starts_the_ranks(tmp_path, graphs):
             f"--nproc-per-node={WORLD}", "--master-addr=127.0.0.1", f"--master-port={port}",
             script, str(tmp_path), "", "sgd"]
     run_group([argv], [base_env()])
-    losses, weights = single_process(graphs["mlp"], "sgd")
+    losses, weights, _ = single_process(graphs["mlp"], "sgd")
     for r in range(WORLD):
         run = dict(np.load(tmp_path / f"sgd-{r}.npz"))
         assert rel_err(run["losses"], losses) < 1e-5
