@@ -2,9 +2,10 @@
 
 The lowering is the tracing backends' shared one (``hal.backends.common``) with jax's
 context and kernel table; training (``compile_training``) is ``trainer.JaxTrainer``, with
-optax's optimizers (``optim``). jax is imported lazily (probe/compile, ``framework``). Nothing
-global is changed: 64-bit types are enabled per computation, only for segments that need
-them, with ``jax.enable_x64`` around their trace and calls.
+optax's optimizers (``optim``), on one device or a device mesh (``parallel``). jax is
+imported lazily (probe/compile, ``framework``). Nothing global is changed: 64-bit types are
+enabled per computation, only for segments that need them, with ``jax.enable_x64`` around
+their trace and calls.
 """
 
 from __future__ import annotations
@@ -122,6 +123,18 @@ class JaxBackend(TracingBackend):
                               f"precision='bf16' (fp32 master weights, bf16 compute)")
         low = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}[spec.precision]
         return JaxTrainer(device, graph, spec, self.jax_device(device), low)
+
+    def launch_training(self, device: Device, parallel):
+        """Data ("data") and tensor ("tensor") parallelism over a device mesh in one process
+        (``parallel``): ``here=True`` when jax already sees ``parallel.workers`` devices of
+        ``device``'s platform; on a CPU with fewer, one fresh process whose ``XLA_FLAGS`` sets
+        XLA's host device count (fixed when jax initializes); on a GPU or TPU with fewer, an
+        OptionError. "pipeline" is torch's. Multi-host jax (``jax.distributed.initialize``)
+        is not supported: the workers are this process's devices."""
+        import_jax()
+        from hal.backends.jax_backend.parallel import launch
+
+        return launch(device, parallel)
 
     # -- buffers -----------------------------------------------------------------
     def put(self, array: np.ndarray, device: Device):

@@ -8,6 +8,10 @@ micro-batch (jitted once per shape), then updates once. Dropout's masks come fro
 ``jax.random`` keys folded from the seed, the update step and the micro-batch's position,
 so a resumed run (same backend and jax version) draws the masks the uninterrupted one would
 have.
+
+With ``spec.parallel`` active (``workers > 1``, strategy "data" or "tensor") the same jitted
+functions run SPMD over a device mesh of this process (``parallel.Layout``): the trainer still
+receives the global micro-batches and spreads each over the devices itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from hal.backends.jax_backend.executable import JaxExecutable
 from hal.backends.jax_backend.framework import jax, jnp
 from hal.backends.jax_backend.kernels import TABLE
 from hal.backends.jax_backend.optim import LossScale, optax_module, optimizer
+from hal.backends.jax_backend.parallel import Layout
 from hal.backends.jax_backend.state import pack, unpack
 from hal.errors import InputError
 from hal.trainer import Trainer, TrainGraph, TrainSpec
@@ -52,23 +57,29 @@ class JaxTrainer(Trainer):
         self.cx = JaxContext(TABLE, prec, low)
         self.fn = training_function(tp, self.cx)
         self._x64 = (lambda: jax.enable_x64(True)) if tp.wide_types else contextlib.nullcontext
+        #: the device mesh of a parallel run (None on one device)
+        self.layout = Layout(spec.parallel, jdev, graph,
+                             {n: tp.initial[n].shape for n in tp.params}) \
+            if spec.parallel.active else None
+        self._put = (lambda tree: jax.device_put(tree, jdev)) if self.layout is None \
+            else self.layout.put
         with self._x64():
             def put(names, dtype=None):
-                return {n: jax.device_put(tp.initial[n].astype(dtype or tp.initial[n].dtype),
-                                          jdev) for n in names}
+                return self._put({n: tp.initial[n].astype(dtype or tp.initial[n].dtype)
+                                  for n in names})
 
             self.params = put(tp.params, np.float32)
             self.fixed = put(tp.fixed)
             self.stats = put(tp.state)
             # committed to the device as the steps return them: jit compiles once, not twice
-            self.opt_state = jax.device_put(self.tx.init(self.params), jdev)
-            self.scaler = jax.device_put(LossScale.start(), jdev) \
-                if spec.precision == "fp16" else None
+            self.opt_state = self._put(self.tx.init(self.params))
+            self.scaler = self._put(LossScale.start()) if spec.precision == "fp16" else None
         self.seed = spec.seed
         self.steps = 0
         self._one = jax.jit(self._update_one, donate_argnums=(0, 1))
         self._add = jax.jit(self._accumulate, donate_argnums=(3,))
         self._apply = jax.jit(self._apply_grads, donate_argnums=(0, 1))
+        self._zeros = jax.jit(self._zeros_like)
         self._eval: JaxExecutable | None = None
 
     # -- the jitted pieces ------------------------------------------------------------
@@ -90,7 +101,15 @@ class JaxTrainer(Trainer):
     def _accumulate(self, params, fixed, stats, acc, inputs, seed, step, index, weight, scaler):
         loss, grads, new_stats = self._grads(params, fixed, stats, inputs, seed, step, index,
                                              weight, scaler)
-        return loss, jax.tree_util.tree_map(jnp.add, acc, grads), new_stats
+        return self._pin((loss, jax.tree_util.tree_map(jnp.add, acc, grads), new_stats))
+
+    def _pin(self, tree):
+        """Outputs where the parallel layout keeps them (as they came: XLA's partitioner
+        could otherwise return a weight in another sharding); unchanged on one device."""
+        return tree if self.layout is None else self.layout.pin(tree)
+
+    def _zeros_like(self, tree):
+        return self._pin(jax.tree_util.tree_map(jnp.zeros_like, tree))
 
     def _apply_grads(self, params, opt_state, grads, scaler):
         optax = optax_module()
@@ -107,13 +126,13 @@ class JaxTrainer(Trainer):
             new_params = jax.tree_util.tree_map(keep, new_params, params)
             new_opt = jax.tree_util.tree_map(keep, new_opt, opt_state)
             scaler = scaler.adjust(finite)
-        return new_params, new_opt, scaler
+        return self._pin((new_params, new_opt, scaler))
 
     def _update_one(self, params, opt_state, fixed, stats, inputs, seed, step, weight, scaler):
         loss, grads, new_stats = self._grads(params, fixed, stats, inputs, seed, step, 0,
                                              weight, scaler)
         params, opt_state, scaler = self._apply_grads(params, opt_state, grads, scaler)
-        return loss, params, opt_state, new_stats, scaler
+        return self._pin((loss, params, opt_state, new_stats, scaler))
 
     # -- Trainer ----------------------------------------------------------------------
     def step(self, batches: Sequence[dict[str, np.ndarray]],
@@ -123,6 +142,9 @@ class JaxTrainer(Trainer):
                              f"{len(batches)} batches and {len(weights)} weights")
         feeds = [self._feed(b) for b in batches]
         self._count(feeds)
+        if self.layout is not None:
+            with self._x64():
+                feeds = [self.layout.feed(f) for f in feeds]
         seed, step = np.uint32(self.seed % 2 ** 32), np.int32(self.steps)
         with self._x64():
             if len(feeds) == 1:
@@ -131,7 +153,8 @@ class JaxTrainer(Trainer):
                     np.float32(weights[0]), self.scaler)
                 losses = [loss]
             else:
-                acc = jax.tree_util.tree_map(jnp.zeros_like, self.params)
+                acc = jax.tree_util.tree_map(jnp.zeros_like, self.params) \
+                    if self.layout is None else self._zeros(self.params)
                 losses = []
                 for i, (feed, w) in enumerate(zip(feeds, weights)):
                     loss, acc, self.stats = self._add(self.params, self.fixed, self.stats, acc,
@@ -171,6 +194,9 @@ class JaxTrainer(Trainer):
             plan = lower(self.graph.eval_model, TABLE, "jax", params=True, variables=names)
             exe = self._eval = JaxExecutable(self.device, plan, self.cx, self.jdev, jit=True)
             self._eval_params = exe.params
+            if self.layout is not None:  # on the mesh with the weights
+                with self._x64():
+                    self._eval_params = tuple(self.layout.put(p) for p in exe.params)
         current = {**self.params, **self.stats}
         low = self.cx.low
         exe.params = tuple(
@@ -198,11 +224,26 @@ class JaxTrainer(Trainer):
         loaded = unpack(self._tree(), state)
         with self._x64():
             self.params, self.stats, self.opt_state = (
-                jax.device_put(loaded[k], self.jdev) for k in ("param", "update", "opt"))
+                self._put(loaded[k]) for k in ("param", "update", "opt"))
             if self.scaler is not None:
-                self.scaler = LossScale(**jax.device_put(loaded["scale"], self.jdev))
+                self.scaler = LossScale(**self._put(loaded["scale"]))
         self.steps = int(loaded["step"])
         self.seed = int(loaded["rng"]["seed"])
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """How the trainer runs, for a run's report: the device, and for a parallel run its
+        mesh, the micro-batches split over it and those run replicated (a size that does not
+        divide by the workers), or (tensor) where each weight went."""
+        out: dict[str, Any] = {"device": str(self.jdev), "precision": self.spec.precision}
+        if self.layout is not None:
+            out["parallel"] = self.layout.describe()
+        return out
+
+    @property
+    def placement(self) -> dict[str, str]:
+        """Each trainable weight's place on the mesh (tensor parallel); empty otherwise."""
+        return {} if self.layout is None else dict(self.layout.placement)
 
     def weights(self) -> dict[str, np.ndarray]:
         out = {n: np.asarray(v, np.float32) for n, v in self.params.items()}
