@@ -127,17 +127,7 @@ def test_hal_train_estimate_scaling_measures_one_step_and_labels_the_model(tmp_p
 
 # -- end to end through hal.train, on each framework's engine ---------------------------------
 
-FRAMEWORKS = ["cpu@torch", "cpu@jax", "cpu@tf"]
-
-
-def trainer_device(device):
-    from hal.errors import HalError
-    from hal.training.settings import training_device
-
-    try:
-        return training_device(device).string
-    except HalError as exc:
-        pytest.skip(f"{device} does not train here: {exc}")
+from tests.test_training import FRAMEWORKS, trainer_device  # noqa: E402
 
 
 def small_mlp():

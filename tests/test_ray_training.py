@@ -10,11 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import hal
 from hal.training.callbacks import Callback
+from tests.test_parallel_training import rel, small_mlp
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.train.torch")
@@ -65,18 +65,6 @@ def time_bound(request):
         yield
     finally:
         timer.cancel()
-
-
-def small_mlp():
-    from hal import nn
-
-    with nn.seed(0):
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(),
-                             nn.Linear(48, 10)).to_model((None, 1, 8, 8), name="small_mlp")
-
-
-def rel(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
 def same_weights(a, b):
