@@ -22,7 +22,9 @@ On GPUs, TF32 is switched off for TensorFlow so that fp32 segments compute in fp
 Training (``trains``, ``compile_training``): the training graph on the same lowering and
 layout pass, differentiated by ``tf.GradientTape``, updated by Keras's optimizers
 (``training``, ``optimizers``); XLA by default on gpu and tpu, not on cpu (see there);
-precisions fp32 and bf16 on every kind, fp16 (dynamic loss scaling) on gpu.
+precisions fp32 and bf16 on every kind, fp16 (dynamic loss scaling) on gpu. Data
+parallelism (``launch_training``, ``TrainSpec.parallel``): tf.distribute.MirroredStrategy
+over GPUs or logical CPU devices (``HAL_TF_CPU_DEVICES``), in one process (``parallel``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class TfBackend(TracingBackend):
         tpu_reason = self._connect_tpu(tf) if _tpu_present() else _MISSING["tpu"]
         for kind in self.kinds:
             logical = tf.config.list_logical_devices(kind.upper())
+            if kind == "cpu":  # HAL_TF_CPU_DEVICES splits one CPU for MirroredStrategy: one
+                logical = logical[:1]  # device to HAL, its replicas the trainer's (parallel)
             if not logical:
                 reason = tpu_reason if kind == "tpu" else _MISSING[kind]
                 found.append(self.unusable(kind, reason, host_memory=kind == "cpu"))
@@ -144,8 +148,22 @@ class TfBackend(TracingBackend):
             return Flow("tf.xla" if xla else "tf.graph", passes)
         return Flow("tf.xla" if xla else "tf.plain", passes)
 
+    def launch_training(self, device: Device, parallel):
+        """Data parallelism (strategy "data") on tf.distribute.MirroredStrategy, in one
+        process: on gpu, ``workers`` GPUs from the device's index on (OptionError naming how
+        many TensorFlow sees when there are fewer); on cpu, ``workers`` logical CPU devices,
+        which TensorFlow makes only before its runtime starts: ``here=True`` when this
+        process has them, else one fresh process with ``HAL_TF_CPU_DEVICES=workers``.
+        "pipeline" (torch) and "tensor" (jax) are refused with OptionError, and so is a bad
+        ``workers``. MultiWorkerMirroredStrategy (several hosts or processes) is out of
+        scope: ``rank``, ``world`` and ``address`` are not used. See ``parallel``."""
+        from hal.backends.tf_backend.parallel import launch
+
+        return launch(device, parallel)
+
     def compile_training(self, graph, device: Device, spec):
         from hal.backends.common.training import check_precision
+        from hal.backends.tf_backend.parallel import check
         from hal.backends.tf_backend.training import TfTrainer
 
         check_precision(spec, device)  # fp16 on gpu only: 100x slower on cpu (lenet b64)
@@ -153,10 +171,21 @@ class TfBackend(TracingBackend):
         if unknown:
             raise OptionError(f"tf has no training options {unknown}; it has "
                               f"{sorted(self.options)}")
+        check(spec.parallel)
+        replicated = spec.parallel.workers > 1
+        if replicated and spec.extra.get("xla") is True:
+            raise OptionError("xla=True does not run under tf's MirroredStrategy (XLA "
+                              "refuses variables placed on the other replicas' devices); "
+                              "use xla=False with workers > 1, or workers=1")
+        if replicated and spec.precision == "fp16":
+            raise OptionError("precision 'fp16' (dynamic loss scaling) is not run under tf's "
+                              "MirroredStrategy by HAL's tf trainer; use 'bf16' or 'fp32' "
+                              "with workers > 1, or workers=1")
         # XLA off on CPU unless asked: TensorFlow's graph executor (oneDNN kernels) ran
         # training steps 1.3-2.6x faster and compiled them 3-4x sooner (lenet b64, resnet_lite
-        # b32); every batch size is one more XLA compile, one trace serves them all without it
-        extra = {"xla": device.info.kind != "cpu", **spec.extra}
+        # b32); every batch size is one more XLA compile, one trace serves them all without it.
+        # Off under MirroredStrategy too (workers > 1, see above).
+        extra = {"xla": device.info.kind != "cpu" and not replicated, **spec.extra}
         xla, nhwc = self.choices(CompileOptions(extra=extra))
         return TfTrainer(device, graph, spec, xla, nhwc)
 

@@ -2,7 +2,9 @@
 
 Its C++ logging is quieted first (``TF_CPP_MIN_LOG_LEVEL=2``, unless the user set it) and
 the absl and oneDNN lines it prints while loading are kept off stderr; ``HAL_VERBOSE=1``
-shows them. The module handle below imports TensorFlow when first used, so the kernel
+shows them. ``HAL_TF_CPU_DEVICES=N`` (data-parallel training, see ``parallel``) splits the CPU
+into N logical devices right after the import, before anything starts TensorFlow's runtime.
+The module handle below imports TensorFlow when first used, so the kernel
 modules (and the op list read from them) load without it.
 """
 
@@ -14,13 +16,22 @@ import types
 from hal.backends.common.frameworks import LazyModule, import_quietly, verbose
 
 
+_configured = False
+
+
 def import_tf() -> types.ModuleType:
+    global _configured
     module = sys.modules.get("tensorflow")
-    if module is not None:  # imported already, by HAL or by the user: their settings stand
-        return module
-    module = import_quietly("tensorflow", quiet_env={"TF_CPP_MIN_LOG_LEVEL": "2"})
-    if not verbose():
-        module.get_logger().setLevel("ERROR")
+    if module is None:
+        module = import_quietly("tensorflow", quiet_env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+        if not verbose():
+            module.get_logger().setLevel("ERROR")
+    # imported already by the user: their log settings stand, HAL_TF_CPU_DEVICES still applies
+    if not _configured:
+        from hal.backends.tf_backend.parallel import configure_cpu_devices
+
+        configure_cpu_devices(module)
+        _configured = True
     return module
 
 

@@ -16,6 +16,26 @@
   scaled loss; clipping and L2 act on it with the scale folded in (clip at ``clip * scale``,
   add ``decay * scale * w``), and the optimizer unscales it, skips an update that is not
   finite and adapts the scale.
+- Data parallel (``spec.parallel``: strategy "data", workers > 1): a
+  ``tf.distribute.MirroredStrategy`` over ``workers`` devices (``parallel.Replicas``). The
+  variables and the Keras optimizer are made under its scope (mirrored). Each global
+  micro-batch is split along its samples (``np.array_split``: a batch of 63 is 32 + 31) and
+  handed to the replicas by ``experimental_distribute_values_from_function``; ``strategy.run``
+  computes each replica's gradient of its own mean loss times its share of the samples
+  (n_r / n) and the micro-batch's weight, and ``strategy.reduce(SUM)`` adds them: the
+  gradient of the global micro-batch's mean loss, exactly. Clipping, L2 and the update then
+  run once, in cross-replica context, on that sum: Keras's own all-reduce (a SUM, applied
+  only when ``apply`` is called inside ``strategy.run``) never runs, so nothing is summed or
+  averaged twice. The returned loss is the sample-weighted sum of the replicas' losses (the
+  global mean). Without BatchNorm or Dropout the updates are the single-device ones (to
+  float rounding). BatchNorm normalizes each replica by its own batch statistics (as torch
+  DDP without SyncBatchNorm), and its running statistics take the sample-weighted mean of
+  the replicas' updates: the running mean is the single-device one, the running variance
+  misses the spread between the replicas' means. Dropout: each replica draws its own masks
+  (the replica index in the key), repeatable, not the single-device masks. XLA is off
+  (``TfBackend.compile_training`` refuses xla=True: XLA does not take variables mirrored
+  on other devices), and fp16 is refused. A replica left without samples (a micro-batch
+  smaller than ``workers``) computes on one copied sample with share 0.
 """
 
 from __future__ import annotations
@@ -29,7 +49,7 @@ from hal.backend import Device
 from hal.backends.common.lowering import lower
 from hal.backends.common.trace import Trace, traced_function
 from hal.backends.common.training import RandomSource, lower_training, training_function
-from hal.backends.tf_backend import optimizers
+from hal.backends.tf_backend import optimizers, parallel
 from hal.backends.tf_backend.context import TfContext
 from hal.backends.tf_backend.framework import tf
 from hal.backends.tf_backend.kernels import TABLE
@@ -78,12 +98,16 @@ class TfTrainer(Trainer):
         self.loss_fn = training_function(tp, self.cx, self.trace)
         self.l2 = optimizers.l2(spec.optimizer)
         names = _variable_names(tp.params + tp.state)
-        with tf.device(tf_device):
+        workers = spec.parallel.workers
+        self.replicas = (parallel.Replicas(tf, device, workers)
+                         if spec.parallel.strategy == "data" and workers > 1 else None)
+        with self.replicas.strategy.scope() if self.replicas else tf.device(tf_device):
             self.params = {n: _variable(tp.initial[n], names[n], True) for n in tp.params}
             self.running = {n: _variable(tp.initial[n], names[n], False) for n in tp.state}
-            self.fixed = {n: tf.constant(tp.initial[n]) for n in tp.fixed}
             self.opt = optimizers.build(spec.optimizer, loss_scaling=spec.precision == "fp16")
             self.opt.build(list(self.params.values()))
+        with tf.device(tf_device):
+            self.fixed = {n: tf.constant(tp.initial[n]) for n in tp.fixed}
             self.zeros = [tf.zeros_like(v) for v in self.params.values()]
         self.updates = 0
         self._compile(xla)
@@ -104,11 +128,27 @@ class TfTrainer(Trainer):
             return _Concrete(tf.function(on_device, input_signature=list(signature),
                                          jit_compile=xla, autograph=False))
 
+        if self.replicas:  # strategy.run places each replica's part on its own device
+            count = self.replicas.count
+            feeds = [inputs] * count
+            keys, shares = tf.TensorSpec([count, 3], tf.int64), tf.TensorSpec([count],
+                                                                              tf.float32)
+
+            def replicated(fn, *signature):
+                return _Concrete(tf.function(fn, input_signature=list(signature),
+                                             autograph=False))
+
+            self.fused = replicated(self._fused_replicated, feeds, keys, shares, weight)
+            self.accumulate = replicated(self._accumulate_replicated, grads, feeds, keys,
+                                         shares, weight)
+            self.apply = replicated(self._apply, grads)
+            return
         self.fused = compiled(self._fused, inputs, key, weight)
         self.accumulate = compiled(self._accumulate, grads, inputs, key, weight)
         self.apply = compiled(self._apply, grads)
 
     def _gradients(self, inputs: dict, key: Any, weight: Any) -> tuple:
+        """(loss, the gradient of loss * weight, the running statistics' new values)."""
         trainable = list(self.params.values())
         with tf.GradientTape() as tape:
             loss, _, new_state = self.loss_fn({**self.params, **self.fixed}, self.running,
@@ -116,17 +156,51 @@ class TfTrainer(Trainer):
             objective = tf.cast(loss, tf.float32) * weight * self._scale()
         grads = tape.gradient(objective, trainable,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        new_state = {name: tf.cast(value, self.running[name].dtype)
+                     for name, value in new_state.items()}
+        return loss, grads, new_state
+
+    def _assign_state(self, new_state: dict) -> None:
         for name, value in new_state.items():
-            self.running[name].assign(tf.cast(value, self.running[name].dtype))
-        return loss, grads
+            self.running[name].assign(value)
 
     def _fused(self, inputs: dict, key: Any, weight: Any):
-        loss, grads = self._gradients(inputs, key, weight)
+        loss, grads, new_state = self._gradients(inputs, key, weight)
+        self._assign_state(new_state)
         self._apply(grads)
         return loss
 
     def _accumulate(self, total: list, inputs: dict, key: Any, weight: Any):
-        loss, grads = self._gradients(inputs, key, weight)
+        loss, grads, new_state = self._gradients(inputs, key, weight)
+        self._assign_state(new_state)
+        return loss, [t + g for t, g in zip(total, grads)]
+
+    # -- data parallel (MirroredStrategy; see the module docstring) ----------------------
+    def _replica(self, inputs: dict, key: Any, share: Any, weight: Any) -> tuple:
+        """One replica's part: its loss, gradient and running statistics, each times its
+        share of the micro-batch's samples, so that their sums over replicas are the global
+        micro-batch's mean loss, its gradient (times ``weight``) and the weighted mean."""
+        loss, grads, new_state = self._gradients(inputs, key, weight * share)
+        return (tf.cast(loss, tf.float32) * share, grads,
+                {name: value * tf.cast(share, value.dtype) for name, value in new_state.items()})
+
+    def _replicated_gradients(self, feeds: list, keys: Any, shares: Any, weight: Any) -> tuple:
+        replicas = self.replicas
+        inputs, key, share = replicas.distribute(feeds, keys, shares)
+        loss, grads, new_state = replicas.strategy.run(self._replica,
+                                                       args=(inputs, key, share, weight))
+        loss, grads, new_state = replicas.total((loss, list(grads), new_state))
+        self._assign_state(new_state)
+        return loss, grads
+
+    def _fused_replicated(self, feeds: list, keys: Any, shares: Any, weight: Any):
+        loss, grads = self._replicated_gradients(feeds, keys, shares, weight)
+        self._apply(grads)
+        return loss
+
+    def _accumulate_replicated(self, total: list, feeds: list, keys: Any, shares: Any,
+                               weight: Any):
+        loss, grads = self._replicated_gradients(feeds, keys, shares, weight)
         return loss, [t + g for t, g in zip(total, grads)]
 
     def _apply(self, grads: list) -> None:
@@ -149,6 +223,8 @@ class TfTrainer(Trainer):
         if len(batches) != len(weights) or not batches:
             raise InputError(f"step takes one weight per micro-batch and at least one; got "
                              f"{len(batches)} batches and {len(weights)} weights")
+        if self.replicas:
+            return self._step_replicated(batches, weights)
         with tf.device(self.tf_device):
             feeds = [self._feed(b) for b in batches]
             keys = [tf.constant([self.spec.seed, self.updates, i], tf.int64)
@@ -166,7 +242,34 @@ class TfTrainer(Trainer):
         _count_copies(self.device, [t for f in feeds for t in f.values()], losses)
         return [float(loss) for loss in losses]
 
+    def _step_replicated(self, batches: Sequence[dict[str, np.ndarray]],
+                         weights: Sequence[float]) -> list[float]:
+        count = self.replicas.count
+        sent, losses = [], []
+        total = self.zeros
+        for i, (batch, w) in enumerate(zip(batches, weights)):
+            parts, shares = self.replicas.split(self._arrays(batch))
+            sent += [t for part in parts for t in part.values()]
+            with tf.device(self.tf_device):
+                keys = tf.constant([[self.spec.seed, self.updates, i * count + r]
+                                    for r in range(count)], tf.int64)
+                args = (keys, tf.constant(shares, tf.float32), tf.constant(w, tf.float32))
+            if len(batches) == 1:
+                losses.append(self.fused(parts, *args))
+            else:
+                loss, total = self.accumulate(total, parts, *args)
+                losses.append(loss)
+        if len(batches) > 1:
+            self.apply(total)
+        self.updates += 1
+        _count_copies(self.device, sent, losses)
+        return [float(loss) for loss in losses]
+
     def _feed(self, batch: dict[str, np.ndarray]) -> dict:
+        return {name: tf.constant(x) for name, x in self._arrays(batch).items()}
+
+    def _arrays(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's inputs from ``batch``, checked, in the graph's dtypes."""
         missing = [n for n in self.tp.inputs if n not in batch]
         if missing:
             raise InputError(f"a training batch needs the inputs {self.tp.inputs}; "
@@ -180,7 +283,7 @@ class TfTrainer(Trainer):
                     d is not None and d != s for d, s in zip(shape, x.shape))):
                 raise InputError(f"training input {name!r} has shape {x.shape}, the graph "
                                  f"takes {['N' if d is None else d for d in shape]}")
-            out[name] = tf.constant(x.astype(dtype, copy=False))
+            out[name] = x.astype(dtype, copy=False)
         return out
 
     def evaluate(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
