@@ -95,6 +95,16 @@ WORKER = textwrap.dedent("""
     launch = dev.backend.launch_training(dev, Parallel(workers=world))
     assert launch.here and launch.processes == world, launch
     for name in sys.argv[3:]:
+        if name == "mismatch":  # rank 0 one micro-batch, rank 1 two: refused on both ranks
+            tr = dev.backend.compile_training(hal.training.build(model("mlp")), dev, TrainSpec(
+                parallel=Parallel(workers=world, rank=rank, world=world, address=address)))
+            try:
+                tr.step(*rank_step("mlp", 0, rank + 1, 16, rank, world))
+                message = "stepped"
+            except hal.errors.InputError as exc:
+                message = str(exc)
+            np.savez(os.path.join(out, f"{{name}}-{{rank}}.npz"), message=np.array(message))
+            continue
         kind, opt, steps, micro, n = SCENARIOS.get(name, BN_DROPOUT)
         graph = hal.training.build(model(kind))
         par = Parallel(workers=world, rank=rank, world=world, address=address)
@@ -186,7 +196,7 @@ def ddp_runs(tmp_path_factory):
     script, port = worker_script(tmp), free_port()
     envs = [{**base_env(), "RANK": str(r), "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(r),
              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)} for r in range(WORLD)]
-    names = [*SCENARIOS, "bn_dropout"]
+    names = [*SCENARIOS, "bn_dropout", "mismatch"]
     argv = [sys.executable, script, str(tmp), f"127.0.0.1:{port}", *names]
     run_group([argv] * WORLD, envs)
     return {name: [dict(np.load(tmp / f"{name}-{r}.npz")) for r in range(WORLD)]
@@ -237,6 +247,11 @@ def test_ddp_evaluate_and_state(ddp_runs, graphs):
     for run in ddp_runs["sgd"]:
         assert rel_err(run["eval"], want) < 1e-5
         assert list(run["keys"]) == sorted(tr.state())
+
+
+def test_ddp_refuses_uneven_micro_batch_counts(ddp_runs):
+    for run in ddp_runs["mismatch"]:
+        assert "the ranks got between 1 and 2" in str(run["message"]), run["message"]
 
 
 def test_ddp_dropout_and_batchnorm(ddp_runs, graphs):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from hal.errors import BackendError, OptionError
+from hal.errors import BackendError, InputError, OptionError
 from hal.trainer import Launch, Parallel
 
 #: how long a collective (the rendezvous included) waits for the other ranks before failing
@@ -169,6 +169,17 @@ class DataParallelRun:
         (averaged) only in the last micro-batch of a step."""
         return torch.enable_grad() if last else self.ddp.no_sync()
 
+    def check_micro_batches(self, count: int) -> None:
+        """Every rank must step with the same number of micro-batches (DDP pairs their
+        gradient all-reduces); checked before any of the step's collectives, on every rank."""
+        both = torch.tensor([count, -count], dtype=torch.int64, device=self.tdev)
+        self._collective(dist.all_reduce, both, op=dist.ReduceOp.MAX)
+        most, least = int(both[0]), -int(both[1])
+        if most != least:
+            raise InputError(f"rank {self.rank} of {self.world} got {count} micro-batches for "
+                             f"this step, but the ranks got between {least} and {most}; every "
+                             f"rank takes its shard of each of the step's micro-batches")
+
     def global_losses(self, losses: Sequence[torch.Tensor],
                       counts: Sequence[int]) -> torch.Tensor:
         """Each micro-batch's loss over the global micro-batch: the sum over ranks of
@@ -192,10 +203,10 @@ class DataParallelRun:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
 
-    def _collective(self, op, *args, **kw) -> None:
+    def _collective(self, collective, *args, **kw) -> None:
         try:
-            op(*args, **kw)
+            collective(*args, **kw)
         except RuntimeError as exc:
-            raise BackendError(f"rank {self.rank} of {self.world}: {op.__name__} failed (did "
-                               f"every rank step with the same number of micro-batches?): "
-                               f"{exc}") from exc
+            raise BackendError(f"rank {self.rank} of {self.world}: {collective.__name__} "
+                               f"failed (another rank stopped, or timed out after {TIMEOUT_S} "
+                               f"s?): {exc}") from exc

@@ -129,8 +129,10 @@ class TorchTrainer(Trainer):
             raise BackendError("this data-parallel trainer was closed (it left its process "
                                "group); compile a new one to train again")
         seed = draw_seed(self.spec.seed, self.steps)
-        if self.run is not None and self.run.rank:
-            seed = draw_seed(seed, self.run.rank)  # each rank its own dropout masks
+        if self.run is not None:
+            self.run.check_micro_batches(len(batches))
+            if self.run.rank:
+                seed = draw_seed(seed, self.run.rank)  # each rank its own dropout masks
         self.rng.manual_seed(seed)
         self.optimizer.zero_grad(set_to_none=True)
         losses, counts = [], []
