@@ -110,6 +110,7 @@ def replicated():
 
 def test_the_process_with_two_logical_cpus_trains_here(replicated):
     assert replicated["launch"].startswith("Launch(processes=1, env={}, here=True")
+    assert "MirroredStrategy over 2 of this process's 2 logical CPU" in replicated["launch"]
     assert replicated["tf_cpu_devices"] == ["cpu:0@tf"]  # the replicas are not HAL devices
 
 
@@ -204,3 +205,29 @@ def test_bad_cpu_device_count_is_refused(monkeypatch, value):
     with pytest.raises(OptionError, match="HAL_TF_CPU_DEVICES"):
         requested_cpu_devices()
 
+
+
+def test_hal_train_with_two_workers_starts_a_process_and_matches_one(tf_cpu):
+    """hal.train(workers=2) on cpu@tf: this process has one logical CPU, so the run goes to
+    one fresh process with HAL_TF_CPU_DEVICES=2; its weights are workers=1's (256 samples at
+    batch 63: the last micro-batch has 4)."""
+    import numpy as np
+
+    import hal
+    from hal import nn
+
+    with nn.seed(0):
+        net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10),
+                            nn.LogSoftmax(dim=1))
+    model = net.to_model((None, 64), name="mlp")
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((256, 64)).astype(np.float32), rng.integers(0, 10, 256))
+    runs = [hal.train(model, data, device="cpu@tf", optimizer="sgd", lr=0.05, epochs=2,
+                      batch_size=63, workers=w, progress=False, timeout=300) for w in (1, 2)]
+    assert runs[1].settings["parallel"]["workers"] == 2
+    assert "MirroredStrategy" in runs[1].settings["parallel"]["engine"]
+    one, two = ({n: v.const_value.numpy() for n, v in r.model.graph.initializers.items()}
+                for r in runs)
+    for name in one:
+        assert np.abs(two[name] - one[name]).max() <= 1e-5 * np.abs(one[name]).max(), name
+    assert abs(runs[1].history[-1]["loss"] - runs[0].history[-1]["loss"]) < 1e-5

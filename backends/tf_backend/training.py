@@ -28,14 +28,18 @@
   only when ``apply`` is called inside ``strategy.run``) never runs, so nothing is summed or
   averaged twice. The returned loss is the sample-weighted sum of the replicas' losses (the
   global mean). Without BatchNorm or Dropout the updates are the single-device ones (to
-  float rounding). BatchNorm normalizes each replica by its own batch statistics (as torch
+  float rounding: 20 steps of a tanh MLP stayed within 1e-6 relative, sgd and adam; a net
+  with ReLU or MaxPool ties can flip one when the split batch rounds differently, and then
+  drifts further). BatchNorm normalizes each replica by its own batch statistics (as torch
   DDP without SyncBatchNorm), and its running statistics take the sample-weighted mean of
-  the replicas' updates: the running mean is the single-device one, the running variance
-  misses the spread between the replicas' means. Dropout: each replica draws its own masks
-  (the replica index in the key), repeatable, not the single-device masks. XLA is off
-  (``TfBackend.compile_training`` refuses xla=True: XLA does not take variables mirrored
-  on other devices), and fp16 is refused. A replica left without samples (a micro-batch
-  smaller than ``workers``) computes on one copied sample with share 0.
+  the replicas' updates: the running mean moves as the single-device one would toward the
+  global batch's mean, the running variance misses the spread between the replicas' means.
+  Dropout: each replica draws its own masks (the replica index in the key), repeatable,
+  not the single-device masks. XLA is off (``TfBackend.compile_training`` refuses
+  xla=True: on logical CPU devices XLA refused the other replicas' variables, whether
+  compiling the whole step or each replica's part; not tried on GPUs), and fp16 (loss
+  scaling under the strategy, untested) is refused. A replica left without samples (a
+  micro-batch smaller than ``workers``) computes on one copied sample with share 0.
 """
 
 from __future__ import annotations
