@@ -33,19 +33,38 @@ SCENARIOS = {
     "uneven": ("mlp", dict(name="sgd", lr=0.05), 20, 1, 63),  # 32 + 31
     "accumulate": ("mlp", dict(name="sgd", lr=0.05, momentum=0.9), 20, 2, 32),  # no_sync
     "lenet": ("lenet", dict(name="sgd", lr=0.05), 5, 1, 64),
+    # the loss on one of two heads: the other head's parameters get no gradient
+    "two_heads": ("two_heads", dict(name="sgd", lr=0.05), 5, 1, 64),
 }
 #: a BatchNorm + Dropout model on which every rank gets the same (whole) batch
 BN_DROPOUT = ("bn_dropout", dict(name="sgd", lr=0.05), 3, 1, 16)
-SHAPES = {"mlp": (20,), "lenet": (1, 28, 28), "bn_dropout": (3, 8, 8)}
+SHAPES = {"mlp": (20,), "two_heads": (20,), "lenet": (1, 28, 28), "bn_dropout": (3, 8, 8)}
+
+
+def train_graph(kind: str):
+    m = model(kind)
+    return hal.training.build(m, output="output0" if kind == "two_heads" else None)
 
 
 def model(kind: str) -> hal.Model:
     if kind == "lenet":
         return hal.models.get("lenet")
     from hal import nn
+    from hal.nn import functional as F
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.a, self.b = nn.Linear(20, 16), nn.Linear(16, 10), nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = F.tanh(self.body(x))
+            return self.a(h), self.b(h)
 
     with nn.seed(0):
-        if kind == "mlp":
+        if kind == "two_heads":
+            net = TwoHeads()
+        elif kind == "mlp":
             net = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 32), nn.Sigmoid(),
                                 nn.Linear(32, 10))
         else:
@@ -87,7 +106,8 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import hal
     from hal.trainer import OptimizerSpec, Parallel, TrainSpec
-    from test_torch_parallel import BN_DROPOUT, SCENARIOS, global_batches, model, rank_step
+    from test_torch_parallel import (BN_DROPOUT, SCENARIOS, global_batches, rank_step,
+                                     train_graph)
 
     out, address = sys.argv[1], sys.argv[2]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -96,7 +116,7 @@ WORKER = textwrap.dedent("""
     assert launch.here and launch.processes == world, launch
     for name in sys.argv[3:]:
         if name == "mismatch":  # rank 0 one micro-batch, rank 1 two: refused on both ranks
-            tr = dev.backend.compile_training(hal.training.build(model("mlp")), dev, TrainSpec(
+            tr = dev.backend.compile_training(train_graph("mlp"), dev, TrainSpec(
                 parallel=Parallel(workers=world, rank=rank, world=world, address=address)))
             try:
                 tr.step(*rank_step("mlp", 0, rank + 1, 16, rank, world))
@@ -106,7 +126,7 @@ WORKER = textwrap.dedent("""
             np.savez(os.path.join(out, f"{{name}}-{{rank}}.npz"), message=np.array(message))
             continue
         kind, opt, steps, micro, n = SCENARIOS.get(name, BN_DROPOUT)
-        graph = hal.training.build(model(kind))
+        graph = train_graph(kind)
         par = Parallel(workers=world, rank=rank, world=world, address=address)
         tr = dev.backend.compile_training(graph, dev, TrainSpec(OptimizerSpec(**opt),
                                                                 parallel=par))
@@ -184,8 +204,8 @@ def lenet_graph():
 
 @pytest.fixture(scope="module")
 def graphs(lenet_graph):
-    return {"lenet": lenet_graph, "mlp": hal.training.build(model("mlp")),
-            "bn_dropout": hal.training.build(model("bn_dropout"))}
+    return {"lenet": lenet_graph, **{k: train_graph(k) for k in ("mlp", "two_heads",
+                                                                  "bn_dropout")}}
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +267,15 @@ def test_ddp_evaluate_and_state(ddp_runs, graphs):
     for run in ddp_runs["sgd"]:
         assert rel_err(run["eval"], want) < 1e-5
         assert list(run["keys"]) == sorted(tr.state())
+
+
+def test_unused_parameters(graphs):
+    from hal.backends.torch_backend.parallel import unused_parameters
+
+    dev = hal.training.settings.training_device("cpu@torch")
+    for kind, unused in (("mlp", 0), ("two_heads", 2)):
+        tr = dev.backend.compile_training(graphs[kind], dev, TrainSpec())
+        assert len(unused_parameters(tr.train_module, tr.loss_index)) == unused
 
 
 def test_ddp_refuses_uneven_micro_batch_counts(ddp_runs):

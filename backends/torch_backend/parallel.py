@@ -35,6 +35,20 @@ ENGINES = {"cpu": "gloo", "cuda": "nccl"}
 _owned = False  # this module initialized the default process group (close() destroys it)
 
 
+def unused_parameters(module: torch.fx.GraphModule, loss_index: int) -> list[str]:
+    """The parameters of ``module`` that its output ``loss_index`` does not depend on."""
+    out = next(n for n in module.graph.nodes if n.op == "output")
+    results = out.args[0]
+    seen, todo = set(), [results[loss_index] if isinstance(results, (tuple, list)) else results]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, torch.fx.Node) and node not in seen:
+            seen.add(node)
+            todo.extend(node.all_input_nodes)
+    used = {n.target for n in seen if n.op == "get_attr"}
+    return [name for name, _ in module.named_parameters() if name not in used]
+
+
 def launch(kind: str, parallel: Parallel) -> Launch:
     """``TorchBackend.launch_training`` for a device of ``kind`` ("cpu", "cuda", "mps")."""
     if parallel.strategy not in Parallel.STRATEGIES:
@@ -145,8 +159,8 @@ class DataParallelRun:
     0's.
     """
 
-    def __init__(self, module: torch.nn.Module, stats: Sequence[torch.Tensor],
-                 parallel: Parallel, tdev: torch.device):
+    def __init__(self, module: torch.fx.GraphModule, stats: Sequence[torch.Tensor],
+                 parallel: Parallel, tdev: torch.device, loss_index: int):
         self.rank, self.world = parallel.rank, parallel.world
         self.stats = list(stats)
         self.tdev = tdev
@@ -158,7 +172,10 @@ class DataParallelRun:
                 inspect.signature(ddp.__init__).parameters else "broadcast_buffers")
         try:
             # broadcasts rank 0's parameters and buffers, so every rank starts from the same
+            # a parameter the loss does not reach (another output's head) gets no gradient:
+            # DDP must then look for unused parameters at each step
             self.ddp = ddp(module, device_ids=ids, output_device=ids[0] if ids else None,
+                           find_unused_parameters=bool(unused_parameters(module, loss_index)),
                            **{sync: False})
         except RuntimeError as exc:
             raise BackendError(f"rank {self.rank} of {self.world}: DistributedDataParallel "

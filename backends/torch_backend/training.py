@@ -117,7 +117,8 @@ class TorchTrainer(Trainer):
         self.steps = 0
         self.closed = False
         self.run = (dp.DataParallelRun(self.train_module, list(self.stats.values()), par,
-                                       self.tdev) if self.distributed else None)
+                                       self.tdev, self.loss_index)
+                    if self.distributed else None)
 
     # -- training ---------------------------------------------------------------------------
     def step(self, batches: Sequence[dict[str, np.ndarray]],
