@@ -3,6 +3,8 @@ batch, the options, the launch), and end to end on each framework's engine."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,47 @@ def test_two_workers_make_the_steps_of_one(framework, optimizer, lr):
         assert rel(v.const_value.numpy(), inits[name].const_value.numpy()) < 1e-5, name
     for a, b in zip(one.history, two.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+TORCHRUN_SCRIPT = """
+import os, sys
+from pathlib import Path
+
+import numpy as np
+sys.path.insert(0, os.getcwd())
+import hal
+from hal import nn
+with nn.seed(0):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(),
+                          nn.Linear(48, 10)).to_model((None, 1, 8, 8), name="small_mlp")
+x, y = hal.data.digits("train", 8)
+res = hal.train(model, (x[:639], y[:639]), device="cpu@torch", optimizer="sgd", lr=0.05,
+                epochs=2, batch_size=64, progress=False, workers=2)
+if os.environ["RANK"] == "0":
+    np.savez(sys.argv[1], **{k: v.const_value.numpy()
+                            for k, v in res.model.graph.initializers.items()})
+"""
+
+
+def test_the_same_call_runs_under_torchrun(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    device = trainer_device("cpu@torch")
+    pytest.importorskip("sklearn")
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    out = tmp_path / "w.npz"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                           "2", "--standalone", str(script), str(out)],
+                          cwd=str(Path(__file__).resolve().parents[1]), env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x, y = hal.data.digits("train", 8)
+    one = hal.train(small_mlp(), (x[:639], y[:639]), device=device, optimizer="sgd", lr=0.05,
+                    epochs=2, batch_size=64, progress=False)
+    got = np.load(out)
+    for name, v in one.model.graph.initializers.items():
+        assert rel(got[name], v.const_value.numpy()) < 1e-5, name
