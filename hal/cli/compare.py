@@ -32,6 +32,11 @@ def add_parser(sub) -> None:
     c.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
     c.add_argument("--isolate", action="store_true",
                    help="measure each device in its own process")
+    c.add_argument("--cluster", metavar="ray|ray://HOST:PORT|HOST:PORT", default=None,
+                   help="measure on every alive node of this Ray cluster the devices it "
+                   "advertises (`hal devices --ray-resources`) and --devices selects, each row "
+                   "naming its host; 'ray': RAY_ADDRESS, else the cluster `ray start` began "
+                   "here. With --isolate each device gets a fresh Ray worker process")
     c.add_argument("--baseline", metavar="OLD.json", help="flag rows slower or less accurate "
                    "than this earlier --json run beyond noise (exit status 1 if any)")
     c.add_argument("--scenario", choices=("single-stream", "offline", "server"),
@@ -72,13 +77,19 @@ def cmd_compare(args) -> int:
         res = compare(args.models, args.devices, args.batch, args.precision,
                       budget_s=args.budget, isolate=args.isolate, progress=progress,
                       scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
-                      rounds=args.rounds, train=args.train, train_steps=args.steps)
+                      rounds=args.rounds, train=args.train, train_steps=args.steps,
+                      cluster=args.cluster)
     con.print(res.table())
     run = res.environment["run"]
     failed = sum(1 for r in res.rows if r.error)
     con.print(f"{len(res.rows)} rows ({failed} failed) in {run['wall_s']:.1f} s; peak memory "
               f"is host RSS above the pre-compile level "
               f"({'one process per device' if args.isolate else 'in this process'})")
+    fleet = res.environment.get("fleet")
+    if fleet:
+        for host, node in fleet["nodes"].items():
+            con.print(f"host {escape(host)}: ran {escape(', '.join(node['ran']) or 'nothing')}"
+                      + (f" [red]{escape(node['error'])}[/]" if node.get("error") else ""))
     for r in res.rows:
         if r.accelerator:
             con.print(f"{escape(r.device)} {escape(r.model)} b{r.batch} "

@@ -8,6 +8,10 @@ import json
 def add_parser(sub) -> None:
     d = sub.add_parser("devices", help="list every device, usable or not, and why")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--ray-resources", action="store_true",
+                   help="print this machine's usable devices as Ray custom resources (JSON), "
+                   "for `ray start --resources \"$(hal devices --ray-resources)\"` before "
+                   "`hal compare --cluster`; HAL_BACKENDS restricts them")
     d.set_defaults(func=cmd_devices)
 
 
@@ -15,6 +19,11 @@ def cmd_devices(args) -> int:
     import hal
     from hal.cli import console
 
+    if args.ray_resources:
+        from hal.comparison.fleet import node_resources
+
+        print(json.dumps(node_resources()))
+        return 0
     devs = hal.devices()
     if args.json:
         print(json.dumps([d.to_dict() for d in devs], indent=2))

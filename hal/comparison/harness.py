@@ -67,7 +67,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             progress: Progress | None = None, scenario: str | None = None,
             warmup: int = 3, min_runs: int = 5, max_runs: int = 1000,
             latency_bound_ms: float | None = None, rounds: int = 1, train: bool = False,
-            train_steps: int = TRAIN_STEPS) -> Results:
+            train_steps: int = TRAIN_STEPS, cluster: str | None = None) -> Results:
     """Measure every model on every device at every batch size and precision.
 
     ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
@@ -91,6 +91,14 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     trains (the others are left out with why), each row also recording the losses of its
     first ``train_steps`` steps from the model's initial weights on fixed data
     (``hal.comparison.train``); ``precision`` is then among fp32/bf16/fp16 (default fp32).
+
+    ``cluster``: "ray" (``RAY_ADDRESS``, else the cluster ``ray start`` began on this machine),
+    "ray://HOST:PORT" or "HOST:PORT": measure on every alive node of that Ray cluster the
+    devices it advertises (``hal devices --ray-resources``) that ``devices`` selects (a bare
+    kind: each node's best usable backend of the kind; none given: every advertised device
+    but slow simulations), each row's ``host`` naming its node, nodes in parallel and one
+    device at a time per node, in a Ray worker process of the node (``isolate``: a fresh one
+    per device) (``hal.comparison.fleet``).
 
     Names and devices are checked before any work (a typo raises at once); after that a
     failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
@@ -116,6 +124,12 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
         raise OptionError(f"budget_s must be a number of seconds >= 0, got {budget_s!r}")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise OptionError(f"rounds must be a whole number >= 1, got {rounds!r}")
+    if cluster is not None:
+        if train:
+            raise OptionError("--cluster measures inference; run --train without --cluster")
+        return _compare_on_cluster(cluster, models, devices, batch, precision, budget_s,
+                                   isolate, progress, scenario, warmup, min_runs, max_runs,
+                                   latency_bound_ms, rounds)
     if devices is None:
         devices, left_out = default_devices(registry.devices())
     elif train:
@@ -163,6 +177,46 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     env["devices"] = _device_info(devices)
     if isolate:
         env["workers"] = worker_envs
+    return Results(rows, env)
+
+
+def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, isolate,
+                        progress, scenario, warmup, min_runs, max_runs, latency_bound_ms,
+                        rounds) -> Results:
+    """``compare`` on the nodes of a Ray cluster (``hal.comparison.fleet``)."""
+    from hal.comparison.environment import environment
+    from hal.comparison.fleet import Fleet
+
+    fleet = Fleet(cluster, isolate)  # checks the address and connects, or says how to start one
+    try:
+        fleet.plan(_as_list(devices))
+        loaded = {name: to_model(name) for name in models}
+        total = sum(len(models) * len(batch) * max(len(precision), 1)
+                    for entries in fleet.entries.values() for _ in entries)
+        tick = _Ticker(progress, total * rounds)
+        started = time.time()
+        refs = {name: _references(loaded[name], name, batch, tick) for name in models}
+
+        def job_for(device: str, default_precision: str) -> Job:
+            return Job(device, models, batch, precision or [default_precision], budget_s,
+                       scenario, warmup, min_runs, max_runs, latency_bound_ms)
+
+        per_round = [fleet.run(job_for, loaded, refs, tick, r) for r in range(rounds)]
+    finally:
+        fleet.close()
+    rows = merge(per_round) if rounds > 1 else per_round[0]
+    hosts, devs = fleet.host_order(), fleet.device_order()
+    rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch),
+                             hosts.index(r.host) if r.host in hosts else len(hosts),
+                             devs.index(r.device) if r.device in devs else len(devs),
+                             CompileOptions.PRECISIONS.index(r.precision)))
+    env = environment()
+    env["run"] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                  "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
+                  "rounds": rounds, "isolate": bool(isolate), "scenario": scenario,
+                  "reference": REFERENCE, "memory": PeakMemory().method,
+                  "left_out": fleet.left_out}
+    env["fleet"] = fleet.environment()
     return Results(rows, env)
 
 

@@ -21,6 +21,8 @@ class Row:
 
     model: str
     device: str
+    #: the machine that measured the row (``hal compare --cluster``; "" on this machine)
+    host: str = ""
     backend: str = ""
     simulated: bool = False
     device_name: str = ""
@@ -66,7 +68,8 @@ class Row:
     @property
     def key(self) -> tuple:
         """What identifies a row across runs (for baselines)."""
-        return (self.model, self.device, self.batch, self.precision, self.scenario, self.task)
+        key = (self.model, self.device, self.batch, self.precision, self.scenario, self.task)
+        return key + (self.host,) if self.host else key
 
     @property
     def ok(self) -> bool:

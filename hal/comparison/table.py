@@ -41,13 +41,14 @@ def rich_table(results, title: str | None = None) -> Table:
               "no real device ran); "
               f"(sim) simulated device; {spread}; error column shows why a row failed",
               header_style="bold", expand=False)
-    cols = [("model", "left"), ("batch", "right"), ("device", "left"), ("prec", "left"),
-            ("p50 ms", "right"),
+    hosts = any(r.host for r in rows)  # hal compare --cluster: which machine measured it
+    cols = [("model", "left"), ("batch", "right"), *([("host", "left")] if hosts else []),
+            ("device", "left"), ("prec", "left"), ("p50 ms", "right"),
             ("p90 ms", "right"), ("p99 ms", "right"), ("± ms", "right"), ("items/s", "right"),
             ("compile s", "right"), ("mem MB", "right"), ("max err", "right"),
             ("top-1", "right"), ("placement", "left")]
     for name, justify in cols:
-        t.add_column(name, justify=justify, no_wrap=name not in ("device", "placement"),
+        t.add_column(name, justify=justify, no_wrap=name not in ("host", "device", "placement"),
                      overflow="fold", style="bold cyan" if name == "model" else None)
     best = {id(r) for r in results.best().values()}
     model = None
@@ -60,14 +61,15 @@ def rich_table(results, title: str | None = None) -> Table:
         dev = Text(r.device)
         if r.simulated:
             dev.append(" (sim)", style="yellow")
+        host = [r.host] if hosts else []
         if r.error:
-            t.add_row(label, str(r.batch), dev, r.precision, Text("error", style="red"),
-                      *[""] * (len(cols) - 6), Text(r.error[:300], style="red"))
+            t.add_row(label, str(r.batch), *host, dev, r.precision, Text("error", style="red"),
+                      *[""] * (len(cols) - 6 - len(host)), Text(r.error[:300], style="red"))
             continue
         star = id(r) in best
         style = "bold green" if star else ""
         p50 = Text(_ms(r.p50_ms) + (" ★" if star else ""), style=style)
-        t.add_row(label, str(r.batch), Text.assemble(dev, style=style), r.precision, p50,
+        t.add_row(label, str(r.batch), *host, Text.assemble(dev, style=style), r.precision, p50,
                   _ms(r.p90_ms), _ms(r.p99_ms),
                   _ms(r.p50_spread_ms if r.p50_spread_ms is not None else r.mad_ms),
                   f"{r.throughput_per_s:,.0f}" if r.throughput_per_s else "-",
