@@ -91,6 +91,18 @@ for case, (opt, n, parts) in cases.items():
         train(again, n, parts, 3)
         out["resume_diff"] = rel(again.weights(), two.weights())
         out["resume_copies_agree"] = mirrored_copies_agree(again)
+with nn.seed(0):
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Tanh(), nn.Flatten(),
+                       nn.Linear(4 * 6 * 6, 10), nn.LogSoftmax(dim=1))
+tg = hal.training.build(bn.to_model((None, 1, 8, 8), name="bn"))
+images = {"input": rng.standard_normal((63, 1, 8, 8)).astype(np.float32), "target": y[:63]}
+firsts = []
+for workers in (1, 2):
+    t = make(workers, opts["sgd"])
+    t.step([images], [1.0])
+    firsts.append({k: v for k, v in t.weights().items() if "running" in k})
+out["bn_running"] = {k: float(np.abs(firsts[1][k] - firsts[0][k]).max()
+                              / np.abs(firsts[0][k]).max()) for k in firsts[0]}
 print("RESULT" + json.dumps(out))
 """
 
@@ -231,3 +243,13 @@ def test_hal_train_with_two_workers_starts_a_process_and_matches_one(tf_cpu):
     for name in one:
         assert np.abs(two[name] - one[name]).max() <= 1e-5 * np.abs(one[name]).max(), name
     assert abs(runs[1].history[-1]["loss"] - runs[0].history[-1]["loss"]) < 1e-5
+
+
+def test_batchnorm_running_mean_is_the_global_batchs(replicated):
+    """One step from the same weights: the running mean takes the sample-weighted mean of
+    the replicas' updates (the global batch's mean); the running variance misses the spread
+    between the replicas' means, so it only stays close."""
+    got = replicated["bn_running"]
+    assert sorted(got) == ["1.running_mean", "1.running_var"], got
+    assert got["1.running_mean"] < 1e-5
+    assert got["1.running_var"] < 1e-2
