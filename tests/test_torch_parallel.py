@@ -110,6 +110,8 @@ WORKER = textwrap.dedent("""
                                      train_graph)
 
     out, address = sys.argv[1], sys.argv[2]
+    if address == "env":  # what HAL's loop passes: the rendezvous variables as host:port
+        address = os.environ["MASTER_ADDR"] + ":" + os.environ["MASTER_PORT"]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dev = hal.training.settings.training_device("cpu@torch")
     launch = dev.backend.launch_training(dev, Parallel(workers=world))
@@ -315,12 +317,13 @@ def test_shard_weights_give_the_global_gradient():
 
 @pytest.mark.slow  # torchrun's agent and rendezvous take ~15 s
 def test_torchrun_starts_the_ranks(tmp_path, graphs):
-    """The same worker under torchrun: the rendezvous comes from MASTER_ADDR/MASTER_PORT
-    (an empty address: env://) and launch_training answers here=True."""
+    """The same worker under torchrun, given the address HAL's loop passes
+    (MASTER_ADDR:MASTER_PORT, whose store torchrun's agent already serves: joined through
+    env://); launch_training answers here=True."""
     script, port = worker_script(tmp_path), free_port()
     argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
             f"--nproc-per-node={WORLD}", "--master-addr=127.0.0.1", f"--master-port={port}",
-            script, str(tmp_path), "", "sgd"]
+            script, str(tmp_path), "env", "sgd"]
     run_group([argv], [base_env()])
     losses, weights, _ = single_process(graphs["mlp"], "sgd")
     for r in range(WORLD):

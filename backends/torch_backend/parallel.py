@@ -107,7 +107,10 @@ def rank_device(tdev: torch.device, parallel: Parallel) -> torch.device:
 
 def join(parallel: Parallel, tdev: torch.device) -> None:
     """Join the default process group of ``parallel`` (once per process): rendezvous at
-    ``parallel.address`` ("host:port") or, without one, at MASTER_ADDR/MASTER_PORT."""
+    ``parallel.address`` ("host:port") or, without one, at MASTER_ADDR/MASTER_PORT. An address
+    that is MASTER_ADDR:MASTER_PORT joins through env:// too: under torchrun the agent already
+    serves the rendezvous store on that port (a tcp:// rendezvous would try to open a second
+    one there and wait)."""
     global _owned
     if not 0 <= parallel.rank < parallel.world:
         raise OptionError(f"rank {parallel.rank} is not in [0, world={parallel.world})")
@@ -117,7 +120,8 @@ def join(parallel: Parallel, tdev: torch.device) -> None:
                               f"{dist.get_rank()} of {dist.get_world_size()}, not rank "
                               f"{parallel.rank} of {parallel.world}")
         return
-    if parallel.address:
+    env = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    if parallel.address and parallel.address != env:
         host, _, port = parallel.address.rpartition(":")
         if not host or not port.isdigit():
             raise OptionError(f"parallel address {parallel.address!r} is not 'host:port'")
