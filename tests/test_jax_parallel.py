@@ -117,6 +117,13 @@ train(two, x, y, 3, size=63)
 out["short_rel"] = rel(two.weights(), one.weights())
 out["short_counts"] = [before["sharded_batches"], before["replicated_batches"],
                        two.description["parallel"]["replicated_batches"]]
+
+# accumulation: one update from micro-batches of 32 (split) and 31 (replicated)
+for tr in (one, two):
+    tr.load_state(state)
+    tr.step([{"input": x[:32], "target": y[:32]}, {"input": x[32:63], "target": y[32:63]}],
+            [32 / 63, 31 / 63])
+out["accumulate_rel"] = rel(two.weights(), one.weights())
 """, "adam": r"""
 wide, xw, yw = wide_net()
 a1, a2 = train(trainer(wide, 1, "adam"), xw, yw, 20), train(trainer(wide, 2, "adam"), xw, yw, 20)
@@ -199,6 +206,10 @@ def test_data_parallel_adam_matches_one_device(measured):
 def test_a_batch_that_does_not_divide_runs_replicated_and_is_counted(measured):
     assert measured["short_rel"] < 1e-5
     assert measured["short_counts"] == [30, 0, 3]  # 30 batches of 64 split, 3 of 63 not
+
+
+def test_accumulating_split_and_replicated_micro_batches_matches_one_device(measured):
+    assert measured["accumulate_rel"] < 1e-5
 
 
 def test_parallel_state_resumes_exactly(measured):
