@@ -11,7 +11,7 @@ runs the same call there. Rank 0 sends the result back. The call travels in a pr
 temporary folder (pickled: it holds the caller's own arrays and callbacks, and is read only by
 the workers started here); a worker's HAL error comes back as the same error class.
 
-    python -m hal.training.launcher FOLDER     # what each worker runs
+    python -m hal.training.worker FOLDER     # what each worker runs
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _start(launch: Launch, folder: Path) -> list[subprocess.Popen]:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank))
         quiet = rank > 0  # one progress bar: rank 0's
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "hal.training.launcher", str(folder)], env=env,
+            [sys.executable, "-m", "hal.training.worker", str(folder)], env=env,
             stdout=subprocess.DEVNULL if quiet else None,
             stderr=open(folder / f"stderr-{rank}.txt", "wb") if quiet else None))
     return procs
@@ -153,7 +153,3 @@ def worker(folder: Path) -> int:
         fields["model"] = (result.model.to_proto().SerializeToString(), result.model.name)
         (folder / RESULT).write_bytes(pickle.dumps(fields, protocol=5))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(worker(Path(sys.argv[1])))
