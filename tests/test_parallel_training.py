@@ -188,6 +188,7 @@ if os.environ["RANK"] == "0":
 
 def test_the_same_call_runs_under_torchrun(tmp_path):
     import os
+    import signal
     import subprocess
     import sys
 
@@ -197,11 +198,18 @@ def test_the_same_call_runs_under_torchrun(tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     out = tmp_path / "w.npz"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                           "2", "--standalone", str(script), str(out)],
-                          cwd=str(Path(__file__).resolve().parents[1]), env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                             "2", "--standalone", str(script), str(out)],
+                            cwd=str(Path(__file__).resolve().parents[1]), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:  # torchrun's workers too, also when the run hangs
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
     x, y = hal.data.digits("train", 8)
     one = hal.train(small_mlp(), (x[:639], y[:639]), device=device, optimizer="sgd", lr=0.05,
                     epochs=2, batch_size=64, progress=False)
