@@ -57,6 +57,10 @@ def _start(launch: Launch, folder: Path) -> list[subprocess.Popen]:
     if launch.processes > 1:
         base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                     WORLD_SIZE=str(launch.processes))
+        # the cores shared out, as torchrun does, unless the caller chose: N processes each
+        # with every core's worth of threads oversubscribe them
+        base.setdefault("OMP_NUM_THREADS",
+                        str(max(1, (os.cpu_count() or 1) // launch.processes)))
     procs = []
     for rank in range(launch.processes):
         env = dict(base)
