@@ -228,6 +228,12 @@ class Trainer(abc.ABC):
         """Continue from ``state()`` exactly; a missing or mis-shaped entry is a HalError
         naming it."""
 
+    @property
+    def description(self) -> dict:
+        """How the trainer runs, for the run's report (its device; for a parallel run the
+        mesh or process group, and where weights and batches went); {} when it adds nothing."""
+        return {}
+
     @abc.abstractmethod
     def weights(self) -> dict[str, np.ndarray]:
         """The trained initializers (parameters and running statistics) by name, float32."""

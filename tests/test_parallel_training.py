@@ -216,3 +216,15 @@ def test_the_same_call_runs_under_torchrun(tmp_path):
     got = np.load(out)
     for name, v in one.model.graph.initializers.items():
         assert rel(got[name], v.const_value.numpy()) < 1e-5, name
+
+
+def test_the_result_says_what_ran_where():
+    trainer_device("cpu@jax")
+    pytest.importorskip("sklearn")
+    x, y = hal.data.digits("train", 8)
+    res = hal.train(small_mlp(), (x[:128], y[:128]), device="cpu@jax", workers=2,
+                    strategy="tensor", progress=False, timeout=240)
+    par = res.settings["parallel"]
+    assert par["strategy"] == "tensor" and "jax" in par["engine"]
+    placement = par["trainer"]["parallel"]["placement"]
+    assert any(where.startswith("split") for where in placement.values()), placement

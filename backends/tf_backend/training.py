@@ -295,6 +295,14 @@ class TfTrainer(Trainer):
         _count_copies(self.device, xs, ys)
         return [y.numpy() for y in ys]
 
+    @property
+    def description(self) -> dict:
+        out = {"device": self.tf_device, "precision": self.spec.precision}
+        if self.replicas:
+            out["parallel"] = {"engine": "tf.distribute.MirroredStrategy",
+                               "devices": list(self.replicas.devices)}
+        return out
+
     def weights(self) -> dict[str, np.ndarray]:
         return {n: v.numpy().astype(np.float32)
                 for n, v in {**self.params, **self.running}.items()}

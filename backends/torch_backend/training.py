@@ -229,6 +229,15 @@ class TorchTrainer(Trainer):
             self.device.transfers.d2h_bytes += sum(a.nbytes for a in arrays)
 
     # -- state --------------------------------------------------------------------------------
+    @property
+    def description(self) -> dict:
+        out = {"device": str(self.tdev), "precision": self.spec.precision}
+        if self.run is not None:
+            out["parallel"] = {"engine": "DistributedDataParallel",
+                               "backend": "nccl" if self.tdev.type == "cuda" else "gloo",
+                               "rank": self.run.rank, "world": self.run.world}
+        return out
+
     def weights(self) -> dict[str, np.ndarray]:
         return {name: _host(t) for name, t in {**self.params, **self.stats}.items()}
 

@@ -255,9 +255,13 @@ class Run:
         finally:
             bar.close()
         weights = _call(self.dev, "return the trained weights", self.trainer.weights)
+        settings = dict(self.settings)
+        if "parallel" in settings:  # what ran where, as the trainer saw it
+            settings["parallel"] = {**settings["parallel"],
+                                    "trainer": self.trainer.description}
         return TrainResult(trained_model(self.model, weights), self.history, self.dev.string,
                            self.step, self.best_checkpoint, self.last_checkpoint, self.stop,
-                           self.settings)
+                           settings)
 
     def _epoch(self, bar: Progress) -> None:
         batch_size, accumulate = self.settings["batch_size"], self.settings["accumulate"]
