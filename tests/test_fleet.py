@@ -176,10 +176,10 @@ def test_a_node_that_leaves_mid_run_gives_error_rows(cluster):
         # the task for the extra node was submitted: take the node away while it measures
         if extra.node_id[:8] in current and row is None and not removed.is_set():
             removed.set()
-            threading.Timer(4.0, cluster.remove_node, (extra,)).start()
+            threading.Timer(3.0, cluster.remove_node, (extra,)).start()
 
     with env(RAY_AUTH_MODE="disabled"), time_limit(150):
-        res = hal.compare(["mlp"], batch=1, budget_s=8.0, min_runs=1, cluster=cluster.address,
+        res = hal.compare(["mlp"], batch=1, budget_s=3.0, min_runs=1, cluster=cluster.address,
                           progress=progress)
     assert removed.is_set()
     by_host = {}

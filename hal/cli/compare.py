@@ -82,9 +82,13 @@ def cmd_compare(args) -> int:
     con.print(res.table())
     run = res.environment["run"]
     failed = sum(1 for r in res.rows if r.error)
+    where = "one process per device" if args.isolate else "in this process"
+    if args.cluster:
+        where = ("a fresh Ray worker process per device" if args.isolate
+                 else "a Ray worker process on each node")
     con.print(f"{len(res.rows)} rows ({failed} failed) in {run['wall_s']:.1f} s; peak memory "
               f"is host RSS above the pre-compile level "
-              f"({'one process per device' if args.isolate else 'in this process'})")
+              f"({where})")
     fleet = res.environment.get("fleet")
     if fleet:
         for host, node in fleet["nodes"].items():

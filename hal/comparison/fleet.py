@@ -419,6 +419,9 @@ def run_device(job: dict, models: dict, refs: dict, isolate: bool = False) -> di
 
     t0 = time.perf_counter()
     job = Job(**job)
+    # the first compile in a process probes every backend (importing their frameworks); a
+    # local run has done so before its first row, so do it here before any row's clock starts
+    registry.devices()
     loaded = {name: load(blob, n) for name, (blob, n) in models.items()}
     scope = MEM_SCOPE_ISOLATED if isolate else MEM_SCOPE
     rows = [r.to_dict() for r in run_job(job, loaded, refs, None, mem_scope=scope)]

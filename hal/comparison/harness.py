@@ -187,10 +187,10 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
     from hal.comparison.environment import environment
     from hal.comparison.fleet import Fleet
 
+    loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
     fleet = Fleet(cluster, isolate)  # checks the address and connects, or says how to start one
     try:
         fleet.plan(_as_list(devices))
-        loaded = {name: to_model(name) for name in models}
         total = sum(len(models) * len(batch) * max(len(precision), 1)
                     for entries in fleet.entries.values() for _ in entries)
         tick = _Ticker(progress, total * rounds)
