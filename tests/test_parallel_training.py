@@ -228,3 +228,14 @@ def test_the_result_says_what_ran_where():
     assert par["strategy"] == "tensor" and "jax" in par["engine"]
     placement = par["trainer"]["parallel"]["placement"]
     assert any(where.startswith("split") for where in placement.values()), placement
+
+
+def test_a_range_of_workers_needs_a_cluster():
+    from hal.training.ray_cluster import check_range
+
+    x = np.zeros((8, 1, 8, 8), np.float32)
+    with pytest.raises(OptionError, match="elastic training on a Ray cluster"):
+        hal.train(small_mlp(), (x, np.zeros(8, np.int64)), workers=(1, 2), progress=False)
+    for bad in [(2, 1), (0, 2), (1, "2"), (1, 2, 3)]:
+        with pytest.raises(OptionError, match="two ints 1 <= MIN <= MAX"):
+            check_range(bad)

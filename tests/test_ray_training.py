@@ -130,3 +130,12 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(cluster, tmp_path
     assert fleet.steps == 3 * 20
     alone = hal.train(small_mlp(), train, **KW)
     same_weights(fleet, alone)
+
+
+def test_an_elastic_run_takes_the_workers_the_cluster_has(cluster):
+    train = hal.data.digits("train", 8)
+    kw = {**KW, "epochs": 1}
+    fleet = hal.train(small_mlp(), train, cluster=cluster.address, workers=(1, 2), **kw)
+    assert fleet.settings["cluster"]["workers"] == (1, 2)
+    assert fleet.settings.get("parallel", {}).get("workers", 1) in (1, 2)
+    same_weights(fleet, hal.train(small_mlp(), train, **kw))

@@ -73,7 +73,13 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
         raise OptionError("resume=True continues from checkpoint_dir's last checkpoint: pass "
                           "checkpoint_dir=")
     dev = training_device(device)
-    parallel = parallel_spec(workers, strategy, stages)
+    elastic = isinstance(workers, tuple)
+    if elastic:
+        if cluster is None:
+            raise OptionError(f"workers={workers!r} (MIN, MAX) is elastic training on a Ray "
+                              f"cluster: pass cluster='ray', or an int of workers")
+        ray_cluster.check_range(workers)
+    parallel = parallel_spec(workers if not elastic else max(workers), strategy, stages)
     call = dict(model=hal_model, data=data, device=dev.string, loss=loss, optimizer=optimizer,
                 lr=lr, epochs=epochs, batch_size=batch_size, accumulate=accumulate,
                 precision=precision, seed=seed, validation=validation, metrics=metrics,
@@ -315,9 +321,14 @@ class Run:
     def identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this run."""
         inits = self.model.graph.initializers
+        run = dict(self.settings)
+        if run.get("parallel", {}).get("strategy") == "data":
+            # the step of N data-parallel workers is the step of one: a run may resume on
+            # another count, one worker included (an elastic cluster's restart)
+            del run["parallel"]
         return {"backend": self.dev.backend.name, "model": self.model.digest(),
                 "params": {n: list(inits[n].shape) for n in self.tg.params},
-                "run": self.settings}
+                "run": run}
 
     def loop_state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "step": self.step,

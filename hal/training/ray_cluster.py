@@ -9,7 +9,10 @@ checkpoint to Ray (``ray.train.report``), and a restarted group resumes from Ray
 The trained model comes back through Ray's final checkpoint.
 
 ``cluster``: ``"ray"`` (``ray.init()``: ``RAY_ADDRESS`` when set, else a new local Ray),
-``"ray://HOST:PORT"`` (Ray Client) or ``"HOST:PORT"``/``"auto"`` (an existing cluster). The
+``"ray://HOST:PORT"`` (Ray Client) or ``"HOST:PORT"``/``"auto"`` (an existing cluster).
+``workers=(MIN, MAX)`` is Ray Train's elastic scaling: each attempt runs as many workers as
+the cluster has room for, and since N data-parallel workers take the step of one, a restart
+on another count resumes the same run. The
 checkpoints live under ``storage_path`` (a folder every node can read, or a URI Ray supports);
 the default is a temporary folder, which only a cluster on one machine shares. jax and tf run on
 Ray Train only through engines HAL does not drive here, so they are refused.
@@ -42,6 +45,14 @@ def address_of(cluster: str) -> str | None:
                       f"'auto'")
 
 
+def check_range(workers: tuple) -> None:
+    """``workers=(MIN, MAX)``: an elastic run of between MIN and MAX workers."""
+    ok = len(workers) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                   for n in workers) and workers[0] <= workers[1]
+    if not ok:
+        raise OptionError(f"workers=(MIN, MAX) takes two ints 1 <= MIN <= MAX, got {workers!r}")
+
+
 def run_on_ray(call: dict[str, Any], cluster: str, backend: str, max_failures: int,
                storage_path: str | None, timeout: float | None = None):
     """Rank 0's TrainResult of ``hal.train(**call)`` run by Ray Train workers."""
@@ -61,7 +72,7 @@ def run_on_ray(call: dict[str, Any], cluster: str, backend: str, max_failures: i
         ray.init(address=address, log_to_driver=False)
     model = call["model"]
     call = {**call, "model": (model.to_proto().SerializeToString(), model.name)}
-    workers = call["workers"]
+    workers = call["workers"]  # an int, or (MIN, MAX): Ray Train's elastic scaling
     storage = storage_path or tempfile.mkdtemp(prefix="hal-ray-")
     use_gpu = call["device"].startswith("cuda")
     trainer = TorchTrainer(
@@ -114,6 +125,7 @@ def _worker_loop(config: dict) -> None:
 
     call = dict(config["call"])
     model, data = load(*call.pop("model")), call.pop("data")
+    call["workers"] = ray.train.get_context().get_world_size()  # this attempt's, if elastic
     folder = Path(tempfile.mkdtemp(prefix="hal-ray-worker-"))
     latest = ray.train.get_checkpoint()
     if latest is not None:
