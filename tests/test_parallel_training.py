@@ -239,3 +239,54 @@ def test_a_range_of_workers_needs_a_cluster():
     for bad in [(2, 1), (0, 2), (1, "2"), (1, 2, 3)]:
         with pytest.raises(OptionError, match="two ints 1 <= MIN <= MAX"):
             check_range(bad)
+
+
+def wide_mlp():
+    from hal import nn
+
+    with nn.seed(0):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 1024), nn.Tanh(), nn.Linear(1024, 64),
+                             nn.Tanh(), nn.Linear(64, 10)).to_model((None, 1, 8, 8), name="wide")
+
+
+@pytest.mark.parametrize("optimizer,lr,epochs", [("sgd", 0.05, 1), ("adam", 1e-3, 2)])
+def test_a_two_stage_pipeline_takes_the_single_device_steps(optimizer, lr, epochs):
+    """GPipe over two processes (torch.distributed.pipelining) on a model with a hidden layer
+    of 1024: one SGD step (the gradient times lr) and 10 Adam steps with an uneven last batch
+    (63 rows in 3 micro-batches) match one device to 1e-5."""
+    device = trainer_device("cpu@torch")
+    pytest.importorskip("sklearn")
+    x, y = hal.data.digits("train", 8)
+    data = (x[:64], y[:64]) if epochs == 1 else (x[:319], y[:319])
+    kw = dict(device=device, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=64,
+              progress=False)
+    one = hal.train(wide_mlp(), data, **kw)
+    two = hal.train(wide_mlp(), data, strategy="pipeline", stages=2, timeout=240, **kw)
+    placement = two.settings["parallel"]["trainer"]["parallel"]["placement"]
+    assert set(placement.values()) == {"stage 0", "stage 1"}, placement
+    start = wide_mlp().graph.initializers
+    inits = one.model.graph.initializers
+    for name, v in two.model.graph.initializers.items():
+        got, want = v.const_value.numpy(), inits[name].const_value.numpy()
+        if epochs == 1:  # the gradients themselves: (w0 - w1) / lr
+            w0 = start[name].const_value.numpy()
+            assert rel((w0 - got) / lr, (w0 - want) / lr) < 1e-5, name
+        assert rel(got, want) < 1e-5, name
+    assert [h["loss"] for h in two.history] == pytest.approx([h["loss"] for h in one.history],
+                                                            rel=1e-5)
+
+
+def test_a_pipeline_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    device = trainer_device("cpu@torch")
+    pytest.importorskip("sklearn")
+    x, y = hal.data.digits("train", 8)
+    kw = dict(device=device, optimizer="adam", lr=1e-3, batch_size=32, progress=False,
+              strategy="pipeline", stages=2, timeout=240)
+    data = (x[:96], y[:96])
+    whole = hal.train(wide_mlp(), data, epochs=3, **kw)
+    hal.train(wide_mlp(), data, epochs=1, checkpoint_dir=tmp_path, **kw)
+    rest = hal.train(wide_mlp(), data, epochs=3, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert rest.steps == whole.steps == 9
+    inits = whole.model.graph.initializers
+    for name, v in rest.model.graph.initializers.items():
+        assert rel(v.const_value.numpy(), inits[name].const_value.numpy()) < 1e-6, name

@@ -356,11 +356,17 @@ def test_launch_here_under_torchrun(cpu, monkeypatch):
         cpu.backend.launch_training(cpu, Parallel(workers=2))
 
 
-@pytest.mark.parametrize("strategy, match", [("tensor", "jax"), ("pipeline", "not built yet"),
-                                             ("model", "not one of")])
-def test_launch_refuses_other_strategies(cpu, strategy, match):
+@pytest.mark.parametrize("strategy, workers, match", [
+    ("tensor", 2, "jax"), ("pipeline", 3, "one process per stage"), ("model", 2, "not one of")])
+def test_launch_refuses_other_strategies(cpu, strategy, workers, match):
     with pytest.raises(OptionError, match=match):
-        cpu.backend.launch_training(cpu, Parallel(workers=2, strategy=strategy))
+        cpu.backend.launch_training(cpu, Parallel(workers=workers, strategy=strategy))
+
+
+def test_a_pipeline_launches_a_process_per_stage(cpu, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    launch = cpu.backend.launch_training(cpu, Parallel(strategy="pipeline", stages=3))
+    assert launch.processes == 3 and not launch.here and "pipeline" in launch.why
 
 
 def test_launch_refuses_devices_without_ddp():
@@ -381,7 +387,7 @@ def test_trainer_refuses_a_parallel_it_cannot_run(cpu, graphs):
 
     with pytest.raises(OptionError, match="one process per worker"):
         compile_with(Parallel(workers=2))  # rank 0 of world 1: no process group to join
-    with pytest.raises(OptionError, match="not built yet"):
+    with pytest.raises(OptionError, match="one process per stage"):
         compile_with(Parallel(workers=2, strategy="pipeline"))
     with pytest.raises(OptionError, match="host:port"):
         compile_with(Parallel(workers=2, rank=0, world=2, address="nohost"))

@@ -150,12 +150,19 @@ class TorchBackend(Backend):
     def compile_training(self, graph: TrainGraph, device: Device, spec: TrainSpec) -> Trainer:
         from hal.backends.torch_backend.training import TorchTrainer
 
+        if spec.parallel.strategy == "pipeline":
+            from hal.backends.torch_backend.parallel import rank_device
+            from hal.backends.torch_backend.pipeline import PipelineTrainer
+
+            tdev = rank_device(torch_device(device), spec.parallel)
+            return PipelineTrainer(graph, device, spec, tdev)
         return TorchTrainer(graph, device, spec)
 
     def launch_training(self, device: Device, parallel: Parallel) -> Launch:
         """strategy "data": one process per worker under DistributedDataParallel (gloo on cpu,
         nccl on cuda with one GPU per process); ``here`` when torchrun or HAL's launcher started
-        this process (RANK set, WORLD_SIZE == workers). "pipeline" and "tensor" are refused."""
+        this process (RANK set, WORLD_SIZE == workers). "pipeline": one process per stage
+        (``hal.backends.torch_backend.pipeline``). "tensor" is refused."""
         from hal.backends.torch_backend.parallel import launch
 
         return launch(device.info.kind, parallel)

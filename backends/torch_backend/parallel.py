@@ -58,12 +58,15 @@ def launch(kind: str, parallel: Parallel) -> Launch:
         raise OptionError("torch does not run strategy='tensor' (weights sharded over a device "
                           "mesh); train on a jax device (e.g. device='cpu@jax') for it, or use "
                           "strategy='data' on torch")
-    if parallel.strategy == "pipeline":
-        raise OptionError("strategy='pipeline' is not built yet on torch; use strategy='data' "
-                          "(DistributedDataParallel) on torch")
-    workers = parallel.workers
+    pipeline = parallel.strategy == "pipeline"
+    workers = parallel.stages if pipeline else parallel.workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise OptionError(f"workers must be a positive int, got {workers!r}")
+        raise OptionError(f"{'stages' if pipeline else 'workers'} must be a positive int, got "
+                          f"{workers!r}")
+    if pipeline and (workers < 2 or parallel.workers not in (1, workers)):
+        raise OptionError(f"strategy='pipeline' runs one process per stage: stages >= 2, and "
+                          f"workers left at 1 or equal to stages; got stages={workers}, "
+                          f"workers={parallel.workers}")
     if workers == 1:
         return Launch(processes=1, here=True, why="one process")
     engine = ENGINES.get(kind)
@@ -76,7 +79,9 @@ def launch(kind: str, parallel: Parallel) -> Launch:
         if workers > count:
             raise OptionError(f"workers={workers} needs one CUDA device per worker process; "
                               f"torch sees {count}; use workers <= {count}")
-    why = f"DistributedDataParallel over {workers} processes, {engine}"
+    why = (f"a GPipe pipeline (torch.distributed.pipelining) of {workers} stages, one process "
+           f"each, {engine}" if pipeline else
+           f"DistributedDataParallel over {workers} processes, {engine}")
     world, rank = os.environ.get("WORLD_SIZE"), os.environ.get("RANK")
     if world is not None and rank is not None:
         if world != str(workers):

@@ -115,7 +115,7 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     opt = optimizer_spec(optimizer, lr, options)
     spec = train_spec(opt, steps * epochs if steps else None, precision, seed, options,
                       parallel)
-    if parallel.world > 1:
+    if parallel.world > 1 and parallel.strategy == "data":
         check_shards(parallel, batch_size, data_src.samples)
     run_settings = {"loss": loss, "optimizer": {k: v for k, v in asdict(spec.optimizer).items()
                                                 if k != "total_steps"},
@@ -278,7 +278,8 @@ class Run:
         for group in grouped(batches, accumulate):
             self.in_step = True
             parallel = self.spec.parallel
-            mine, w = shard(group, parallel) if parallel.world > 1 else (group, weights(group))
+            split = parallel.world > 1 and parallel.strategy == "data"
+            mine, w = shard(group, parallel) if split else (group, weights(group))
             losses = _call(self.dev, f"run training step {self.step}", self.trainer.step,
                            mine, w)
             self.in_step = False
@@ -337,10 +338,11 @@ class Run:
                 "callbacks": [cb.state() for cb in self.callbacks]}
 
     def save(self, path: str | Path) -> Path:
-        """Write the run's state to ``path`` (atomically; rank 0 only); returns the path."""
+        """Write the run's state to ``path`` (atomically; rank 0 only); returns the path.
+        Every rank asks its trainer for the state: a pipeline's gathers it from all ranks."""
+        state = _call(self.dev, "return its training state", self.trainer.state)
         if not self.writes:
             return Path(path)
-        state = _call(self.dev, "return its training state", self.trainer.state)
         tensors = {k: np.asarray(v) for k, v in state.items()}
         return checkpoint.save(path, tensors, {**self.identity(), "loop": self.loop_state(),
                                                "device": self.dev.string})
