@@ -17,22 +17,11 @@ from hal.comparison import Results, compare, regressions
 from hal.comparison.train import training_data
 from hal.errors import OptionError
 from hal.oracle.interpreter import Interpreter
-from hal.registry import REGISTRY
 from hal.trainer import OptimizerSpec, TrainSpec
 from hal.training import build, trainable_devices
-from test_training import NumpyTrainBackend, SoftmaxRegression, linear
+from test_training import SoftmaxRegression, linear, nptrain  # noqa: F401 (a fixture)
 
 FAST = {"budget_s": 0.01, "warmup": 1, "min_runs": 3, "max_runs": 10}
-
-
-@pytest.fixture
-def nptrain():
-    backend = hal.register_backend(NumpyTrainBackend())
-    backend.trainers = []
-    try:
-        yield backend
-    finally:
-        REGISTRY.unregister("nptrain")
 
 
 @pytest.fixture

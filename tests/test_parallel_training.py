@@ -70,19 +70,11 @@ def test_a_rank_joins_from_the_rendezvous_variables(monkeypatch):
         joined(Parallel(workers=2), launch)
 
 
-def test_a_backend_without_an_engine_refuses_workers():
-    from tests.test_training import NumpyTrainBackend
-    from hal.registry import REGISTRY
-
-    hal.register_backend(NumpyTrainBackend())
-    try:
-        x = np.zeros((8, 1, 4, 4), np.float32)
-        from tests.test_training import linear
-        with pytest.raises(OptionError, match="trains on one device only"):
-            hal.train(linear(), (x, np.zeros(8, np.int64)), device="cpu@nptrain", workers=2,
-                      progress=False)
-    finally:
-        REGISTRY.unregister("nptrain")
+def test_a_backend_without_an_engine_refuses_workers(nptrain):
+    x = np.zeros((8, 1, 4, 4), np.float32)
+    with pytest.raises(OptionError, match="trains on one device only"):
+        hal.train(linear(), (x, np.zeros(8, np.int64)), device="cpu@nptrain", workers=2,
+                  progress=False)
 
 
 def test_the_scaling_model_is_a_ring_all_reduce():
@@ -103,23 +95,18 @@ def test_the_scaling_model_is_a_ring_all_reduce():
     assert four.efficiency == pytest.approx(0.010 / four.step_s)
 
 
-def test_hal_train_estimate_scaling_measures_one_step_and_labels_the_model(tmp_path, capsys):
+def test_hal_train_estimate_scaling_measures_one_step_and_labels_the_model(nptrain, tmp_path,
+                                                                           capsys):
     import json
 
     from hal.cli import main
-    from hal.registry import REGISTRY
-    from tests.test_training import NumpyTrainBackend, blobs, linear
 
-    hal.register_backend(NumpyTrainBackend())
-    try:
-        x, y = blobs(40)
-        np.savez(tmp_path / "d.npz", x=x, y=y)
-        linear().save(tmp_path / "m.onnx")
-        assert main(["train", str(tmp_path / "m.onnx"), "--device", "cpu@nptrain", "--data",
-                     str(tmp_path / "d.npz"), "--batch", "8", "--estimate-scaling", "1,2,512",
-                     "--bandwidth", "10Gbit", "--json"]) == 0
-    finally:
-        REGISTRY.unregister("nptrain")
+    x, y = blobs(40)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    linear().save(tmp_path / "m.onnx")
+    assert main(["train", str(tmp_path / "m.onnx"), "--device", "cpu@nptrain", "--data",
+                 str(tmp_path / "d.npz"), "--batch", "8", "--estimate-scaling", "1,2,512",
+                 "--bandwidth", "10Gbit", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "a model, not a measurement" in report["note"]
     assert report["gradient_bytes"] == 4 * (16 * 3 + 3)
@@ -129,7 +116,8 @@ def test_hal_train_estimate_scaling_measures_one_step_and_labels_the_model(tmp_p
 
 # -- end to end through hal.train, on each framework's engine ---------------------------------
 
-from tests.test_training import FRAMEWORKS, trainer_device  # noqa: E402
+from tests.test_training import (FRAMEWORKS, blobs, linear,  # noqa: E402, F401 (a fixture)
+                                 nptrain, trainer_device)
 
 
 def small_mlp():

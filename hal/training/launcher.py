@@ -66,11 +66,14 @@ def _start(launch: Launch, folder: Path) -> list[subprocess.Popen]:
         env = dict(base)
         if launch.processes > 1:
             env.update(RANK=str(rank), LOCAL_RANK=str(rank))
-        quiet = rank > 0  # one progress bar: rank 0's
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "hal.training.worker", str(folder)], env=env,
-            stdout=subprocess.DEVNULL if quiet else None,
-            stderr=open(folder / f"stderr-{rank}.txt", "wb") if quiet else None))
+        if rank == 0:  # one progress bar: rank 0's
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hal.training.worker", str(folder)], env=env))
+            continue
+        with open(folder / f"stderr-{rank}.txt", "wb") as err:  # the child keeps its own copy
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hal.training.worker", str(folder)], env=env,
+                stdout=subprocess.DEVNULL, stderr=err))
     return procs
 
 
