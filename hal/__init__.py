@@ -38,6 +38,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"hal.{name}")
+    if name in ("prune", "sparsify", "distill", "compress"):  # hal.compression, on first use
+        import importlib
+
+        return getattr(importlib.import_module("hal.compression"), name)
     if name == "compare":  # the function, never the module of that name (see hal/compare.py)
         from hal.comparison.harness import compare
 
@@ -49,5 +53,5 @@ __all__ = ["DEFAULT_OPSET", "Backend", "BackendError", "Buffer", "CompileOptions
            "Device", "DeviceInfo", "DeviceNotFound", "DeviceSpec", "Executable", "HalError",
            "HostBuffer", "InputError", "Model", "ModelError", "OptionError", "TensorSpec",
            "TrainResult", "Transfers", "UnsupportedOp", "__version__", "compare", "compile",
-           "data", "device", "devices", "errors", "from_torch", "load", "nn", "register_backend",
-           "save", "train"]
+           "compress", "data", "device", "devices", "distill", "errors", "from_torch", "load",
+           "nn", "prune", "register_backend", "save", "sparsify", "train"]

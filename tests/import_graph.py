@@ -33,13 +33,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("backends", ("hal.backends",)),
     ("compiler and training", ("hal.compiler", "hal.frontends", "hal.training")),
     ("public API and comparison", ("hal", "hal.comparison", "hal.compare", "hal.inputs",
-                                   "hal.testing")),
+                                   "hal.testing", "hal.compression")),
     ("CLI", ("hal.cli",)),
 ]
 ZOO_MAY_IMPORT = ("hal.nn", "hal.errors", "hal.models")
 #: the zoo is content, not library: the layers that may name it
 ZOO_USERS = ("hal.models", "hal.frontends", "hal.comparison", "hal.compare", "hal.inputs",
-             "hal.testing", "hal.cli")
+             "hal.testing", "hal.cli", "hal.compression")
 
 
 def layer(module: str) -> int:
