@@ -57,6 +57,9 @@ class Model:
     function of no argument returning ``(arrays, source)``: the arrays as ``calibration=``
     takes them, and where they come from in words (``hal run --explain`` shows it). It is
     called only when needed, so a model whose calibration set is a data set loads it then.
+
+    ``compression``: what ``hal.prune``/``hal.sparsify``/``hal.distill`` did to make this
+    model (a report object whose ``str()`` is a table), or None.
     """
 
     def __init__(self, ir_model: ir.Model, name: str | None = None,
@@ -64,6 +67,7 @@ class Model:
         self.ir = ir_model
         self.name = name or ir_model.graph.name or "model"
         self.calibration = calibration
+        self.compression: Any = None
 
     @property
     def graph(self) -> ir.Graph:
