@@ -23,4 +23,4 @@ def op(*names: str):
     return register
 
 
-from hal.oracle import elementwise, fused, loss, nn, quant, tensor  # noqa: E402,F401
+from hal.oracle import elementwise, fused, integer, loss, nn, quant, tensor  # noqa: E402,F401
