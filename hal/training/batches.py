@@ -8,7 +8,7 @@ batches are taken as it gives them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -21,10 +21,12 @@ TARGET = "target"
 
 @dataclass
 class Feed:
-    """What the training graph takes: the model's inputs and the target."""
+    """What the training graph takes: the model's inputs, the target and any other input its
+    loss reads (``extra``: the teacher's logits of loss "distill"), by name in a dict."""
 
     inputs: list[TensorSpec]
     target: TensorSpec
+    extra: list[TensorSpec] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -33,13 +35,19 @@ class Feed:
     def arrays(self, item: Any, where: str) -> dict[str, np.ndarray]:
         """One batch (or a whole data set) as checked arrays by input name plus ``target``;
         new arrays where a dtype changes, the caller's own otherwise (never written to)."""
+        extras = [s.name for s in self.extra]
         if isinstance(item, dict):
-            missing = [n for n in [*self.names, TARGET] if n not in item]
-            extra = [k for k in item if k not in [*self.names, TARGET]]
+            keys = [*self.names, TARGET, *extras]
+            missing = [n for n in keys if n not in item]
+            extra = [k for k in item if k not in keys]
             if missing or extra:
                 raise InputError(f"{where}: a dict of data has the model's inputs {self.names} "
-                                 f"and {TARGET!r}; missing {missing}, unexpected {extra}")
+                                 f"and {[TARGET, *extras]}; missing {missing}, unexpected "
+                                 f"{extra}")
             x, y = {n: item[n] for n in self.names}, item[TARGET]
+        elif extras:
+            raise InputError(f"{where}: the training graph also takes {extras}; pass a dict by "
+                             f"input name with {[TARGET, *extras]}")
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             x, y = item
             if not isinstance(x, dict):
@@ -52,6 +60,7 @@ class Feed:
                              f"{TARGET!r}, got {type(item).__name__}")
         out = {spec.name: self._input(spec, x.get(spec.name), where) for spec in self.inputs}
         out[TARGET] = self._target(y, where)
+        out.update((spec.name, self._input(spec, item[spec.name], where)) for spec in self.extra)
         sizes = {k: len(v) for k, v in out.items()}
         if len(set(sizes.values())) != 1:
             raise InputError(f"{where}: inputs and target differ in their number of samples "

@@ -13,7 +13,7 @@ from typing import Iterable
 import numpy as np
 import onnx_ir as ir
 
-from hal.errors import ModelError
+from hal.errors import ModelError, OptionError
 from hal.ir import shapes as S
 from hal.ir.attributes import attribute
 from hal.ir.graph import add_initializer, set_input
@@ -27,7 +27,12 @@ LOSSES = {
                      "(LogSoftmax) on axis 1, with int64 class indices as target",
     "nll": "log-probabilities on axis 1, with int64 class indices as target",
     "mse": "any float output, with a float target of the same shape",
+    "distill": "class scores as for cross_entropy, with int64 class indices as target and the "
+               "teacher's logits (float, the output's shape) as input 'teacher_logits'; "
+               "loss_options temperature (> 0) and alpha (in [0, 1]) (hal.distill)",
 }
+#: the training graph's input that carries the teacher's logits (loss "distill")
+TEACHER_LOGITS = "teacher_logits"
 #: inputs that are settings, not weights: a float initializer read only here never trains
 SETTING_INPUTS = {
     "BatchNormalization": {3, 4},  # running statistics: updated by the step, not the optimizer
@@ -38,10 +43,11 @@ FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.
 
 
 def build(model: Model, loss: str = "cross_entropy", freeze: Iterable[str] = (),
-          output: str | None = None) -> TrainGraph:
-    """``model`` prepared for training with ``loss`` ("cross_entropy", "nll" or "mse") on its
-    output ``output`` (needed when the model has several); ``freeze``: fnmatch patterns of
-    initializer names kept fixed."""
+          output: str | None = None, loss_options: dict | None = None) -> TrainGraph:
+    """``model`` prepared for training with ``loss`` (a name in ``LOSSES``) on its output
+    ``output`` (needed when the model has several); ``freeze``: fnmatch patterns of
+    initializer names kept fixed; ``loss_options``: the settings of a loss that has some
+    ("distill": temperature, alpha)."""
     if not isinstance(model, Model):
         raise ModelError(f"the training graph is built from a hal.Model, got "
                          f"{type(model).__name__}; load it first with hal.load(...)")
@@ -61,6 +67,10 @@ def build(model: Model, loss: str = "cross_entropy", freeze: Iterable[str] = (),
     updates = _batchnorm_training(g)
     _dropout_training(g)
     loss_value, target_value = _append_loss(g, loss, read, info)
+    if loss == "distill":
+        loss_value = _append_distillation(g, read, info, loss_value, loss_options or {})
+    elif loss_options:
+        raise ModelError(f"loss {loss!r} takes no loss_options, got {sorted(loss_options)}")
     g.outputs.clear()
     g.outputs.extend([loss_value, *(_value(g, n) for n in own_outputs)])
     g.outputs.extend(_value(g, n) for n in updates)
@@ -189,6 +199,64 @@ def _append_loss(g: ir.Graph, loss: str, read: ir.Value,
                      reduction="mean"), target
     return _node(g, "SoftmaxCrossEntropyLoss", [read, target], "loss", ftype,
                  reduction="mean"), target
+
+
+def _append_distillation(g: ir.Graph, read: ir.Value, info: dict, hard: ir.Value,
+                         options: dict) -> ir.Value:
+    """Hinton et al.'s loss: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) *
+    cross_entropy(s, target)``, the KL summed over classes (axis 1) and averaged over samples
+    (and positions), ``t`` the teacher's logits (an input), ``s`` the student's class scores
+    (logits or log-probabilities as they are, probabilities through Log)."""
+    temperature, alpha = distillation_options(options)
+    shape, dtype = info.get(read.name, (None, None))
+    classes = shape[1] if shape is not None and len(shape) > 1 else None
+    if not isinstance(classes, int):
+        raise ModelError(f"loss 'distill' needs a static number of classes on axis 1 of output "
+                         f"{read.name!r}; its shape is {S.fmt(shape) if shape else 'unknown'}")
+    if TEACHER_LOGITS in _used_names(g):
+        raise ModelError(f"the model has a value named {TEACHER_LOGITS!r}, the name of the "
+                         f"training input that carries the teacher's logits; rename it")
+    ftype = ir.DataType.FLOAT if dtype is None else ir.DataType.from_numpy(dtype)
+    np_type = ftype.numpy()
+    dims = ir.Shape([d if isinstance(d, int) else "batch" for d in shape])
+    teacher = ir.Value(name=TEACHER_LOGITS, type=ir.TensorType(ftype), shape=dims)
+    g.inputs.append(teacher)
+    hard.name = _fresh(g, "loss.cross_entropy")
+    producer = read.producer()
+    student = _node(g, "Log", [read]) if producer is not None and \
+        producer.op_type == "Softmax" else read
+
+    def constant(value: float, name: str) -> ir.Value:
+        return _node(g, "Constant", [], name, value=ir.tensor(np.array(value, np_type)))
+
+    inverse_t = constant(1.0 / temperature, "loss.inverse_temperature")
+    log_p = [_node(g, "LogSoftmax", [_node(g, "Mul", [v, inverse_t])], axis=1)
+             for v in (teacher, student)]
+    p_teacher = _node(g, "Exp", [log_p[0]])
+    kl_terms = _node(g, "Mul", [p_teacher, _node(g, "Sub", log_p)])
+    # the mean over every element times the classes: the sum over classes, averaged
+    mean_kl = _node(g, "ReduceMean", [kl_terms], keepdims=0)
+    soft = _node(g, "Mul", [mean_kl, constant(alpha * temperature ** 2 * classes,
+                                              "loss.soft_weight")])
+    hard_part = _node(g, "Mul", [hard, constant(1.0 - alpha, "loss.hard_weight")])
+    return _node(g, "Add", [soft, hard_part], "loss", ftype)
+
+
+def distillation_options(options: dict) -> tuple[float, float]:
+    """(temperature, alpha) of loss "distill", checked: temperature > 0, 0 <= alpha <= 1."""
+    unknown = sorted(set(options) - {"temperature", "alpha"})
+    if unknown:
+        raise OptionError(f"loss 'distill' takes loss_options temperature and alpha, got "
+                          f"unknown {unknown}")
+    temperature, alpha = options.get("temperature", 4.0), options.get("alpha", 0.5)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not np.isfinite(temperature) or temperature <= 0:
+        raise OptionError(f"temperature must be a finite number > 0 (4.0 is usual), got "
+                          f"{temperature!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise OptionError(f"alpha weighs the teacher's term against the labels' and must be a "
+                          f"number in [0, 1] (0: labels only, 1: teacher only), got {alpha!r}")
+    return float(temperature), float(alpha)
 
 
 def _target(g: ir.Graph, dtype: ir.DataType, shape) -> ir.Value:

@@ -41,7 +41,7 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
           freeze: Sequence[str] = (), output: str | None = None, workers: int = 1,
           strategy: str = "data", stages: int = 2, explain: bool = False,
           cluster: str | None = None, max_failures: int = 0, timeout: float | None = None,
-          **options: Any) -> TrainResult:
+          loss_options: dict | None = None, **options: Any) -> TrainResult:
     """Train ``model`` (anything ``hal.compile`` takes) on ``data`` on ``device``.
 
     ``data``/``validation``: ``(x, y)`` arrays, a dict by input name with ``"target"``, or an
@@ -60,7 +60,9 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     workers on a Ray cluster, restarted from the last epoch's checkpoint up to
     ``max_failures`` times (``hal.training.ray_cluster``; ``storage_path=`` for checkpoints).
     ``timeout``: seconds the fresh worker processes of a parallel run may take before they are
-    stopped and the run fails (None: no limit).
+    stopped and the run fails (None: no limit). ``loss_options``: the settings of a loss that
+    has some (loss "distill": temperature, alpha; its data are dicts that also carry
+    ``"teacher_logits"``, as ``hal.distill`` makes them).
     """
     from hal.frontends import to_model
 
@@ -85,7 +87,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
                 precision=precision, seed=seed, validation=validation, metrics=metrics,
                 checkpoint_dir=checkpoint_dir, resume=resume, callbacks=callbacks,
                 progress=progress, freeze=freeze, output=output, workers=workers,
-                strategy=strategy, stages=stages, explain=explain, **options)
+                strategy=strategy, stages=stages, explain=explain, loss_options=loss_options,
+                **options)
     if cluster is not None:
         if isinstance(max_failures, bool) or not isinstance(max_failures, int) \
                 or max_failures < 0:
@@ -106,8 +109,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
             return launcher.run_elsewhere(launch, call, timeout)
         parallel = joined(parallel, launch)
         _explain(explain, dev, parallel, launch)
-    tg = build(hal_model, loss, freeze, output)
-    feed = Feed(hal_model.inputs, _target_spec(tg))
+    tg = build(hal_model, loss, freeze, output, loss_options)
+    feed = Feed(hal_model.inputs, _target_spec(tg), _extra_specs(tg, hal_model))
     data_src = source(data, feed, "data")
     val_src = None if validation is None else source(validation, feed, "validation")
     per_epoch = data_src.batches_per_epoch(batch_size)
@@ -122,6 +125,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
                     "batch_size": batch_size, "accumulate": accumulate, "precision": precision,
                     "seed": seed, "freeze": list(freeze), "output": output,
                     "samples": data_src.samples}
+    if loss_options:
+        run_settings["loss_options"] = dict(loss_options)
     if parallel.active:
         run_settings["parallel"] = {"workers": parallel.workers, "strategy": parallel.strategy,
                                     "processes": parallel.world, "engine": launch.why}
@@ -172,7 +177,16 @@ def shard(group: Sequence[dict], parallel: Parallel) -> tuple[list[dict], list[f
 
 
 def _target_spec(tg: TrainGraph) -> TensorSpec:
-    v = next(v for v in tg.model.graph.inputs if v.name == tg.target)
+    return _input_spec(next(v for v in tg.model.graph.inputs if v.name == tg.target))
+
+
+def _extra_specs(tg: TrainGraph, model: Model) -> list[TensorSpec]:
+    """The training graph's inputs besides the model's and the target (the teacher's logits)."""
+    known = {*(s.name for s in model.inputs), tg.target, *tg.model.graph.initializers}
+    return [_input_spec(v) for v in tg.model.graph.inputs if v.name not in known]
+
+
+def _input_spec(v: Any) -> TensorSpec:
     dims = tuple(d if isinstance(d, int) else str(d) for d in v.shape) if v.shape else ()
     return TensorSpec(v.name, dims, np.dtype(v.dtype.numpy()))
 
@@ -314,7 +328,7 @@ class Run:
         batches, _ = self.validation.epoch(self.spec.seed, 0, self.settings["batch_size"],
                                            shuffle=False)
         for b in batches:
-            inputs = {k: v for k, v in b.items() if k != TARGET}
+            inputs = {s.name: b[s.name] for s in self.model.inputs}
             ev.add(_call(self.dev, "evaluate", self.trainer.evaluate, inputs), b)
         return ev.result()
 

@@ -55,14 +55,17 @@ class Evaluation:
 
     def add(self, outputs: Sequence[np.ndarray], batch: dict[str, np.ndarray]) -> None:
         n = len(batch[TARGET])
-        self.sums["loss"] += self.loss(outputs, batch[TARGET]) * n
+        self.sums["loss"] += self.loss(outputs, batch[TARGET], batch) * n
         if "accuracy" in self.metrics:
             pred = np.asarray(outputs[self.output]).argmax(axis=1)
             self.sums["accuracy"] += float((pred == batch[TARGET]).mean()) * n
         self.samples += n
 
-    def loss(self, outputs: Sequence[np.ndarray], target: np.ndarray) -> float:
-        env = dict(zip(self.tg.outputs, outputs))
+    def loss(self, outputs: Sequence[np.ndarray], target: np.ndarray,
+             inputs: dict[str, np.ndarray] | None = None) -> float:
+        """The loss of ``outputs``; ``inputs``: the batch, for a loss that reads more than the
+        target (the teacher's logits of loss "distill")."""
+        env = {**(inputs or {}), **dict(zip(self.tg.outputs, outputs))}
         env[self.tg.target] = target
         for node in self.nodes:
             args = [None if v is None else env[v.name] if v.name in env else v.const_value.numpy()
