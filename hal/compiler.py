@@ -6,7 +6,7 @@ import logging
 import time
 import warnings
 from collections import Counter
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,7 +38,9 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     input, a list of such batches, or dicts input name -> array; without it a model that
     brings its own, ``Model.calibration``, as zoo models do, calibrates on that),
     ``calibration_method`` ("minmax" or "percentile"), ``calibration_percentile`` (default
-    99.99), ``power_of_two``.
+    99.99), ``power_of_two``. ``calibration="dynamic"`` (``hal.passes.dynamic_quantize``):
+    int8 weights, activations quantized at run time, no calibration data; it runs on any
+    device, whose backend runs the float parts when it lacks int8 (the integer ops fall back).
     """
     from hal.frontends import to_model
 
@@ -55,11 +57,13 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     if calibration is not None:
         from hal.passes import quantize_flow
 
-        qflow = quantize_flow(opts, *calibration)
+        qflow = quantize_flow(opts, *calibration,
+                              conv_integer="ConvInteger" in dev.backend.ops)
         ir_model, pass_log = qflow.run(work.ir)
         work = Model(ir_model, hal_model.name)
         flow_names.append(qflow.name)
-    flow = dev.backend.flow(opts) or default_flow(dev.backend.name, opts)
+    dev_opts = _backend_options(dev, opts)
+    flow = dev.backend.flow(dev_opts) or default_flow(dev.backend.name, dev_opts)
     ir_model, flow_log = flow.run(work.ir)
     pass_log += flow_log
     flow_names.append(flow.name)
@@ -76,7 +80,7 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
         seg.output_shapes = [info.get(n, (None, None))[0] for n in seg.outputs]
         seg_proto = segment_model(proto, info, seg, work.name)
         seg_model = ir.from_proto(seg_proto)
-        seg_opts = opts if seg.device is dev else CompileOptions(opt_level=opts.opt_level)
+        seg_opts = dev_opts if seg.device is dev else CompileOptions(opt_level=opts.opt_level)
         try:
             exe = seg.device.backend.compile(seg_model, seg.device, seg_opts)
         except HalError:
@@ -103,8 +107,9 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
 def _calibration(hal_model: Model, opts: CompileOptions) -> tuple[list | None, str]:
     """(batches, where they came from) for int8: the caller's arrays, checked, else the
     model's own (``Model.calibration``, a zoo model's); (None, ...) for a model already in
-    QDQ form, which runs as given."""
+    QDQ form, which runs as given, or for dynamic int8, which needs none."""
     from hal.frontends import is_zoo_name
+    from hal.passes import is_dynamic
     from hal.passes.calibration import calibration_batches
 
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in hal_model.graph):
@@ -113,6 +118,8 @@ def _calibration(hal_model: Model, opts: CompileOptions) -> tuple[list | None, s
                               f"DequantizeLinear nodes) and runs as given: leave out "
                               f"calibration=")
         return None, "the model's own QDQ nodes"
+    if is_dynamic(opts):
+        return None, "none: activations are quantized at run time (calibration='dynamic')"
     if opts.calibration is not None:
         batches = calibration_batches(hal_model.inputs, opts.calibration)
         return batches, "calibration= arrays"
@@ -143,7 +150,9 @@ def _options(dev: Device, options: dict) -> CompileOptions:
         able = sorted(d.string for d in REGISTRY.usable() if not d.alias_of
                       and "int8" in REGISTRY.resolve(d.string).backend.precisions)
         hint = f"; int8 (QuantizeLinear/DequantizeLinear) runs on {', '.join(able)}" if able else ""
-    check_precision(dev.backend, opts.precision, dev.string, hint)
+        hint += " (calibration='dynamic' runs anywhere, its integer ops falling back)"
+    check_precision(dev.backend, "fp32" if _runs_dynamic_as_float(dev, opts) else opts.precision,
+                    dev.string, hint)
     _check_int8_options(opts, core)
     if not isinstance(opts.opt_level, int) or not 0 <= opts.opt_level <= 3:
         raise OptionError(f"opt_level must be an int from 0 to 3, got {opts.opt_level!r}")
@@ -152,7 +161,32 @@ def _options(dev: Device, options: dict) -> CompileOptions:
     return opts
 
 
+def _runs_dynamic_as_float(dev: Device, opts: CompileOptions) -> bool:
+    """Dynamic int8 on a backend without int8: it runs the graph's float ops (Cast, Mul, Add
+    and the rest) as fp32, and the integer ops fall back like any op it lacks."""
+    from hal.passes import is_dynamic
+
+    return opts.precision == "int8" and is_dynamic(opts) \
+        and "int8" not in dev.backend.precisions
+
+
+def _backend_options(dev: Device, opts: CompileOptions) -> CompileOptions:
+    """The options ``dev``'s backend compiles its flow and segments with."""
+    if _runs_dynamic_as_float(dev, opts):
+        return replace(opts, precision="fp32", calibration=None)
+    return opts
+
+
 def _check_int8_options(opts: CompileOptions, given: dict) -> None:
+    from hal.passes import is_dynamic
+
+    if isinstance(opts.calibration, str) and not is_dynamic(opts):
+        raise OptionError(f"calibration={opts.calibration!r} is not understood: give arrays of "
+                          f"the model's inputs (static int8) or calibration='dynamic' (weights "
+                          f"int8, activations quantized at run time)")
+    if is_dynamic(opts) and opts.precision != "int8":
+        raise OptionError(f"calibration='dynamic' is dynamic int8 quantization; this compile is "
+                          f"{opts.precision!r}: add precision='int8' or leave calibration out")
     if opts.precision != "int8":
         defaults = CompileOptions()
         stray = [k for k in CompileOptions.INT8_OPTIONS if k in given and given[k] is not None
@@ -163,6 +197,16 @@ def _check_int8_options(opts: CompileOptions, given: dict) -> None:
         return
     from hal.passes.calibration import check_method
 
+    if is_dynamic(opts):
+        defaults = CompileOptions()
+        static = [k for k in ("calibration_method", "calibration_percentile", "power_of_two")
+                  if k in given and given[k] != getattr(defaults, k)]
+        if static:
+            raise OptionError(f"{', '.join(static)} choose(s) static int8 scales from "
+                              f"calibration data; calibration='dynamic' chooses activation "
+                              f"scales at run time: leave {', '.join(static)} out, or pass "
+                              f"calibration= arrays for static int8")
+        return
     check_method(opts.calibration_method, opts.calibration_percentile)
     if not isinstance(opts.power_of_two, bool):
         raise OptionError(f"power_of_two must be True or False, got {opts.power_of_two!r}")
@@ -348,6 +392,8 @@ class CompiledModel:
         o = self.options
         if o.precision != "int8":
             return {}
+        if isinstance(o.calibration, str):
+            return {"calibration": o.calibration}
         return {"calibration_method": o.calibration_method, "power_of_two": o.power_of_two,
                 **({"calibration_percentile": o.calibration_percentile}
                    if o.calibration_method == "percentile" else {})}

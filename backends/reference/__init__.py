@@ -6,6 +6,8 @@ them behind the device interface. It runs the model as written, with no optimiza
 
 from __future__ import annotations
 
+import numpy as np
+
 from hal.backend import Backend, CompileOptions, Device, check_precision
 from hal.device import DeviceInfo
 from hal.ir.schemas import FUSED_OPS
@@ -40,6 +42,15 @@ class ReferenceBackend(Backend):
             return ok
         if node.op_type == "Constant" and "sparse_value" in node.attributes:
             return "reference runs dense Constant values only, not sparse_value"
+        if node.op_type == "Cast":
+            from hal.oracle.tensor import CAST_DTYPES
+
+            kinds = {np.dtype(t).name for t in CAST_DTYPES.values()}
+            odd = [v.dtype.name for v in (node.inputs[0], node.outputs[0])
+                   if v is not None and v.dtype is not None
+                   and _numpy_name(v.dtype) not in kinds]
+            if odd:
+                return f"reference casts between numeric numpy types only, not {odd[0]}"
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             from hal.oracle.quant import QUANT_DTYPES
 
@@ -60,3 +71,11 @@ class ReferenceBackend(Backend):
 
         check_precision(self, options.precision)
         return ReferenceExecutable(model, device)
+
+
+def _numpy_name(dtype) -> str | None:
+    """numpy's name for an IR data type, None for one numpy lacks (strings, float8, ...)."""
+    try:
+        return np.dtype(dtype.numpy()).name
+    except Exception:  # noqa: BLE001 - onnx_ir raises its own errors for such types
+        return None

@@ -71,3 +71,19 @@ def constant(value=None, value_float=None, value_floats=None, value_int=None, va
 def constant_of_shape(shape, value=None):
     fill = np.zeros(1, np.float32) if value is None else value
     return np.full([int(d) for d in shape], fill.reshape(()), dtype=fill.dtype)
+
+
+#: the ONNX types Cast converts between here (numpy's own numeric types), by TensorProto number
+CAST_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+               7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+               13: np.uint64}
+
+
+@op("Cast")
+def cast(x, to, saturate=1):
+    # numpy's conversions are ONNX's for these types: round to nearest even between floats,
+    # truncation toward zero from float to int, nonzero -> True
+    if to not in CAST_DTYPES:
+        raise ValueError(f"Cast to ONNX type {to} is not one the reference runs (numeric types "
+                         f"{sorted(CAST_DTYPES)})")
+    return np.asarray(x).astype(CAST_DTYPES[to])

@@ -109,21 +109,36 @@ def optimize_passes(options, fuse_activations: bool = False) -> list:
     return passes + [DeadCodeElimination()]  # the weights folding replaced
 
 
-def quantize_flow(options, batches: list, source: str = "") -> Flow:
+def quantize_flow(options, batches: list | None, source: str = "",
+                  conv_integer: bool = True) -> Flow:
     """What ``hal.compile`` runs for ``precision="int8"`` before the backend's own flow:
     cleanup, constant folding, BatchNorm folding, then ``Quantize`` (calibrated on
     ``batches`` through cpu@reference) into the QDQ form of HAL's int8 contract.
-    ``batches`` None: the model is already QDQ and ``Quantize`` keeps it as given."""
+    ``batches`` None: the model is already QDQ and ``Quantize`` keeps it as given.
+    ``options.calibration == "dynamic"``: ``DynamicQuantize`` instead (weights int8 now,
+    activations at run time; Conv too when ``conv_integer``), no batches needed."""
     from hal.passes.batchnorm import BatchNormFolding
     from hal.passes.constant_folding import ConstantFolding
     from hal.passes.dead_code import DeadCodeElimination
+
+    prepare = cleanup_passes() + [
+        ShapeInference(strict_mode=False), ConstantFolding(keep_dequantize=True),
+        DeadCodeElimination(), BatchNormFolding(), DeadCodeElimination()]
+    if is_dynamic(options):
+        from hal.passes.dynamic_quantize import DynamicQuantize
+
+        return Flow("int8.dynamic", prepare + [DynamicQuantize(conv_integer),
+                                               DeadCodeElimination()])
     from hal.passes.quantize import Quantize
 
     quantize = Quantize(batches, options.calibration_method, options.calibration_percentile,
                         options.power_of_two, source)
-    return Flow("int8.quantize", cleanup_passes() + [
-        ShapeInference(strict_mode=False), ConstantFolding(keep_dequantize=True),
-        DeadCodeElimination(), BatchNormFolding(), DeadCodeElimination(), quantize])
+    return Flow("int8.quantize", prepare + [quantize])
+
+
+def is_dynamic(options) -> bool:
+    """Whether ``options`` ask for dynamic int8 (``calibration="dynamic"``)."""
+    return isinstance(options.calibration, str) and options.calibration == "dynamic"
 
 
 def default_flow(backend: str, options, fuse_activations: bool = False) -> Flow:
