@@ -31,10 +31,11 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.ir.graph import add_initializer, replace_value
+from hal.ir.graph import add_initializer, const, replace_value
 from hal.ir.schemas import is_onnx
 from hal.passes.base import HalPass
-from hal.passes.quantize import _bias, weight_layout
+from hal.ir.attributes import attribute
+from hal.passes.quantize import weight_layout
 
 QMAX = 127
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -51,6 +52,22 @@ def per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
+    """(ok, float32 [n_out] bias or None): ok is False when the bias is not constant or
+    varies along anything but the output channels (then the node stays float)."""
+    if node.op_type == "MatMul" or len(node.inputs) < 3 or node.inputs[2] is None:
+        return True, None
+    b = const(node.inputs[2])
+    if b is None or b.dtype != np.float32:
+        return False, None
+    if node.op_type == "Conv":
+        return (True, b) if b.shape == (n_out,) else (False, None)
+    if b.size not in (1, n_out) or b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1):
+        return False, None
+    beta = np.float32(attribute(node, "beta", 1.0))
+    return True, np.broadcast_to(b.reshape(-1) * beta, (n_out,)).astype(np.float32)
+
+
 class DynamicQuantize(HalPass):
     """Gemm/MatMul (and Conv with ``conv``) -> integer ops on run-time-quantized inputs."""
 
@@ -64,7 +81,7 @@ class DynamicQuantize(HalPass):
         if not is_onnx(node, "Gemm", "MatMul", *(("Conv",) if self.conv else ())):
             return False
         layout = weight_layout(node)
-        return layout is not None and _bias(node, layout[0].shape[layout[1]])[0]
+        return layout is not None and bias(node, layout[0].shape[layout[1]])[0]
 
     def call(self, model: ir.Model) -> PassResult:
         g = model.graph
@@ -107,7 +124,7 @@ class DynamicQuantize(HalPass):
             x_q, add_initializer(self.g, q, f"{prefix}.weight_quantized"), x_zp,
             add_initializer(self.g, np.zeros(n, np.int8), f"{prefix}.weight_zero_point")],
             f"{prefix}_MatMulInteger", ir.DataType.INT32)
-        self._rescale(node, acc, scale, _bias(node, n)[1], prefix)
+        self._rescale(node, acc, scale, bias(node, n)[1], prefix)
 
     def _conv(self, node: ir.Node) -> None:
         w, _ = weight_layout(node)
@@ -121,13 +138,13 @@ class DynamicQuantize(HalPass):
             add_initializer(self.g, np.array(0, np.int8), f"{prefix}.weight_zero_point")],
             f"{prefix}_ConvInteger", ir.DataType.INT32, attrs)
         per_o = (o,) + (1,) * (rank - 2)  # broadcasts along the channels of [N, O, ...]
-        _, b = _bias(node, o)
+        _, b = bias(node, o)
         self._rescale(node, acc, scale.reshape(per_o), None if b is None else b.reshape(per_o),
                       prefix)
 
     def _rescale(self, node: ir.Node, acc: ir.Value, w_scale: np.ndarray,
-                 bias: np.ndarray | None, prefix: str) -> None:
-        """int32 ``acc`` -> float: Cast, times x_scale * w_scale, plus ``bias``; it replaces
+                 b: np.ndarray | None, prefix: str) -> None:
+        """int32 ``acc`` -> float: Cast, times x_scale * w_scale, plus the bias ``b``; it replaces
         ``node``'s output, and ``node`` goes."""
         _, x_scale, _ = self.quantized[id(node.inputs[0])]
         as_float = self._node("Cast", [acc], f"{prefix}_Cast", ir.DataType.FLOAT,
@@ -136,8 +153,8 @@ class DynamicQuantize(HalPass):
                                                              f"{prefix}.weight_scale")],
                             f"{prefix}_scales_Mul", ir.DataType.FLOAT)
         y = self._node("Mul", [as_float, scales], f"{prefix}_output_scale_Mul", ir.DataType.FLOAT)
-        if bias is not None:
-            y = self._node("Add", [y, add_initializer(self.g, bias.astype(np.float32),
+        if b is not None:
+            y = self._node("Add", [y, add_initializer(self.g, b.astype(np.float32),
                                                       f"{prefix}.bias")],
                            f"{prefix}_bias_Add", ir.DataType.FLOAT)
         replace_value(node.outputs[0], y)
