@@ -122,7 +122,8 @@ class OrtBackend(Backend):
         if op in ("GRU", "LSTM", "RNN") and attr.get("layout", 0) == 1:
             return "ort runs recurrent ops with layout=0 only"
         if op == "ConvInteger" and len(node.inputs) > 3 and node.inputs[3] is not None \
-                and node.inputs[3].shape is not None and node.inputs[3].shape.numel() > 1:
+                and node.inputs[3].shape is not None \
+                and any(d != 1 for d in node.inputs[3].shape.dims):
             return "ort's ConvInteger takes a per-tensor weight zero point only"
         if op in ("ReduceMax", "ReduceMin") and "BOOL" in dtypes:
             return "ort fails on empty boolean reductions"
