@@ -14,9 +14,10 @@ def add_parser(sub) -> None:
     r.add_argument("--batch", type=int, default=1)
     r.add_argument("--precision", default=None,
                    help="fp32, fp16, bf16 or int8 (default: the device's own, fp32 for most)")
-    r.add_argument("--calibration", metavar="FILE.npy|.npz",
+    r.add_argument("--calibration", metavar="FILE.npy|.npz|dynamic",
                    help="int8 calibration inputs: .npy for the single input, .npz by input "
-                   "name (zoo models default to hal.models.calibration_data)")
+                   "name (zoo models default to hal.models.calibration_data); 'dynamic': "
+                   "int8 weights, activations quantized at run time, no data")
     r.add_argument("--opt-level", type=int, default=1)
     r.add_argument("--fallback", default="cpu", help="fallback device, or 'none' for strict")
     r.add_argument("--repeat", type=int, default=20, help="timed calls (at most)")
@@ -43,7 +44,9 @@ def cmd_run(args) -> int:
     if args.precision is not None:
         options["precision"] = args.precision
     source = None
-    if args.calibration:
+    if args.calibration == "dynamic":
+        options["calibration"] = "dynamic"
+    elif args.calibration:
         options["calibration"] = load_calibration(args.calibration, model)
         source = f"{args.calibration} ({samples(options['calibration'])} samples)"
     for key, value in backend_options(args.option):
