@@ -12,7 +12,7 @@ from hal.backends.jax_backend.framework import jax, jnp, lax
 FROM_JAX = {
     "erf": "scipy.special.erf", "sigmoid": "nn.sigmoid", "soft_sign": "nn.soft_sign",
     "softplus": "nn.softplus", "relu": "nn.relu", "gelu": "nn.gelu",
-    "logsumexp": "nn.logsumexp", "rsqrt": "lax.rsqrt",
+    "logsumexp": "nn.logsumexp", "rsqrt": "lax.rsqrt", "stop_gradient": "lax.stop_gradient",
 }
 
 

@@ -26,6 +26,7 @@ FROM_TF = {
     "prod": "reduce_prod", "var": "math.reduce_variance", "where": "where",
     "clip": "clip_by_value", "shape": "shape", "size": "size", "transpose": "transpose",
     "take": "gather", "tile": "tile", "float32": "float32", "int64": "int64",
+    "stop_gradient": "stop_gradient",
 }
 
 

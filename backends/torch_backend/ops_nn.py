@@ -444,3 +444,36 @@ def fused_gemm(n: NodeView):
     from hal.backends.torch_backend.ops_math import gemm
 
     return _activate(n, gemm(n))
+
+
+# -- HAL's FakeQuantize ("ai.hal"): quantization-aware training (backends/common/kernels/quant.py)
+
+def _weight_scale(x, axis: int, qmax: int, power_of_two: bool):
+    other = [i for i in range(x.dim()) if i != axis % x.dim()]
+    s = x.abs().amax(dim=other, keepdim=True) / float(qmax)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    if not power_of_two:
+        return s
+    up = torch.exp2(torch.ceil(torch.log2(s.double()))).float()
+    down = up / 2
+
+    def error(c):
+        d = torch.clamp(torch.round(x / c), -qmax, qmax) * c - x
+        return (d * d).sum(dim=other, keepdim=True)
+
+    return torch.where(error(down) < error(up), down, up)
+
+
+def _fake_quantize(x, scale, qmin: float, qmax: float, axis: int, power_of_two: bool):
+    with torch.no_grad():
+        s = _weight_scale(x, axis, int(qmax), power_of_two) if scale is None else scale
+        rounded = torch.clamp(torch.round(x / s), qmin, qmax) * s
+    inside = x if scale is None else torch.minimum(torch.maximum(x, s * qmin), s * qmax)
+    return inside + (rounded - inside).detach()
+
+
+@converter("FakeQuantize", domain=HAL_DOMAIN)
+def fake_quantize(n: NodeView):
+    return n.call(_fake_quantize, n.input(0), n.input(1), float(n.attr("qmin", -128)),
+                  float(n.attr("qmax", 127)), int(n.attr("axis", 0)),
+                  bool(n.attr("power_of_two", 0)))

@@ -4,7 +4,7 @@ Each has a converter in ``ops_*.py``; tests check the two agree. Only ops that p
 every applicable ONNX conformance case through ``cpu:0@torch`` are listed.
 """
 
-from hal.ir.schemas import FUSED_OPS
+from hal.ir.schemas import HAL_OPS as ALL_HAL_OPS
 
 OPS = frozenset({
     # elementwise math and logic
@@ -34,5 +34,5 @@ OPS = frozenset({
     "NonZero",
 })
 
-#: HAL's own fused ops (hal.ir.schemas), all of which torch runs
-HAL_OPS = FUSED_OPS
+#: HAL's own ops (hal.ir.schemas: the fused ops and FakeQuantize), all of which torch runs
+HAL_OPS = ALL_HAL_OPS

@@ -16,6 +16,11 @@ HAL_DOMAIN = "ai.hal"
 ONNX_DOMAINS = ("", "ai.onnx")
 #: HAL's own ops: Conv/Gemm with an activation fused in
 FUSED_OPS = frozenset({"FusedConv", "FusedGemm"})
+#: quantization-aware training's fake quantization: ``FakeQuantize(x, scale?)`` with ``qmin``,
+#: ``qmax``, ``axis`` and ``power_of_two``; see ``hal.passes.quantize`` (``fake=True``)
+FAKE_QUANTIZE = "FakeQuantize"
+#: every op of HAL's domain
+HAL_OPS = FUSED_OPS | {FAKE_QUANTIZE}
 #: the ONNX op a fused op extends
 FUSED_BASE = {"FusedConv": "Conv", "FusedGemm": "Gemm"}
 #: activations a fused op may carry, in the order of their numeric codes (``activation_code``);

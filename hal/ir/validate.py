@@ -14,7 +14,7 @@ from hal.errors import ModelError
 from hal.ir import shapes as S
 from hal.ir.model import Model
 from hal.ir.attributes import attribute as _attr
-from hal.ir.schemas import ACTIVATIONS, FUSED_OPS, HAL_DOMAIN
+from hal.ir.schemas import ACTIVATIONS, HAL_DOMAIN, HAL_OPS
 
 
 def _node_name(node: ir.Node) -> str:
@@ -60,9 +60,9 @@ class _Validator:
                 raise ModelError(f"{_node_name(node)}: op {node.op_type!r} is not known to any "
                                  f"registered backend; rewrite it with supported ops or install "
                                  f"a backend plugin that provides it (see `hal devices`)")
-            if node.domain == HAL_DOMAIN and node.op_type not in FUSED_OPS:
+            if node.domain == HAL_DOMAIN and node.op_type not in HAL_OPS:
                 raise ModelError(f"{_node_name(node)}: {node.op_type!r} is not one of HAL's own "
-                                 f"{HAL_DOMAIN} ops {sorted(FUSED_OPS)}; use a standard ONNX op")
+                                 f"{HAL_DOMAIN} ops {sorted(HAL_OPS)}; use a standard ONNX op")
             for i, v in enumerate(node.inputs):
                 if v is None or not v.name:
                     continue

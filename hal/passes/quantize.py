@@ -13,6 +13,14 @@ Symmetric: every zero point is 0, activations per tensor (|x| range / 127), weig
 output channel. ``power_of_two`` makes every scale a power of two: of the two around the
 calibrated scale, the one with the smaller squared quantization error (weights: on the
 weights; activations: on the calibration histogram), as shift-only hardware needs.
+
+``fake=True`` is quantization-aware training's form of the same rewrite, at the same points:
+weights stay float initializers (they train) behind an ``ai.hal`` ``FakeQuantize`` that scales
+them per output channel as above at every step, each ``Q -> DQ`` is a ``FakeQuantize`` with
+the calibrated scale, and biases stay float (their int32 rounding, below one part in
+``s_x * s_w``, is left to the conversion). ``scales`` (value name -> scale) replaces
+calibration: converting a trained model reuses the scales its training saw, so the int8 model
+computes what training rounded to.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from hal.ir.graph import add_initializer, const, set_input, sole_consumer
-from hal.ir.schemas import is_onnx
+from hal.ir.schemas import FAKE_QUANTIZE, HAL_DOMAIN, is_onnx
 from hal.passes.base import HalPass
 from hal.passes.calibration import TensorStats, collect
 from hal.ir.attributes import attribute
@@ -103,15 +111,31 @@ class Quantize(HalPass):
     hal_name = "Quantize"
 
     def __init__(self, batches, method: str = "minmax", percentile: float = 99.99,
-                 power_of_two: bool = False, source: str = "") -> None:
+                 power_of_two: bool = False, source: str = "", fake: bool = False,
+                 scales: dict[str, float] | None = None) -> None:
         super().__init__()
         self.batches = batches
         self.method = method
         self.percentile = percentile
         self.power_of_two = power_of_two
         self.source = source
+        self.fake = fake
+        self.given = scales
+        #: the activation scales used, by value name (what ``scales=`` takes back)
+        self.activation_scales: dict[str, float] = {}
 
     # -- scales -------------------------------------------------------------------------
+    def _scale_of(self, v: ir.Value, stats) -> np.float32:
+        if self.given is not None:
+            if v.name not in self.given:
+                raise KeyError(f"no scale given for {v.name!r} (the scales are of another "
+                               f"graph)")
+            scale = np.float32(self.given[v.name])
+        else:
+            scale = self._act_scale(stats[v.name])
+        self.activation_scales[v.name] = float(scale)
+        return scale
+
     def _act_scale(self, s: TensorStats) -> np.float32:
         r = s.range(self.method, self.percentile)
         scale = np.float32(r / QMAX if r > 0 else 1.0)
@@ -141,7 +165,7 @@ class Quantize(HalPass):
     # -- the rewrite --------------------------------------------------------------------
     def call(self, model: ir.Model) -> PassResult:
         g = model.graph
-        if self.batches is None:
+        if self.batches is None and self.given is None:
             n = sum(is_onnx(n, "QuantizeLinear", "DequantizeLinear") for n in g)
             self.detail = f"already quantized ({n} QuantizeLinear/DequantizeLinear): kept as given"
             return PassResult(model, False)
@@ -158,10 +182,13 @@ class Quantize(HalPass):
         acts = {id(n): _activation(n) for n in compute}
         chain_out = {id(n): (acts[id(n)] or n).outputs[0] for n in compute}
         wanted = [n.inputs[0].name for n in compute] + [v.name for v in chain_out.values()]
-        stats = collect(model, wanted, self.batches)
+        stats = collect(model, wanted, self.batches) if self.given is None else None
 
         self.g, self.scales = g, {}
-        self.zp8 = add_initializer(g, np.array(0, np.int8), "zero_point_int8")
+        if self.fake:
+            model.opset_imports[HAL_DOMAIN] = 1
+        else:
+            self.zp8 = add_initializer(g, np.array(0, np.int8), "zero_point_int8")
         is_compute = {id(n) for n in compute}
         kept_acts = {id(a) for a in acts.values() if a is not None}
         n_pass, kept_float = 0, set()
@@ -174,15 +201,20 @@ class Quantize(HalPass):
                 kept_float.add(node.op_type)
         g.sort()
         n_act = len(kept_acts)
-        samples = sum(next(iter(b.values())).shape[0] if next(iter(b.values())).ndim else 1
-                      for b in self.batches)
         method = self.method + (f" {self.percentile}" if self.method == "percentile" else "")
-        self.detail = (f"{len(compute)} Conv/Gemm/MatMul to int8 (per-channel weights, int32 "
-                       f"bias), {n_act} Relu/Clip kept before their QuantizeLinear, {n_pass} "
-                       f"pass-through op(s) on int8 scales"
+        if self.given is not None:
+            origin = f"with the {len(self.given)} activation scales given ({self.source})"
+        else:
+            samples = sum(next(iter(b.values())).shape[0] if next(iter(b.values())).ndim else 1
+                          for b in self.batches)
+            origin = (f"calibrated ({method}{', power-of-two scales' * self.power_of_two}) on "
+                      f"{samples} sample(s) from {self.source or 'calibration='}")
+        what = ("fake-quantized for training (float weights, FakeQuantize)" if self.fake
+                else "to int8 (per-channel weights, int32 bias)")
+        self.detail = (f"{len(compute)} Conv/Gemm/MatMul {what}, {n_act} Relu/Clip kept before "
+                       f"their QuantizeLinear, {n_pass} pass-through op(s) on int8 scales"
                        + (f"; float: {', '.join(sorted(kept_float))}" if kept_float else "")
-                       + f"; calibrated ({method}{', power-of-two scales' * self.power_of_two})"
-                       f" on {samples} sample(s) from {self.source or 'calibration='}")
+                       + f"; {origin}")
         return PassResult(model, True)
 
     def _quantize_compute(self, node, act, out, stats) -> None:
@@ -191,8 +223,12 @@ class Quantize(HalPass):
         _, b = _bias(node, w.shape[axis])
         x = node.inputs[0]
         if x not in self.scales:
-            self._qdq(x, self._scale_value(x, self._act_scale(stats[x.name])))
+            self._qdq(x, self._scale_value(x, self._scale_of(x, stats)))
             x = node.inputs[0]
+        if self.fake:
+            self._fake_weight(node, axis)
+            self._qdq(out, self._scale_value(out, self._scale_of(out, stats)))
+            return
         s_x = self.scales[x].const_value.numpy().reshape(())
         prefix = node.name or node.op_type.lower()
         s_w = self._weight_scale(w, axis)
@@ -215,7 +251,22 @@ class Quantize(HalPass):
                                                         f"{prefix}.bias_zero_point"), 0))
             if node.op_type == "Gemm":
                 node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-        self._qdq(out, self._scale_value(out, self._act_scale(stats[out.name])))
+        self._qdq(out, self._scale_value(out, self._scale_of(out, stats)))
+
+    def _fake_weight(self, node: ir.Node, axis: int) -> None:
+        """The float weight behind a FakeQuantize that scales it per output channel (Gemm's
+        alpha stays on the node: quantizing W then scaling equals quantizing alpha*W)."""
+        w = node.inputs[1]
+        fq = ir.Node(HAL_DOMAIN, FAKE_QUANTIZE, [w], self._fake_attrs(-QMAX, QMAX, axis),
+                     name=f"{w.name}_FakeQuantize")
+        fq.outputs[0].name = f"{w.name}_fake_quantized"
+        fq.outputs[0].type, fq.outputs[0].shape = ir.TensorType(ir.DataType.FLOAT), w.shape
+        self.g.append(fq)
+        set_input(node, 1, fq.outputs[0])
+
+    def _fake_attrs(self, qmin: int, qmax: int, axis: int = 0) -> list:
+        return [ir.AttrInt64("qmin", qmin), ir.AttrInt64("qmax", qmax), ir.AttrInt64("axis", axis),
+                ir.AttrInt64("power_of_two", int(self.power_of_two))]
 
     def _pass_through(self, node: ir.Node, is_compute: set) -> bool:
         x, y = node.inputs[0], node.outputs[0]
@@ -247,6 +298,14 @@ class Quantize(HalPass):
         g = self.g
         users = [(u.node, u.idx) for u in v.uses()]
         name = v.name
+        if self.fake:
+            fq = ir.Node(HAL_DOMAIN, FAKE_QUANTIZE, [v, scale], self._fake_attrs(-128, 127),
+                         name=f"{name}_FakeQuantize")
+            dv = fq.outputs[0]
+            dv.name, dv.type, dv.shape = f"{name}_fake_quantized", \
+                ir.TensorType(ir.DataType.FLOAT), v.shape
+            g.append(fq)
+            return self._route(v, dv, users, scale)
         q = ir.Node("", "QuantizeLinear", [v, scale, self.zp8], name=f"{name}_QuantizeLinear")
         qv = q.outputs[0]
         qv.name, qv.type, qv.shape = f"{name}_quantized", ir.TensorType(ir.DataType.INT8), v.shape
@@ -257,6 +316,10 @@ class Quantize(HalPass):
         dv.name, dv.type, dv.shape = f"{name}_dequantized", ir.TensorType(ir.DataType.FLOAT), \
             v.shape
         g.append(dq)
+        self._route(v, dv, users, scale)
+
+    def _route(self, v: ir.Value, dv: ir.Value, users: list, scale: ir.Value) -> None:
+        g, name = self.g, v.name
         for user, i in users:
             user.replace_input_with(i, dv)
         if v.is_graph_output():  # the graph output keeps its name and now carries int8 values

@@ -38,6 +38,7 @@ SETTING_INPUTS = {
     "BatchNormalization": {3, 4},  # running statistics: updated by the step, not the optimizer
     "Clip": {1, 2}, "Dropout": {1, 2}, "Pad": {1, 2, 3}, "Resize": {1, 2, 3}, "Upsample": {1},
     "QuantizeLinear": {1, 2}, "DequantizeLinear": {1, 2}, "Shape": {0}, "Size": {0},
+    "FakeQuantize": {1},  # quantization-aware training's activation scale (hal.training.qat)
 }
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 

@@ -20,7 +20,7 @@ from hal.backend import Device
 from hal.errors import BackendError, HalError, OptionError
 from hal.ir.model import Model, TensorSpec
 from hal.trainer import Launch, Parallel, TrainGraph, Trainer, TrainSpec
-from hal.training import checkpoint, launcher, ray_cluster
+from hal.training import checkpoint, launcher, qat, ray_cluster
 from hal.training.batches import TARGET, ArrayData, BatchStream, Feed, grouped, source, weights
 from hal.training.callbacks import BestCheckpoint, Callback
 from hal.training.graph import build
@@ -41,7 +41,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
           freeze: Sequence[str] = (), output: str | None = None, workers: int = 1,
           strategy: str = "data", stages: int = 2, explain: bool = False,
           cluster: str | None = None, max_failures: int = 0, timeout: float | None = None,
-          loss_options: dict | None = None, **options: Any) -> TrainResult:
+          loss_options: dict | None = None, quantize: str | None = None,
+          **options: Any) -> TrainResult:
     """Train ``model`` (anything ``hal.compile`` takes) on ``data`` on ``device``.
 
     ``data``/``validation``: ``(x, y)`` arrays, a dict by input name with ``"target"``, or an
@@ -63,6 +64,10 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     stopped and the run fails (None: no limit). ``loss_options``: the settings of a loss that
     has some (loss "distill": temperature, alpha; its data are dicts that also carry
     ``"teacher_logits"``, as ``hal.distill`` makes them).
+    ``quantize="int8"``: quantization-aware training (``hal.training.qat``): the model trains
+    with fake quantization where ``hal.compile(precision="int8")`` quantizes, calibrated on
+    ``calibration=`` (else the first training samples; also ``calibration_method``,
+    ``calibration_percentile``, ``power_of_two``), and the result is the int8 QDQ model.
     """
     from hal.frontends import to_model
 
@@ -88,7 +93,7 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
                 checkpoint_dir=checkpoint_dir, resume=resume, callbacks=callbacks,
                 progress=progress, freeze=freeze, output=output, workers=workers,
                 strategy=strategy, stages=stages, explain=explain, loss_options=loss_options,
-                **options)
+                quantize=quantize, **options)
     if cluster is not None:
         if isinstance(max_failures, bool) or not isinstance(max_failures, int) \
                 or max_failures < 0:
@@ -109,6 +114,14 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
             return launcher.run_elsewhere(launch, call, timeout)
         parallel = joined(parallel, launch)
         _explain(explain, dev, parallel, launch)
+    qat_options = {k: options.pop(k) for k in qat.OPTIONS if k in options}
+    plan = None
+    if quantize is not None:
+        plan = qat.prepare(hal_model, quantize, data, qat_options)
+        hal_model = plan.model
+    elif qat_options:
+        raise OptionError(f"{sorted(qat_options)} configure quantization-aware training: pass "
+                          f"quantize='int8' with them")
     tg = build(hal_model, loss, freeze, output, loss_options)
     feed = Feed(hal_model.inputs, _target_spec(tg), _extra_specs(tg, hal_model))
     data_src = source(data, feed, "data")
@@ -125,6 +138,8 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
                     "batch_size": batch_size, "accumulate": accumulate, "precision": precision,
                     "seed": seed, "freeze": list(freeze), "output": output,
                     "samples": data_src.samples}
+    if plan is not None:
+        run_settings["quantize"] = {"precision": quantize, "quantizer": plan.detail}
     if loss_options:
         run_settings["loss_options"] = dict(loss_options)
     if parallel.active:
@@ -141,7 +156,10 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
               epochs, steps)
     if resume:
         run.resume()
-    return run.fit(progress)
+    result = run.fit(progress)
+    if plan is not None:
+        result.model = qat.convert(plan, result.model)
+    return result
 
 
 def _arrays(data: Any) -> bool:
