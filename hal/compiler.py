@@ -181,9 +181,12 @@ def _check_int8_options(opts: CompileOptions, given: dict) -> None:
     from hal.passes import is_dynamic
 
     if isinstance(opts.calibration, str) and not is_dynamic(opts):
-        raise OptionError(f"calibration={opts.calibration!r} is not understood: give arrays of "
-                          f"the model's inputs (static int8) or calibration='dynamic' (weights "
-                          f"int8, activations quantized at run time)")
+        # a bad calibration value is an InputError, as for arrays of the wrong shape
+        raise InputError(f"calibration={opts.calibration!r} is neither data nor 'dynamic': "
+                         f"give a numpy array of the model's input (or a list of them, or "
+                         f"dicts input name -> array) for static int8, or "
+                         f"calibration='dynamic' (weights int8, activations quantized at run "
+                         f"time)")
     if is_dynamic(opts) and opts.precision != "int8":
         raise OptionError(f"calibration='dynamic' is dynamic int8 quantization; this compile is "
                           f"{opts.precision!r}: add precision='int8' or leave calibration out")

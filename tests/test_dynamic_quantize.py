@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import hal
-from hal.errors import OptionError
+from hal.errors import InputError, OptionError
 from hal.oracle import OPS
 
 DYNAMIC = {"precision": "int8", "calibration": "dynamic"}
@@ -229,7 +229,6 @@ def test_a_device_without_the_integer_ops_falls_back_visibly(mlp_inputs):
     ({**DYNAMIC, "calibration_method": "percentile"}, "leave calibration_method out"),
     ({**DYNAMIC, "calibration_percentile": 99.9}, "leave calibration_percentile out"),
     ({**DYNAMIC, "power_of_two": True}, "leave power_of_two out"),
-    ({"precision": "int8", "calibration": "dynamc"}, "calibration='dynamic'"),
 ])
 def test_bad_options_name_the_fix(options, fix):
     model = hal.models.get("mlp")
@@ -237,6 +236,11 @@ def test_bad_options_name_the_fix(options, fix):
     with pytest.raises(OptionError, match=fix.replace("(", r"\(")):
         hal.compile(model, "cpu@ort", **options)
     assert model.to_proto().SerializeToString() == before
+
+
+def test_a_misspelt_dynamic_is_a_bad_calibration_value():
+    with pytest.raises(InputError, match="numpy array .* or calibration='dynamic'"):
+        hal.compile("mlp", "cpu@ort", precision="int8", calibration="dynamc")
 
 
 def test_cli_run_dynamic(capsys):
