@@ -26,6 +26,11 @@ def add_parser(sub) -> None:
     t.add_argument("--optimizer", default="adamw", help="sgd, adam or adamw")
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--loss", default="cross_entropy", help="cross_entropy, nll or mse")
+    t.add_argument("--quantize", choices=["int8"],
+                   help="quantization-aware training: the saved model is int8 (QDQ), "
+                        "calibrated on the first training samples")
+    t.add_argument("--power-of-two", action="store_true",
+                   help="with --quantize: power-of-two scales (shift-only hardware)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint", metavar="DIR", help="write checkpoints to DIR")
     t.add_argument("--resume", action="store_true", help="continue from DIR's last checkpoint")
@@ -80,7 +85,9 @@ def cmd_train(args) -> int:
                        progress=not args.no_progress, workers=args.workers,
                        strategy=args.strategy, stages=args.stages, explain=args.explain,
                        **({"cluster": args.cluster, "max_failures": args.max_failures}
-                          if args.cluster else {}), **options)
+                          if args.cluster else {}),
+                       **({"quantize": args.quantize, "power_of_two": args.power_of_two}
+                          if args.quantize else {}), **options)
     if args.out:
         hal.save(result.model, args.out)
     if args.save_calibration:

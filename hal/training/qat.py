@@ -95,6 +95,7 @@ def _from_data(model: Model, data: Any) -> Any:
 
 def convert(plan: Plan, trained: Model) -> Model:
     """The trained fake-quantized model in HAL's QDQ int8 form."""
+    from hal.passes.dead_code import DeadCodeElimination
     from hal.passes.quantize import Quantize
 
     work = trained.copy()
@@ -113,5 +114,5 @@ def convert(plan: Plan, trained: Model) -> Model:
     work.ir.opset_imports.pop(HAL_DOMAIN, None)
     quantizer = Quantize(None, power_of_two=plan.power_of_two, scales=plan.scales,
                          source="quantization-aware training")
-    result = quantizer(work.ir)
-    return Model(result.model, trained.name)
+    quantized = quantizer(work.ir).model
+    return Model(DeadCodeElimination()(quantized).model, trained.name)  # float weights out
