@@ -112,6 +112,8 @@ class CompileOptions:
     precision: str = "fp32"
     opt_level: int = 1
     fallback: str | None = "cpu"
+    #: int8 only: arrays of the inputs (static scales, hal.passes.quantize), or "dynamic"
+    #: (int8 weights, activations quantized at run time: hal.passes.dynamic_quantize)
     calibration: Any = None
     #: int8 only (hal.passes.quantize): "minmax" or "percentile" (of |x|, ``calibration_percentile``)
     calibration_method: str = "minmax"
