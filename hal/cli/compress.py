@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     c.add_argument("--ratios", default="0.25,0.5",
                    help="pruning ratios to try, comma-separated ('' for none)")
     c.add_argument("--precisions", default="fp32,bf16,int8,int8-dynamic",
-                   help="precisions to try, comma-separated")
+                   help="precisions to try, comma-separated: fp32, bf16, int8, int8-dynamic, "
+                        "int8-qat (quantization-aware fine-tuning, not tried unless named)")
     c.add_argument("--train-device", default="cpu@torch", help="where fine-tuning runs")
     c.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after pruning")
     c.add_argument("--pretrain-epochs", type=int, default=None,

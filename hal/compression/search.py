@@ -30,10 +30,15 @@ from hal.ir.model import Model
 #: the precisions the search tries -> what ``hal.compile`` takes to make them
 PRECISIONS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
               "int8": {"precision": "int8"},
-              "int8-dynamic": {"precision": "int8", "calibration": "dynamic"}}
+              "int8-dynamic": {"precision": "int8", "calibration": "dynamic"},
+              "int8-qat": {"precision": "int8"}}
 #: the precision a candidate's model, once transformed, compiles with (a QDQ model runs as
 #: given in int8; a dynamic int8 model carries its integer ops and compiles as it is)
-RUNS_AS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "int8-dynamic": "fp32"}
+RUNS_AS = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "int8-dynamic": "fp32",
+           "int8-qat": "int8"}
+#: what ``compress`` tries unless told (quantization-aware training, "int8-qat", trains once
+#: more per candidate: asked for by name)
+DEFAULT_PRECISIONS = ("fp32", "bf16", "int8", "int8-dynamic")
 OBJECTIVES = ("latency", "size")
 CALIBRATION_SAMPLES = 512
 
@@ -102,7 +107,7 @@ class CompressResult:
 def compress(model: Any, data: Any, *, validation: Any = None, device: str = "cpu",
              max_accuracy_drop: float = 0.01, objective: str = "latency", batch: int = 64,
              prune_ratios: Sequence[float] = (0.25, 0.5),
-             precisions: Sequence[str] = tuple(PRECISIONS), train_device: str = "cpu@torch",
+             precisions: Sequence[str] = DEFAULT_PRECISIONS, train_device: str = "cpu@torch",
              finetune_epochs: int = 2, lr: float = 1e-3, budget_s: float = 0.5, seed: int = 0,
              log: Any = None) -> CompressResult:
     """Search pruning ratios x precisions for ``device``; see the module docstring.
@@ -130,7 +135,7 @@ def compress(model: Any, data: Any, *, validation: Any = None, device: str = "cp
         for precision in precisions:
             c = Candidate(_name(ratio, precision), ratio, precision)
             say(f"measuring {c.name} on {device}")
-            _build(c, source, x, device)
+            _build(c, source, (x, y), device, (train_device, finetune_epochs, lr, seed))
             if c.model is not None:
                 _accuracy(c, device, xv, yv, batch)
             candidates.append(c)
@@ -192,26 +197,34 @@ def _pruned(base: Model, ratio: float, data, device: str, epochs: int, lr: float
     return tuned
 
 
-def _build(c: Candidate, source: Model, x: np.ndarray, device: str) -> None:
+def _build(c: Candidate, source: Model, data, device: str, tuning) -> None:
     """The candidate's model in the form it runs in: int8 static is its QDQ model (calibrated
-    on the training inputs), int8 dynamic its dynamic form; fp32 and bf16 the model itself."""
+    on the training inputs), int8 dynamic its dynamic form, int8-qat the QDQ model of
+    quantization-aware fine-tuning; fp32 and bf16 the model itself."""
     from hal.backend import CompileOptions
     from hal.compiler import compile as hal_compile
+    from hal.compression.cost import flops, params
     from hal.passes import quantize_flow
     from hal.passes.calibration import calibration_batches
     from hal.passes.dead_code import DeadCodeElimination
+    from hal.training import train
 
+    x = data[0]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # fallbacks: the candidate's report says where
             hal_compile(source, device, **PRECISIONS[c.precision],
                         **({"calibration": x[:CALIBRATION_SAMPLES]}
-                           if c.precision == "int8" else {}))
+                           if c.precision in ("int8", "int8-qat") else {}))
     except HalError as exc:
         c.note = f"{device} refuses it: {str(exc).splitlines()[0]}"
         return
     if c.precision in ("fp32", "bf16"):
         c.model = source
+    elif c.precision == "int8-qat":
+        train_device, epochs, lr, seed = tuning
+        c.model = train(source, data, device=train_device, epochs=max(1, epochs), lr=lr / 10,
+                        seed=seed, quantize="int8", progress=False).model
     else:
         dynamic = c.precision == "int8-dynamic"
         opts = CompileOptions(precision="int8", calibration="dynamic" if dynamic else None)
@@ -219,8 +232,6 @@ def _build(c: Candidate, source: Model, x: np.ndarray, device: str) -> None:
                                                            x[:CALIBRATION_SAMPLES])
         ir_model, _ = quantize_flow(opts, batches, "training inputs").run(source.copy().ir)
         c.model = Model(DeadCodeElimination()(ir_model).model, source.name)  # float weights out
-    from hal.compression.cost import flops, params
-
     c.size_bytes = len(c.model.to_proto().SerializeToString())
     c.flops, c.params = flops(source), params(source)
 

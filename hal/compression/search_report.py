@@ -61,7 +61,8 @@ def _scatter(result, cs) -> str:
     bound = result.baseline.accuracy - result.max_accuracy_drop
     out.append(f"<line x1='{ml}' x2='{w - 12}' y1='{y(bound):.1f}' y2='{y(bound):.1f}' "
                f"stroke='#c33' stroke-dasharray='4 3'><title>accuracy bound</title></line>")
-    shapes = {"fp32": "circle", "bf16": "diamond", "int8": "square", "int8-dynamic": "triangle"}
+    shapes = {"fp32": "circle", "bf16": "diamond", "int8": "square", "int8-dynamic": "triangle",
+              "int8-qat": "square"}
     for c in cs:
         color = "#2a7" if c is result.chosen else ("#36c" if c.pareto else "#999")
         out.append(plots.marker(shapes[c.precision], x(c.p50_ms), y(c.accuracy), color,
