@@ -274,7 +274,7 @@ class StopAfter(Callback):
 @pytest.mark.parametrize("trainer", ["cpu@torch", "cpu@jax"])
 def test_80_percent_sparse_lenet_is_about_as_accurate_as_dense(lenet, digits, trainer):
     (x, y), (xt, yt) = digits
-    kw = dict(device=trainer, epochs=4, batch_size=32, lr=2e-3, progress=False)
+    kw = dict(device=trainer, epochs=3, batch_size=32, lr=2e-3, progress=False)
     dense = hal.train(lenet, (x, y), **kw)
     sparse = hal.train(lenet, (x, y), callbacks=[Sparsity(target=0.8, frequency=20)], **kw)
     assert zero_fraction(sparse.model) == 0.8
