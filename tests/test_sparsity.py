@@ -240,6 +240,21 @@ def test_fine_tuning_a_2_4_model_with_kept_masks_keeps_the_pattern(lenet, digits
         hal.train(lenet, (x[:32], y[:32]), callbacks=[Sparsity(keep=True)], **kw)
 
 
+def test_a_2_4_pattern_while_training_then_kept_while_fine_tuning_on_jax(lenet, digits):
+    (x, y), _ = digits
+    kw = dict(device="cpu@jax", epochs=1, batch_size=16, progress=False)
+    cb = Sparsity(pattern="2:4", frequency=3)
+    pruned = hal.train(lenet, (x[:96], y[:96]), callbacks=[cb], **kw)
+    tuned = hal.train(pruned.model, (x[96:192], y[96:192]), callbacks=[Sparsity(keep=True)],
+                      **kw)
+    before, after = initializers(pruned.model), initializers(tuned.model)
+    for n in ("2.weight", "5.weight", "7.weight"):
+        assert ((groups(before[n], 1) == 0).sum(axis=1) == 2).all(), n
+        np.testing.assert_array_equal(after[n] == 0, before[n] == 0, err_msg=n)
+    assert (before["0.weight"] != 0).all()  # one input channel: left dense, and reported
+    assert "not a multiple of 4" in cb.report.rows[0]["note"]
+
+
 def test_a_resumed_run_ends_at_the_weights_of_an_uninterrupted_one(lenet, digits, tmp_path):
     (x, y), _ = digits
     kw = dict(device="cpu@torch", batch_size=16, progress=False, optimizer="sgd", lr=0.05,
