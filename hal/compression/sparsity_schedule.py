@@ -46,6 +46,11 @@ def polynomial_sparsity(step: int, initial: float, target: float, begin_step: in
     return target + (initial - target) * (1.0 - progress) ** power
 
 
+def _zeros_fraction(masks: dict[str, np.ndarray]) -> float:
+    size = sum(m.size for m in masks.values())
+    return sum(int(m.size - m.sum()) for m in masks.values()) / max(size, 1)
+
+
 def _step_option(name: str, value: object, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
@@ -96,6 +101,7 @@ class Sparsity(Callback):
         self.skipped: dict[str, str] = {}
         self.masks: dict[str, np.ndarray] = {}
         self.sparsity_now = 0.0
+        self.end = 0  # the update that reaches the target (end_step, or the run's last)
         self.seconds = 0.0
         self.report: SparsityReport | None = None
         self._loaded: dict | None = None
@@ -110,7 +116,7 @@ class Sparsity(Callback):
             state = run.trainer.state()
             masks = {w.name: state[f"param/{w.name}"] != 0 for w in self.weights}
             self.masks = {name: m for name, m in masks.items() if not m.all()}
-            self.sparsity_now = loaded["sparsity"] if loaded else self._zeros_fraction()
+            self.sparsity_now = loaded["sparsity"] if loaded else _zeros_fraction(masks)
             if self.keep and not self.masks:
                 raise OptionError("Sparsity(keep=True) keeps the zeros of the model's weights, "
                                   "but they have none: sparsify it first (hal.sparsify) or "
@@ -185,10 +191,6 @@ class Sparsity(Callback):
     def _masked(self, name: str, array: np.ndarray) -> np.ndarray:
         mask = self.masks.get(name)
         return array if mask is None else np.where(mask, array, 0).astype(array.dtype)
-
-    def _zeros_fraction(self) -> float:
-        size = sum(m.size for m in self.masks.values())
-        return sum(int(m.size - m.sum()) for m in self.masks.values()) / max(size, 1)
 
     def _update_report(self) -> None:
         rows = []
