@@ -13,6 +13,7 @@ Which weights are prunable and along which axis N:M groups run: ``hal.passes.spa
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from hal.compression.sparsity_report import SparsityReport, file_bytes, row
@@ -23,6 +24,8 @@ from hal.passes.sparsity import (SparsifyWeights, check_scope, check_sparsity, p
                                  prunable_weights)
 
 __all__ = ["Sparsity", "SparsityReport", "sparsify", "sparsity_of"]
+
+log = logging.getLogger("hal")
 
 
 def resolve_sparsity(sparsity: float | None, pattern: str | None) -> float:
@@ -59,6 +62,8 @@ def sparsify(model: Any, sparsity: float | None = None, scope: str = "global",
     sparse = source.copy()
     apply = SparsifyWeights(amount, scope, pattern, exclude)
     apply(sparse.ir)
+    for name, why in apply.skipped.items():
+        log.warning("sparsify(pattern=%r) leaves %s dense: %s", pattern, name, why)
     sparse.compression = _report(sparse, apply, {"sparsity": amount, "scope": scope,
                                                  "pattern": pattern,
                                                  "exclude": _listed(exclude)}, source)
