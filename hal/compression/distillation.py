@@ -1,6 +1,6 @@
 """``hal.distill``: a student trained to match a compiled teacher (Hinton et al., 2015).
 
-    result = hal.distill("lenet", small, (x, y), device="cpu@jax", teacher_device="fpga@emu",
+    result = hal.distill(teacher, student, (x, y), device="cpu@jax", teacher_device="fpga@emu",
                          teacher_options={"precision": "int8", "calibration": x[:256]})
 
 The teacher runs compiled on any inference device (``hal.compile(teacher, teacher_device,
