@@ -28,7 +28,7 @@ def _model(nodes, inputs, outputs, initializers=()):
 def test_a_table_is_its_registrations():
     table = KernelTable(COMMON, FUSED)
     assert "Relu" in table.ops and "FusedConv" not in table.ops
-    assert table.hal_ops == {"FusedConv", "FusedGemm"}
+    assert table.hal_ops == {"FusedConv", "FusedGemm", "FakeQuantize"}
     assert table.static_inputs["Reshape"] == {1}
 
     @table.kernel("Relu")
