@@ -56,7 +56,7 @@ class Trace:
                                         for a in args):
             # a Shape of a dynamic dim is a framework value: what depends on it is traced too
             return step.kernel(cx, *args, **step.attrs)
-        if step.op in OPS and "wanted" not in step.attrs:
+        if step.op in OPS and "wanted" not in step.attrs and not _oracle_declines(step):
             return OPS[step.op](*args, **step.attrs)
         with cx.compile_time():  # eagerly, outside the trace
             res = step.kernel(cx, *args, **step.attrs)
@@ -98,3 +98,10 @@ def traced_function(plan: Plan, cx: Context, static_values: dict[str, np.ndarray
         return trace(plan, cx, values).run()
 
     return f
+
+
+def _oracle_declines(step: Step) -> bool:
+    """A Cast to a type numpy lacks (bfloat16, float8): the framework's kernel computes it."""
+    from hal.oracle.tensor import CAST_DTYPES
+
+    return step.op == "Cast" and step.attrs.get("to") not in CAST_DTYPES
