@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib
 
-#: public name -> the module defining it (imported on first use: pruning needs no framework)
+#: public name -> the module defining it (imported on first use: pruning needs no framework);
+#: no module is named as a function, or importing it would replace the function here
 _WHERE = {
     "prune": "hal.compression.structured",
     "sparsify": "hal.compression.sparsity",
     "Sparsity": "hal.compression.sparsity",
-    "distill": "hal.compression.distill",
+    "distill": "hal.compression.distillation",
     "compress": "hal.compression.search",
 }
 
