@@ -10,7 +10,8 @@ metrics, checkpoints, callbacks, progress) is HAL's and the same for every backe
 The training graph's contract (``TrainGraph``):
 
 - inputs: the model's inputs, then ``target`` (int64 class indices [N] for the
-  classification losses, float of the output's shape for ``mse``);
+  classification losses, float of the output's shape for ``mse``), then for the ``distill``
+  loss ``teacher_logits`` (float, the output's shape);
 - outputs: ``loss`` (a float32 scalar: the mean over the micro-batch's samples), then the
   model's outputs, then one output per running statistic that a step updates (BatchNorm's
   running mean and variance, in training mode), named in ``TrainGraph.updates``;
@@ -18,6 +19,9 @@ The training graph's contract (``TrainGraph``):
   ``training_mode`` input as the constant True. The trainer draws dropout masks from its own
   seeded generator (``TrainSpec.seed`` and the step number), so a run is repeatable and a
   resumed run draws what the uninterrupted one would have;
+- quantization-aware training adds ``ai.hal`` ``FakeQuantize`` nodes
+  (``backends/common/kernels/quant.py`` says what they compute; a backend that trains runs
+  them);
 - ``eval_model`` is the inference graph over the same initializer names (BatchNorm on its
   running statistics, Dropout off): ``Trainer.evaluate`` runs it on the current weights.
 """
