@@ -3,6 +3,7 @@
     small = hal.prune(model, ratio=0.5)                     # half of every prunable group's channels
     print(small.compression)                                # per layer FLOPs, params, channels, why
     small = hal.prune(model, ratio=0.5, importance="bn_gamma", round_to=8, exclude=["4.*"])
+    small = hal.prune(model, ratio=0.5, keep_residual=True)  # the residual streams stay whole
 
 The channels that must go together are found by ``hal.passes.channels`` (through BatchNorm,
 activations, residual adds, Concat, depthwise convolutions, Flatten into Gemm, attention heads),
@@ -25,15 +26,16 @@ from hal.ir import shapes as S
 from hal.ir.attributes import attribute
 from hal.ir.graph import const
 from hal.ir.model import Model
-from hal.passes.channels import ChannelGraph, analyze, positions
+from hal.passes.channels import ChannelGraph, analyze
 from hal.passes.prune_channels import IMPORTANCE, PruneChannels, Selection, select
 
 __all__ = ["PruneReport", "prune"]
 
 
 def prune(model: Any, ratio: float = 0.5, structured: bool = True, importance: str = "l1",
-          exclude: Sequence[str] | str = (), round_to: int | None = None, *,
-          input_shape: Any = None, example_input: Any = None) -> Model:
+          exclude: Sequence[str] | str = (), round_to: int | None = None,
+          keep_residual: bool = False, *, input_shape: Any = None,
+          example_input: Any = None) -> Model:
     """A copy of ``model`` (anything ``hal.compile`` takes) with ``ratio`` of the channels of
     every prunable group removed; ``model`` itself is not modified.
 
@@ -51,15 +53,18 @@ def prune(model: Any, ratio: float = 0.5, structured: bool = True, importance: s
     """
     ratio, importance, exclude, round_to = _check(ratio, structured, importance, exclude,
                                                   round_to)
+    if not isinstance(keep_residual, bool):
+        raise OptionError(f"keep_residual must be True or False, got {keep_residual!r}")
     src = to_model(model, input_shape=input_shape, example_input=example_input)
     out = src.copy()
     cg = analyze(out.ir, exclude)
-    sel = select(cg, ratio, importance, round_to)
+    sel = select(cg, ratio, importance, round_to, keep_residual)
     before = _counts(src)
     PruneChannels(cg, sel.kept)(out.ir)
     _check_result(src, out)
     out.compression = PruneReport.build(src, out, cg, sel, before, dict(
-        ratio=ratio, importance=importance, exclude=list(exclude), round_to=round_to))
+        ratio=ratio, importance=importance, exclude=list(exclude), round_to=round_to,
+        keep_residual=keep_residual))
     return out
 
 
@@ -218,7 +223,7 @@ class PruneReport:
             members = sorted({e.node.name for e in cg.edits_of(gid)} | set(g.names()))
             groups.append({"group": gid, "producers": g.names(), "members": members,
                            "channels": [g.size if kept is None else len(kept), g.size],
-                           "unit": g.block, "status": state, "reasons": list(g.reasons)
+                           "unit": g.block, "joins": list(g.joins), "status": state, "reasons": list(g.reasons)
                            if g.reasons else ([why] if why else []),
                            "kept": None if kept is None else [int(c) for c in kept]})
         fb = sum(r["flops_before"] or 0 for r in rows)
@@ -253,6 +258,8 @@ class PruneReport:
             opts += f", round_to {s['round_to']}"
         if s.get("exclude"):
             opts += f", exclude {s['exclude']}"
+        if s.get("keep_residual"):
+            opts += ", keep_residual"
         head = ["layer", "op", "out ch", "in ch", "FLOPs (batch 1)", "params", "status"]
         body = []
         for r in self.rows:

@@ -112,13 +112,16 @@ class GroupAttrEdit:
 class Group:
     """Channels removed together. ``size`` channels in units of ``block`` (a head: 16 channels),
     ``producers`` the nodes whose output channels they are, ``reasons`` why they are left alone
-    (empty: prunable)."""
+    (empty: prunable), ``joins`` the elementwise nodes (residual adds) that made it one group."""
 
     id: int
     size: int
     producers: list = field(default_factory=list)
     block: int = 1
     reasons: list = field(default_factory=list)
+    #: the elementwise nodes that join these channels with others (a residual Add): empty
+    #: for the channels inside a block
+    joins: list = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -213,6 +216,7 @@ class _Analyzer:
         self.parent[b] = a
         ga.producers += [p for p in gb.producers if p not in ga.producers]
         ga.block = lcm(ga.block, gb.block)
+        ga.joins += [n for n in gb.joins if n not in ga.joins]
         ga.reasons += [r for r in gb.reasons if r not in ga.reasons]
         del self.groups[b]
 
@@ -555,6 +559,11 @@ class _Analyzer:
         segs = tracked[0]
         for other in tracked[1:]:
             segs = self.unify(segs, other, where)
+        if len(tracked) > 1:
+            for gid in {s.group for segs_ in tracked for s in segs_ if s.group is not None}:
+                g = self.groups[self.find(gid)]
+                if where not in g.joins:
+                    g.joins.append(where)
         for v, ax in present:
             if ax in self.t(v):
                 continue
@@ -669,7 +678,7 @@ class _Analyzer:
             self.block(segs, f"{_who(node)} merges the channel axis with axes of unknown size")
             return None
         merged = _scaled(segs, prod(d[i] for i in after))
-        if any(s.per > 1 and s.per.denominator != 1 for s in merged):
+        if any(s.per.denominator != 1 and s.per.numerator != 1 for s in merged):
             self.block(segs, f"{_who(node)} merges parts of heads with other axes")
             return None
         return merged

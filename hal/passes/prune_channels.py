@@ -73,13 +73,19 @@ def channel_scores(cg: ChannelGraph, gid: int, importance: str) -> np.ndarray | 
 
 
 def select(cg: ChannelGraph, ratio: float, importance: str = "l1",
-           round_to: int | None = None) -> Selection:
+           round_to: int | None = None, keep_residual: bool = False) -> Selection:
     """Per prunable group, the units to keep: ``ratio`` of them removed (rounded half up, at
     least one kept), the kept channel count rounded up to a multiple of ``round_to``; the
-    units of highest importance stay (ties: the earlier unit), in their order."""
+    units of highest importance stay (ties: the earlier unit), in their order.
+    ``keep_residual``: groups joined by an elementwise node (a residual stream) keep all."""
     sel = Selection()
     for gid, g in cg.groups.items():
         if not g.prunable:
+            continue
+        if keep_residual and g.joins:
+            sel.skipped[gid] = (f"a residual stream (joined by {g.joins[0]}"
+                                + (f" and {len(g.joins) - 1} more" if len(g.joins) > 1 else "")
+                                + "): keep_residual=True")
             continue
         scores = channel_scores(cg, gid, importance)
         if scores is None:
