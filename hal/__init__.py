@@ -16,12 +16,13 @@ from typing import Any
 
 from hal import errors, nn
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, HostBuffer, Transfers
-from hal.compiler import CompiledModel, compile
+from hal.compiler import CompiledModel
 from hal.device import DeviceInfo, DeviceSpec
 from hal.errors import (BackendError, DeviceNotFound, HalError, InputError, ModelError,
                         OptionError, UnsupportedOp)
 from hal.ir.model import DEFAULT_OPSET, Model, TensorSpec, load, save
 from hal.registry import device, devices, register_backend
+from hal.selection import compile
 from hal.training import TrainResult, train
 from hal.version import __version__
 

@@ -236,6 +236,8 @@ class CompiledModel:
         self.transfers = Transfers()
         self.last_transfers = Transfers()
         self.calls = 0
+        #: how a bare kind chose this device (``hal.selection``), None when it was named
+        self.selection: dict | None = None
         nodes = list(model.graph)
         self.placement = {nodes[i].name: s.device.string for s in segs for i in s.node_indices}
         self._prepare_calls()
@@ -385,6 +387,7 @@ class CompiledModel:
                         "fallback": self.options.fallback, **self._int8_options(),
                         **self.options.extra},
             "compile_s": round(self.compile_s, 4), **self.flow,
+            **({"selection": self.selection} if self.selection is not None else {}),
             "segments": segs,
             "fallbacks": [f.to_dict() for f in self.fallbacks],
             "transfers": {"last_call": self.last_transfers.to_dict(),

@@ -166,6 +166,12 @@ class Registry:
             return [by_name[n] for n in wanted]
         return sorted(recs, key=lambda r: -r.backend.priority)
 
+    def serving(self, kind: str) -> list[Backend]:
+        """The backends that may serve a bare ``kind``, best priority first (HAL_BACKENDS
+        restricts and orders them), without probing any: measured selection
+        (``hal.selection``) keys its cache on this list and probes only on a miss."""
+        return [r.backend for r in self._order() if kind in r.backend.kinds]
+
     def resolve(self, device: str | Device | DeviceInfo) -> Device:
         """Turn a device string into a usable Device, or raise DeviceNotFound saying why."""
         if isinstance(device, Device):

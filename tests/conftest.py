@@ -8,6 +8,9 @@ import pytest
 
 # HAL's processes must never load Debian's system PoCL next to TensorFlow (LLVM clash).
 os.environ.setdefault("HAL_TEST", "1")
+# A bare "cpu" takes the fixed priority order in the suite: measured selection would compile
+# and time every CPU backend for each new model (tests/test_selection.py turns it back on).
+os.environ.setdefault("HAL_SELECT", "priority")
 
 
 def _usable_devices() -> list[str]:
