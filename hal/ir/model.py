@@ -14,6 +14,8 @@ import onnx
 import onnx_ir as ir
 
 from hal.errors import ModelError
+from hal.ir import external_data
+from hal.ir.limits import human, max_model_bytes
 
 #: The one opset HAL's IR speaks; older models are converted to it on load.
 DEFAULT_OPSET = 21
@@ -108,11 +110,14 @@ class Model:
 
 
 def _read_proto(source: Any) -> onnx.ModelProto:
+    limit = max_model_bytes()
+    folder = None
     if isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(source)  # never touch what the user passed in
+        external_data.load_into(proto, None, "the onnx.ModelProto")
         return proto
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         where = "the given bytes"
     elif isinstance(source, (str, os.PathLike)):
@@ -121,13 +126,21 @@ def _read_proto(source: Any) -> onnx.ModelProto:
             raise ModelError(f"model file {str(path)!r} does not exist")
         if path.is_dir():
             raise ModelError(f"{str(path)!r} is a directory; pass the path of an .onnx file")
-        data = path.read_bytes()
         where = f"file {str(path)!r}"
+        size = path.stat().st_size
+        if size > limit:
+            raise ModelError(f"{where} is {human(size)}, more than HAL_MAX_MODEL_BYTES "
+                             f"({human(limit)}); raise the limit if the file is trusted")
+        data = path.read_bytes()
+        folder = path.parent
     else:
         raise ModelError(f"cannot load a model from {type(source).__name__}; pass an .onnx path, "
                          f"bytes, an onnx.ModelProto, a hal.Model or a hal.nn.Module")
     if not data:
         raise ModelError(f"{where} is empty; it is not an ONNX model")
+    if len(data) > limit:
+        raise ModelError(f"{where} hold {human(len(data))}, more than HAL_MAX_MODEL_BYTES "
+                         f"({human(limit)}); raise the limit if the model is trusted")
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:
@@ -135,6 +148,7 @@ def _read_proto(source: Any) -> onnx.ModelProto:
                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
     if not proto.HasField("graph") or len(proto.graph.node) == 0 and not proto.graph.output:
         raise ModelError(f"{where} parsed but holds no graph; it is corrupt or not an ONNX model")
+    external_data.load_into(proto, folder, where)
     return proto
 
 
@@ -151,6 +165,12 @@ def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
                          f"Re-export the model at opset {DEFAULT_OPSET}")
     from onnx import version_converter
 
+    try:  # the converter assumes a well-formed model: it crashes the process on some others
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ModelError(f"{where} uses opset {version} and is not a valid ONNX model, so it "
+                         f"cannot be converted to HAL's opset {DEFAULT_OPSET}: "
+                         f"{str(exc).strip().splitlines()[0][:300]}") from None
     try:
         return version_converter.convert_version(proto, DEFAULT_OPSET)
     except Exception as exc:

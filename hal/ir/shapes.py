@@ -16,12 +16,7 @@ def _shape_of(type_proto: onnx.TypeProto) -> tuple[Shape | None, np.dtype | None
     if not type_proto.HasField("tensor_type"):
         return None, None
     tt = type_proto.tensor_type
-    dtype = None
-    if tt.elem_type:
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        except Exception:
-            dtype = None
+    dtype = _np_dtype(tt.elem_type)
     if not tt.HasField("shape"):
         return None, dtype
     dims = []
@@ -33,6 +28,16 @@ def _shape_of(type_proto: onnx.TypeProto) -> tuple[Shape | None, np.dtype | None
         else:
             dims.append(None)
     return tuple(dims), dtype
+
+
+def _np_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type; None for none (0, unknown, string)."""
+    if not elem_type:
+        return None
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:  # noqa: BLE001 - a corrupt model names a type onnx does not know
+        return None
 
 
 def infer(proto: onnx.ModelProto) -> dict[str, tuple[Shape | None, np.dtype | None]]:
@@ -48,8 +53,7 @@ def infer(proto: onnx.ModelProto) -> dict[str, tuple[Shape | None, np.dtype | No
         if vi.name not in out or out[vi.name][0] is None:
             out[vi.name] = (shape, dtype)
     for init in g.initializer:
-        out[init.name] = (tuple(init.dims),
-                          np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)))
+        out[init.name] = (tuple(init.dims), _np_dtype(init.data_type))
     return out
 
 

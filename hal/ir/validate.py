@@ -15,6 +15,7 @@ from hal.ir import shapes as S
 from hal.ir.model import Model
 from hal.ir.attributes import attribute as _attr
 from hal.ir.schemas import ACTIVATIONS, HAL_DOMAIN, HAL_OPS
+from hal.ir.validate_structure import check_initializers, check_node, check_sizes
 
 
 def _node_name(node: ir.Node) -> str:
@@ -54,6 +55,8 @@ class _Validator:
         available = {v.name for v in g.inputs} | set(g.initializers)
         if not g.outputs:
             raise ModelError("the graph has no outputs; mark at least one value as an output")
+        check_initializers(g)
+        check_sizes(self.info)
         for node in g:
             if self.known_ops is not None and node.domain in ("", "ai.onnx") \
                     and node.op_type not in self.known_ops:
@@ -71,11 +74,15 @@ class _Validator:
                         f"{_node_name(node)}: input #{i} {v.name!r} is neither a graph input, an "
                         f"initializer, nor the output of an earlier node (missing initializer or "
                         f"input); add it to the graph's inputs or initializers")
+            check_node(node, self.model.opset)
             check = getattr(self, f"check_{node.op_type}", None)
             if check is not None:
                 check(node)
             for v in node.outputs:
                 if v.name:
+                    if v.name in available:
+                        self.fail(node, f"output {v.name!r} is already written by another node "
+                                        f"or is a graph input; every value needs its own name")
                     available.add(v.name)
                     self.producer[v.name] = node
         for v in g.outputs:
