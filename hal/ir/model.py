@@ -165,12 +165,7 @@ def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
                          f"Re-export the model at opset {DEFAULT_OPSET}")
     from onnx import version_converter
 
-    try:  # the converter assumes a well-formed model: it crashes the process on some others
-        onnx.checker.check_model(proto)
-    except Exception as exc:
-        raise ModelError(f"{where} uses opset {version} and is not a valid ONNX model, so it "
-                         f"cannot be converted to HAL's opset {DEFAULT_OPSET}: "
-                         f"{str(exc).strip().splitlines()[0][:300]}") from None
+    _check_before_converting(proto, version, where)
     try:
         return version_converter.convert_version(proto, DEFAULT_OPSET)
     except Exception as exc:
@@ -178,6 +173,24 @@ def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
         raise ModelError(f"{where} uses opset {version} and could not be converted {direction} to "
                          f"HAL's opset {DEFAULT_OPSET}: {str(exc).splitlines()[0][:300]}. "
                          f"Re-export the model at opset {DEFAULT_OPSET}") from None
+
+
+def _check_before_converting(proto: onnx.ModelProto, version: int, where: str) -> None:
+    """onnx's version converter assumes well-formed nodes and crashes the process on some
+    others (an attribute of the wrong type), so each node is checked against its schema at the
+    model's own opset first."""
+    from hal.ir.validate_structure import check_node
+
+    try:
+        graph = ir.from_proto(proto).graph
+    except Exception as exc:
+        raise ModelError(f"{where} could not be read: {type(exc).__name__}: {exc}") from None
+    for node in graph:
+        try:
+            check_node(node, version)
+        except ModelError as exc:
+            raise ModelError(f"{where} uses opset {version} and cannot be converted to HAL's "
+                             f"opset {DEFAULT_OPSET}: {exc}") from None
 
 
 def from_proto(proto: onnx.ModelProto, name: str | None = None, where: str = "the model") -> Model:
