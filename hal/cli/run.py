@@ -10,7 +10,13 @@ from hal.errors import OptionError
 def add_parser(sub) -> None:
     r = sub.add_parser("run", help="compile and run a model on a device")
     r.add_argument("model", help="a zoo model name or an .onnx path")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="cpu",
+                   help="a device string; a bare kind (cpu) is served by the fastest backend "
+                   "of that kind, measured at --batch and stored (--select priority: the "
+                   "fixed order)")
+    r.add_argument("--select", choices=("measured", "priority"), default=None,
+                   help="how a bare kind picks its backend (default: HAL_SELECT, else "
+                   "measured)")
     r.add_argument("--batch", type=int, default=1)
     r.add_argument("--precision", default=None,
                    help="fp32, fp16, bf16 or int8 (default: the device's own, fp32 for most)")
@@ -26,7 +32,8 @@ def add_parser(sub) -> None:
                    help="a compile option of the device's backend, e.g. --option "
                    "reuse_factor=4 on fpga@hls4ml or --option xla=false on tpu/cpu@tf "
                    "(repeatable; an unknown key is an error naming the ones it takes)")
-    r.add_argument("--explain", action="store_true", help="show graph, passes and placement")
+    r.add_argument("--explain", action="store_true",
+                   help="show how the device was chosen, graph, passes and placement")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -54,7 +61,9 @@ def cmd_run(args) -> int:
             raise OptionError(f"--option {key}= repeats a setting of its own flag; use the "
                               "flag (hal run --help)")
         options[key] = value
-    compiled = hal.compile(model, args.device, **options)
+    if args.select is not None:
+        options["select"] = args.select
+    compiled = hal.compile(model, args.device, batch=args.batch, **options)
     x = example_inputs(model, args.batch)
     timing, outs = measure(compiled, x, budget_s=args.budget, warmup=2, max_runs=args.repeat)
     report = compiled.report()
@@ -116,6 +125,10 @@ def print_run(result: dict, compiled, explain: bool) -> None:
               f" ms, median {result['p50_ms']:.3f} ms over {result['runs']} runs")
     if explain and result.get("calibration"):
         con.print(f"  int8 calibration data: {result['calibration']}")
+    if explain and rep.get("selection"):
+        from hal.cli.tune import print_selection
+
+        print_selection(con, result["model"], rep["selection"])
     if explain:
         g = Table(title=f"validated graph after flow {rep['flow']}")
         for c in ("node", "op", "inputs", "outputs", "device"):

@@ -22,6 +22,7 @@ import warnings
 from typing import Any
 
 from hal import compiler
+from hal.backend import CompileOptions
 from hal.compiler import CompiledModel
 from hal.device import DeviceSpec
 from hal.errors import BackendError, OptionError
@@ -107,7 +108,7 @@ def _measured(model: Any, spec: DeviceSpec, options: dict, batch: int, budget_s:
     backends = REGISTRY.serving(spec.kind)
     key = cache.make_key(cache.model_hash(hal_model.to_proto().SerializeToString()),
                          [[list(x.shape), str(x.dtype)] for x in inputs],
-                         {k: options[k] for k in sorted(options)}, str(spec), backends)
+                         _key_options(options), str(spec), backends)
     entry = None if force else cache.load(key)
     if entry is not None:
         try:
@@ -176,6 +177,15 @@ def _report(decision: dict, key: dict, spec: DeviceSpec, batch: int,
             "measured_at": decision.get("measured_at"), "budget_s": decision.get("budget_s"),
             "checked": decision.get("checked"), "candidates": decision["candidates"],
             **({"entry": entry} if entry else {})}
+
+
+def _key_options(options: dict) -> dict:
+    """The options as the key holds them: defaults spelled out, so that leaving an option
+    out and passing its default value are one decision."""
+    defaults = CompileOptions()
+    full = {"opt_level": defaults.opt_level, "fallback": defaults.fallback, **options}
+    full.pop("precision", None)  # only fp32 is measured
+    return {k: full[k] for k in sorted(full)}
 
 
 def _batch(batch: Any) -> int:
