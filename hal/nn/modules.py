@@ -98,7 +98,7 @@ class Module:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         try:
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:
                 self.load_state_dict({k: data[k] for k in data.files})
         except (OSError, ValueError) as exc:
             raise HalError(f"cannot read weights from {str(path)!r}: {exc}") from None
