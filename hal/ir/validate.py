@@ -98,6 +98,11 @@ class _Validator:
             self.fail(node, f"attribute group={group} must be >= 1")
         if w is None or x is None:
             return
+        for name, shape in ((node.inputs[0].name, x), (node.inputs[1].name, w)):
+            if len(shape) < 3:
+                self.fail(node, f"{name!r} has shape {S.fmt(shape)} (rank {len(shape)}); Conv "
+                                f"takes [N, C, *spatial] inputs and [M, C/group, *kernel] weights "
+                                f"with at least one spatial dim")
         if len(w) != len(x):
             self.fail(node, f"input {node.inputs[0].name!r} has shape {xs} (rank {len(x)}) but "
                             f"weight {node.inputs[1].name!r} has shape {ws} (rank {len(w)}); "
@@ -141,9 +146,19 @@ class _Validator:
         if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return
         nsp = len(x) - 2
+        if nsp < 1:
+            self.fail(node, f"input {node.inputs[0].name!r} has shape {S.fmt(x)}; a window op "
+                            f"takes [N, C, *spatial] with at least one spatial dim")
         pads = list(_attr(node, "pads", [0] * 2 * nsp))
         strides = list(_attr(node, "strides", [1] * nsp))
         dil = list(_attr(node, "dilations", [1] * nsp))
+        for attr, values, n, low in (("pads", pads, 2 * nsp, 0), ("strides", strides, nsp, 1),
+                                     ("dilations", dil, nsp, 1), ("kernel_shape", kernel, nsp, 1)):
+            if len(values) != n:
+                self.fail(node, f"attribute {attr}={list(values)} needs {n} values for the "
+                                f"{nsp} spatial dims of {node.inputs[0].name!r} {S.fmt(x)}")
+            if any(isinstance(v, int) and v < low for v in values):
+                self.fail(node, f"attribute {attr}={list(values)} must be >= {low}")
         for i in range(nsp):
             size, k = x[2 + i], kernel[i] if i < len(kernel) else None
             if not (isinstance(size, int) and isinstance(k, int)):
@@ -155,8 +170,6 @@ class _Validator:
                                 f"larger than spatial dim {i} of {node.inputs[0].name!r} "
                                 f"{S.fmt(x)} plus padding ({padded}); use a smaller kernel or "
                                 f"more padding, or check the input size")
-            if strides[i] < 1:
-                self.fail(node, f"attribute strides={strides} must be positive")
 
     def check_MaxPool(self, node: ir.Node) -> None:
         x = self.shape(node.inputs[0])
