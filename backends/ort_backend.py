@@ -155,7 +155,9 @@ class OrtBackend(Backend):
                                               _LEVELS[options.opt_level])
         if threads:
             so.intra_op_num_threads = threads
-        so.log_severity_level = 3
+        # fatal only: what onnxruntime refuses comes back as the BackendError below, so its own
+        # red error lines on stderr would say the same thing twice
+        so.log_severity_level = 4
         int8_note = ""
         qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
         fuses_qdq = _LEVELS[options.opt_level] in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
