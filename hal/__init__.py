@@ -47,6 +47,10 @@ def __getattr__(name: str):
         from hal.comparison.harness import compare
 
         return compare
+    if name == "serve":  # hal.serving, on first use (starlette and uvicorn when it starts)
+        from hal.serving import serve
+
+        return serve
     raise AttributeError(f"module 'hal' has no attribute {name!r}")
 
 
@@ -55,4 +59,4 @@ __all__ = ["DEFAULT_OPSET", "Backend", "BackendError", "Buffer", "CompileOptions
            "HostBuffer", "InputError", "Model", "ModelError", "OptionError", "TensorSpec",
            "TrainResult", "Transfers", "UnsupportedOp", "__version__", "compare", "compile",
            "compress", "data", "device", "devices", "distill", "errors", "from_torch", "load",
-           "nn", "prune", "register_backend", "save", "sparsify", "train"]
+           "nn", "prune", "register_backend", "save", "serve", "sparsify", "train"]
