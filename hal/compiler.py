@@ -249,8 +249,12 @@ class CompiledModel:
         self._expect = [(s.dtype, len(s.shape),
                          tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)))
                         for s in self.inputs]
+        self._n_in = len(self.inputs)
         self._symbolic = any(isinstance(d, str) for s in self.inputs for d in s.shape) \
             and len(self.inputs) > 1
+        #: (type, shape, dtype) per input of the last call that passed every check, its
+        #: outputs' included: a call whose inputs are alike skips them (one comparison)
+        self._accepted: list[tuple] | None = None
         # host-memory devices never copy, so there is nothing to count
         self._counting = any(not d.info.host_memory for d in self.devices)
         slots = {name: i for i, name in enumerate(self._names)}
@@ -259,27 +263,41 @@ class CompiledModel:
                 slots.setdefault(n, len(slots))
         self._n_slots = len(slots)
         self._out_slots = [slots[n] for n in self.outputs]
+        # a graph input that is also an output is the caller's array, not a Buffer
+        self._outputs_buffers = all(i >= self._n_in for i in self._out_slots)
         self._plan = [(seg.device, [slots[n] for n in seg.inputs], [slots[n] for n in seg.outputs],
                        exe, seg, [_expect(shp) for shp in (seg.output_shapes
                                                            or [None] * len(seg.outputs))])
                       for seg, exe in zip(self.segments, self.executables)]
+        # one segment taking the graph's inputs in order (most models): a verified call goes
+        # straight to its executable, the outputs picked from what it returns
+        self._direct = None
+        if len(self._plan) == 1 and self._outputs_buffers and not self._counting \
+                and not self._symbolic and self._plan[0][1] == list(range(self._n_in)):
+            device, _, out_slots, exe, _, _ = self._plan[0]
+            self._direct = (device, exe, [out_slots.index(i) for i in self._out_slots])
 
-    def _check(self, arrays: Sequence[Any]) -> Sequence[Any]:
-        if len(arrays) != len(self._expect):
+    def _check(self, arrays: Sequence[Any]) -> list[tuple] | None:
+        """Raise InputError on a wrong input. None when the inputs are like the last verified
+        call's (checked already, outputs too); else their signature, which the caller keeps
+        once this call's outputs have passed their checks."""
+        try:
+            sig = [(type(a), a.shape, a.dtype) for a in arrays]
+        except AttributeError:
+            sig = None
+        if sig is not None and sig == self._accepted:
+            return None
+        if len(arrays) != self._n_in:
             names = ", ".join(str(s) for s in self.inputs)
             raise InputError(f"{self.source.name!r} takes {len(self.inputs)} input(s) ({names}), "
                              f"got {len(arrays)}")
-        for (dtype, rank, fixed), a in zip(self._expect, arrays):
-            try:
-                shape = a.shape
-                ok = a.dtype == dtype and len(shape) == rank
-            except AttributeError:
-                ok = False
-            if not ok or any(shape[i] != d for i, d in fixed):
-                self._explain_bad_inputs(arrays)
-        if self._symbolic:
+        if sig is None or self._symbolic:
             self._explain_bad_inputs(arrays)
-        return arrays
+        for (dtype, rank, fixed), (cls, shape, got) in zip(self._expect, sig):
+            if got != dtype or len(shape) != rank or any(shape[i] != d for i, d in fixed) \
+                    or not issubclass(cls, (np.ndarray, Buffer)):
+                self._explain_bad_inputs(arrays)
+        return None if self._symbolic else sig
 
     def _explain_bad_inputs(self, arrays: Sequence[Any]) -> None:
         """The slow path: find the offending input and say exactly what is wrong."""
@@ -302,13 +320,14 @@ class CompiledModel:
                     raise InputError(f"dynamic dim {e!r} is {symbols[e]} in one input and "
                                      f"{d} in {spec.name!r}; it must be the same everywhere")
 
-    def _execute(self, inputs: Sequence[Any]) -> list[Any]:
-        values: list[Any] = list(inputs) + [None] * (self._n_slots - len(inputs))
+    def _execute(self, inputs: Sequence[Any], verify: bool = True) -> list[Any]:
+        """Run the segments in order. ``verify``: check what each backend returns (count,
+        type, static dims); skipped for inputs like those of a call that was verified, as
+        the same inputs give the same kinds of outputs."""
+        values: list[Any] = [*inputs, *[None] * (self._n_slots - self._n_in)]
         for device, in_slots, out_slots, exe, seg, expect in self._plan:
-            ins = []
-            for i in in_slots:
-                v = values[i]
-                ins.append(v.to(device) if isinstance(v, Buffer) else device.put(v))
+            ins = [v.to(device) if isinstance(v, Buffer) else device.put(v)
+                   for v in [values[i] for i in in_slots]]
             try:
                 outs = exe.run(ins)
             except HalError:
@@ -316,22 +335,9 @@ class CompiledModel:
             except Exception as exc:
                 raise BackendError(f"{device.string} failed running segment {seg.index} of "
                                    f"{self.source.name!r}: {type(exc).__name__}: {exc}") from exc
-            if len(outs) != len(out_slots):
-                raise BackendError(f"{device.backend.name} returned {len(outs)} outputs for "
-                                   f"segment {seg.index}, expected {len(out_slots)}")
-            for slot, buf, exp in zip(out_slots, outs, expect):
-                if not isinstance(buf, Buffer):
-                    raise BackendError(f"{device.backend.name} returned a {type(buf).__name__} "
-                                       f"in segment {seg.index}; an Executable must return "
-                                       f"hal Buffers")
-                if exp is not None:
-                    shp = buf.shape
-                    if len(shp) != exp[0] or any(shp[i] != d for i, d in exp[1]):
-                        raise BackendError(
-                            f"{device.backend.name} returned shape {list(shp)} for output "
-                            f"#{out_slots.index(slot)} of segment {seg.index} on "
-                            f"{device.string}; the graph says {_fmt_expect(exp)}. The backend "
-                            f"is wrong: report it to its authors, or use another device")
+            if verify:
+                _verify_outputs(device, seg, outs, out_slots, expect)
+            for slot, buf in zip(out_slots, outs):
                 values[slot] = buf
         return values
 
@@ -343,30 +349,59 @@ class CompiledModel:
         self.transfers = self.transfers + delta
 
     def __call__(self, *arrays: Any) -> list[np.ndarray]:
-        self._check(arrays)
+        new = self._check(arrays)
+        if new is None and self._direct is not None:
+            device, exe, picks = self._direct
+            outs = self._run_direct(device, exe, arrays)
+            self.calls += 1
+            return [outs[j].numpy() for j in picks]
         before = [d.transfers.copy() for d in self.devices] if self._counting else None
-        values = self._execute(arrays)
-        out = [v.numpy() if isinstance(v, Buffer) else np.asarray(v)
-               for v in (values[i] for i in self._out_slots)]
-        self.calls += 1
-        if before is not None:
-            self._count(before)
+        values = self._execute(arrays, new is not None or self._symbolic)
+        if self._outputs_buffers:
+            out = [values[i].numpy() for i in self._out_slots]
+        else:
+            out = [v.numpy() if isinstance(v, Buffer) else np.asarray(v)
+                   for v in [values[i] for i in self._out_slots]]
+        self._done(new, before)
         return out
 
     def run(self, buffers: Sequence[Any]) -> list[Buffer]:
         """Run on device buffers; outputs stay where they were computed (no host copy)."""
         buffers = list(buffers)
-        self._check(buffers)
+        new = self._check(buffers)
+        if new is None and self._direct is not None:
+            device, exe, picks = self._direct
+            outs = self._run_direct(device, exe, buffers)
+            self.calls += 1
+            return [outs[j] for j in picks]
         before = [d.transfers.copy() for d in self.devices] if self._counting else None
-        values = self._execute(buffers)
-        out = []
-        for i in self._out_slots:
-            v = values[i]
-            out.append(v if isinstance(v, Buffer) else self.device.put(v))
+        values = self._execute(buffers, new is not None or self._symbolic)
+        if self._outputs_buffers:
+            out = [values[i] for i in self._out_slots]
+        else:
+            out = [v if isinstance(v, Buffer) else self.device.put(v)
+                   for v in [values[i] for i in self._out_slots]]
+        self._done(new, before)
+        return out
+
+    def _run_direct(self, device: Device, exe: Any, inputs: Sequence[Any]) -> list:
+        """``_execute`` for ``_direct``, on inputs like a verified call's (not counting copies:
+        only for host-memory devices)."""
+        try:
+            return exe.run([v.to(device) if isinstance(v, Buffer) else device.put(v)
+                            for v in inputs])
+        except HalError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"{device.string} failed running segment 0 of "
+                               f"{self.source.name!r}: {type(exc).__name__}: {exc}") from exc
+
+    def _done(self, new: list[tuple] | None, before: list[Transfers] | None) -> None:
         self.calls += 1
+        if new is not None:
+            self._accepted = new  # verified: the next call like this one skips the checks
         if before is not None:
             self._count(before)
-        return out
 
     def sync(self) -> None:
         for d in self.devices:
@@ -409,14 +444,37 @@ class CompiledModel:
         return f"<hal.CompiledModel {self.source.name!r} on {self.device.string} [{where}]>"
 
 
+def _verify_outputs(device: Device, seg: Segment, outs: Sequence[Any], out_slots: list[int],
+                    expect: list) -> None:
+    """A backend's outputs for one segment: as many as the graph says, hal Buffers, of the
+    static dims shape inference gave; else a BackendError blaming the backend."""
+    if len(outs) != len(out_slots):
+        raise BackendError(f"{device.backend.name} returned {len(outs)} outputs for "
+                           f"segment {seg.index}, expected {len(out_slots)}")
+    for k, (buf, exp) in enumerate(zip(outs, expect)):
+        if not isinstance(buf, Buffer):
+            raise BackendError(f"{device.backend.name} returned a {type(buf).__name__} in "
+                               f"segment {seg.index}; an Executable must return hal Buffers")
+        if exp is not None and buf.shape != exp[2]:
+            shp = buf.shape
+            if len(shp) != exp[0] or any(shp[i] != d for i, d in exp[1]):
+                raise BackendError(
+                    f"{device.backend.name} returned shape {list(shp)} for output #{k} of "
+                    f"segment {seg.index} on {device.string}; the graph says "
+                    f"{_fmt_expect(exp)}. The backend is wrong: report it to its authors, or "
+                    f"use another device")
+
+
 def _fmt_expect(exp: tuple) -> str:
-    rank, fixed = exp
+    rank, fixed, _ = exp
     dims = dict(fixed)
     return "[" + ", ".join(str(dims.get(i, "?")) for i in range(rank)) + "]"
 
 
 def _expect(shape) -> tuple | None:
-    """(rank, ((axis, size), ...)) of the static dims of an inferred shape, or None."""
+    """(rank, ((axis, size), ...), the whole shape when every dim is static, else None) of
+    an inferred shape, or None."""
     if shape is None:
         return None
-    return len(shape), tuple((i, d) for i, d in enumerate(shape) if isinstance(d, int))
+    full = tuple(shape) if all(isinstance(d, int) for d in shape) else None
+    return len(shape), tuple((i, d) for i, d in enumerate(shape) if isinstance(d, int)), full
