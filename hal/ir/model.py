@@ -175,6 +175,13 @@ def _convert_opset(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
                          f"Re-export the model at opset {DEFAULT_OPSET}") from None
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a chain: onnx_ir wraps the one that says what is wrong."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
 def _check_before_converting(proto: onnx.ModelProto, version: int, where: str) -> None:
     """onnx's version converter assumes well-formed nodes and crashes the process on some
     others (an attribute of the wrong type), so each node is checked against its schema at the
@@ -184,7 +191,7 @@ def _check_before_converting(proto: onnx.ModelProto, version: int, where: str) -
     try:
         graph = ir.from_proto(proto).graph
     except Exception as exc:
-        raise ModelError(f"{where} could not be read: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"{where} could not be read: {_root_cause(exc)}") from None
     for node in graph:
         try:
             check_node(node, version)
@@ -198,8 +205,12 @@ def from_proto(proto: onnx.ModelProto, name: str | None = None, where: str = "th
     try:
         model = ir.from_proto(proto)
     except Exception as exc:
-        raise ModelError(f"{where} could not be read into HAL's IR: {type(exc).__name__}: {exc}") \
-            from None
+        raise ModelError(f"{where} could not be read into HAL's IR: {_root_cause(exc)}") from None
+    try:  # what HAL read it must be able to write back (every compile copies the model)
+        ir.to_proto(model)
+    except Exception as exc:
+        raise ModelError(f"{where} holds something HAL cannot write back (a corrupt string or "
+                         f"tensor?): {_root_cause(exc)}") from None
     return Model(model, name or proto.graph.name or None)
 
 

@@ -47,6 +47,11 @@ def _pick_node(g: onnx.GraphProto, rng: random.Random) -> onnx.NodeProto | None:
     return rng.choice(g.node) if len(g.node) else None
 
 
+def identity(model, rng):
+    """No mutation: the model as it is, so the case fuzzes the call's inputs."""
+    return _copy(model)
+
+
 def drop_node(model, rng):
     m = _copy(model)
     if m.graph.node:
@@ -278,7 +283,7 @@ def random_bytes(model, rng) -> bytes:
 
 
 MUTATIONS: dict[str, Mutation] = {f.__name__: f for f in (
-    drop_node, rewire_input, drop_input, extra_input, make_cycle, duplicate_output, swap_op,
+    identity, drop_node, rewire_input, drop_input, extra_input, make_cycle, duplicate_output, swap_op,
     change_attribute, change_dims, change_rank, change_dtype, remove_initializer,
     reshape_initializer, shape_constant, nonfinite_weights, wrong_opset, drop_graph_io,
     truncate, flip_bytes, random_bytes)}
