@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hal-installed
 EXTRAS ?= all,dev,docs
 
-.PHONY: demo test venv lint docs clean pynq-env bitstreams rtl-lint
+.PHONY: demo test venv lint docs clean pynq-env bitstreams rtl-lint fuzz
 
 demo: $(STAMP)
 	$(BIN)/hal compare
@@ -39,6 +39,12 @@ $(PYNQ_STAMP): pyproject.toml setup.py
 	$(PYNQ_VENV)/bin/python -m pip install -q $(PYNQ_PINS) -e .
 	$(PYNQ_VENV)/bin/python -m pip check
 	touch $@
+
+# The long fuzz run (hal.testing.fuzz): FUZZ_CASES mutated models through load, compile and call
+# on every usable CPU backend; prints cases per second and findings by exception type
+FUZZ_CASES ?= 20000
+fuzz: $(STAMP)
+	$(BIN)/python -m hal.testing.fuzz --cases $(FUZZ_CASES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hal backends models tests bench setup.py docs/hooks
