@@ -110,13 +110,14 @@ def optimize_passes(options, fuse_activations: bool = False) -> list:
 
 
 def quantize_flow(options, batches: list | None, source: str = "",
-                  conv_integer: bool = True) -> Flow:
+                  conv_integer: bool = True, fake: bool = False) -> Flow:
     """What ``hal.compile`` runs for ``precision="int8"`` before the backend's own flow:
     cleanup, constant folding, BatchNorm folding, then ``Quantize`` (calibrated on
     ``batches`` through cpu@reference) into the QDQ form of HAL's int8 contract.
     ``batches`` None: the model is already QDQ and ``Quantize`` keeps it as given.
     ``options.calibration == "dynamic"``: ``DynamicQuantize`` instead (weights int8 now,
-    activations at run time; Conv too when ``conv_integer``), no batches needed."""
+    activations at run time; Conv too when ``conv_integer``), no batches needed. ``fake``:
+    the quantizer's training form (FakeQuantize nodes, quantization-aware training)."""
     from hal.passes.batchnorm import BatchNormFolding
     from hal.passes.constant_folding import ConstantFolding
     from hal.passes.dead_code import DeadCodeElimination
@@ -132,8 +133,8 @@ def quantize_flow(options, batches: list | None, source: str = "",
     from hal.passes.quantize import Quantize
 
     quantize = Quantize(batches, options.calibration_method, options.calibration_percentile,
-                        options.power_of_two, source)
-    return Flow("int8.quantize", prepare + [quantize])
+                        options.power_of_two, source, fake=fake)
+    return Flow("int8.fake_quantize" if fake else "int8.quantize", prepare + [quantize])
 
 
 def is_dynamic(options) -> bool:

@@ -31,11 +31,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
-from hal.ir.graph import add_initializer, const, replace_value
+from hal.ir.graph import add_initializer, replace_value
 from hal.ir.schemas import is_onnx
 from hal.passes.base import HalPass
-from hal.ir.attributes import attribute
-from hal.passes.quantize import weight_layout
+from hal.passes.quantize import bias_vector, weight_layout
 
 QMAX = 127
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -52,22 +51,6 @@ def per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
-    """(ok, float32 [n_out] bias or None): ok is False when the bias is not constant or
-    varies along anything but the output channels (then the node stays float)."""
-    if node.op_type == "MatMul" or len(node.inputs) < 3 or node.inputs[2] is None:
-        return True, None
-    b = const(node.inputs[2])
-    if b is None or b.dtype != np.float32:
-        return False, None
-    if node.op_type == "Conv":
-        return (True, b) if b.shape == (n_out,) else (False, None)
-    if b.size not in (1, n_out) or b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1):
-        return False, None
-    beta = np.float32(attribute(node, "beta", 1.0))
-    return True, np.broadcast_to(b.reshape(-1) * beta, (n_out,)).astype(np.float32)
-
-
 class DynamicQuantize(HalPass):
     """Gemm/MatMul (and Conv with ``conv``) -> integer ops on run-time-quantized inputs."""
 
@@ -81,7 +64,7 @@ class DynamicQuantize(HalPass):
         if not is_onnx(node, "Gemm", "MatMul", *(("Conv",) if self.conv else ())):
             return False
         layout = weight_layout(node)
-        return layout is not None and bias(node, layout[0].shape[layout[1]])[0]
+        return layout is not None and bias_vector(node, layout[0].shape[layout[1]])[0]
 
     def call(self, model: ir.Model) -> PassResult:
         g = model.graph
@@ -124,7 +107,7 @@ class DynamicQuantize(HalPass):
             x_q, add_initializer(self.g, q, f"{prefix}.weight_quantized"), x_zp,
             add_initializer(self.g, np.zeros(n, np.int8), f"{prefix}.weight_zero_point")],
             f"{prefix}_MatMulInteger", ir.DataType.INT32)
-        self._rescale(node, acc, scale, bias(node, n)[1], prefix)
+        self._rescale(node, acc, scale, bias_vector(node, n)[1], prefix)
 
     def _conv(self, node: ir.Node) -> None:
         w, _ = weight_layout(node)
@@ -138,7 +121,7 @@ class DynamicQuantize(HalPass):
             add_initializer(self.g, np.array(0, np.int8), f"{prefix}.weight_zero_point")],
             f"{prefix}_ConvInteger", ir.DataType.INT32, attrs)
         per_o = (o,) + (1,) * (rank - 2)  # broadcasts along the channels of [N, O, ...]
-        _, b = bias(node, o)
+        _, b = bias_vector(node, o)
         self._rescale(node, acc, scale.reshape(per_o), None if b is None else b.reshape(per_o),
                       prefix)
 

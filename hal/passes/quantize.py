@@ -64,8 +64,9 @@ def weight_layout(node: ir.Node) -> tuple[np.ndarray, int] | None:
     return (w * np.float32(attribute(node, "alpha", 1.0)), 0 if attribute(node, "transB", 0) else 1)
 
 
-def _bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
-    """(ok, float [O] bias or None); ok is False when the bias cannot become int32 [O]."""
+def bias_vector(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
+    """(ok, float32 [n_out] bias or None) of a Conv/Gemm/MatMul: ok is False when the bias is
+    not constant or varies along anything but the output channels (the node then stays float)."""
     if node.op_type == "MatMul" or len(node.inputs) < 3 or node.inputs[2] is None:
         return True, None
     b = const(node.inputs[2])
@@ -82,7 +83,7 @@ def _bias(node: ir.Node, n_out: int) -> tuple[bool, np.ndarray | None]:
 
 def _quantizable(node: ir.Node) -> bool:
     layout = weight_layout(node)
-    return layout is not None and _bias(node, layout[0].shape[layout[1]])[0]
+    return layout is not None and bias_vector(node, layout[0].shape[layout[1]])[0]
 
 
 def _activation(node: ir.Node) -> ir.Node | None:
@@ -220,7 +221,7 @@ class Quantize(HalPass):
     def _quantize_compute(self, node, act, out, stats) -> None:
         g = self.g
         w, axis = weight_layout(node)
-        _, b = _bias(node, w.shape[axis])
+        _, b = bias_vector(node, w.shape[axis])
         x = node.inputs[0]
         if x not in self.scales:
             self._qdq(x, self._scale_value(x, self._scale_of(x, stats)))

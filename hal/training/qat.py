@@ -46,7 +46,6 @@ def prepare(model: Model, quantize: str, data: Any, options: dict) -> Plan:
     ``OPTIONS`` (popped by the caller). The model given is not modified."""
     from hal.passes import quantize_flow
     from hal.passes.calibration import calibration_batches, check_method
-    from hal.passes.quantize import Quantize
 
     if quantize not in QUANTIZE:
         raise OptionError(f"quantize={quantize!r}: quantization-aware training supports "
@@ -67,12 +66,8 @@ def prepare(model: Model, quantize: str, data: Any, options: dict) -> Plan:
     else:
         source = "calibration= arrays"
     batches = calibration_batches(model.inputs, calibration)
-    flow = quantize_flow(opts, batches, source)
-    last = flow.passes[-1]
-    assert isinstance(last, Quantize), "quantize_flow ends with the quantizer"
-    fake = Quantize(batches, opts.calibration_method, opts.calibration_percentile,
-                    opts.power_of_two, source, fake=True)
-    flow.passes[-1] = fake
+    flow = quantize_flow(opts, batches, source, fake=True)
+    fake = flow.passes[-1]
     ir_model, _ = flow.run(model.copy().ir)
     if not fake.activation_scales:
         raise OptionError(f"quantize={quantize!r}: {model.name!r} has nothing to quantize "
