@@ -104,3 +104,32 @@ def test_hal_run_rejects_bad_group(tmp_path):
     assert r.returncode != 0
     assert "group=64" in r.stderr and "32 input channels" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- structure and sizes, checked before any per-op check, pass or backend reads the graph ----
+
+def test_required_input_left_empty():
+    proto = make_model([helper.make_node("Add", ["x", ""], ["y"], name="add")], [("x", [2])],
+                       [("y", None)])
+    assert "input #1 (B) is required but left empty" in _compile_error(proto)
+
+
+def test_initializer_data_not_matching_its_dims():
+    proto = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", [4])],
+                       [("y", None)], {"w": rand(4)})
+    proto.graph.initializer[0].dims[:] = [5]
+    assert "initializer 'w'" in _compile_error(proto)
+
+
+def test_negative_dim_is_refused():
+    proto = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [2, -3])], [("y", None)])
+    assert "negative dim" in _compile_error(proto)
+
+
+def test_weight_above_the_tensor_limit_is_named(monkeypatch):
+    proto = make_model([helper.make_node("Add", ["x", "w"], ["y"])], [("x", [256])],
+                       [("y", None)], {"w": rand(256)})
+    monkeypatch.setenv("HAL_MAX_TENSOR_BYTES", "512")
+    assert "'w' of shape [256]" in _compile_error(proto)
+    monkeypatch.setenv("HAL_MAX_TENSOR_BYTES", "1KiB")
+    hal.compile(proto, "cpu@reference")
