@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
     s.add_argument("--precision", default=None, help="fp32, fp16, bf16 or int8")
     s.add_argument("--max-batch", type=int, default=32,
                    help="rows per batch at most, and per request (0: no batch axis)")
-    s.add_argument("--max-delay-ms", type=float, default=2.0,
-                   help="how long a queued request waits for others to join its batch")
+    s.add_argument("--max-delay-ms", type=float, default=0.0,
+                   help="how long the oldest queued request may wait for others to join its "
+                        "batch (default 0: a batch takes what queued while the model was busy)")
     s.add_argument("--no-batching", dest="batching", action="store_false",
                    help="run every request alone, as it came")
     s.add_argument("--queue", type=int, default=256,

@@ -85,10 +85,11 @@ class BearerAuth:
 
 def build_app(repo: Repository, *, token: str | None = None,
               max_body_bytes: int = 64 << 20, metrics=None, name: str = "hal",
-              reload: bool = True) -> Starlette:
+              reload: bool = True, replica: str | None = None) -> Starlette:
     """The Starlette application serving ``repo``; ``token``: the bearer token (None: no
     authentication); ``max_body_bytes``: larger request bodies get 413; ``reload``: False
-    refuses the load and unload routes (replicas, where one request reaches one copy)."""
+    refuses the load and unload routes (replicas, where one request reaches one copy);
+    ``replica``: which copy this is, shown in the server metadata (Ray Serve replicas)."""
     from hal.version import __version__
 
     state = {"draining": False}
@@ -140,7 +141,10 @@ def build_app(repo: Repository, *, token: str | None = None,
         return _json({"ready": True})
 
     async def server_metadata(request: Request) -> Response:
-        return _json({"name": name, "version": __version__, "extensions": EXTENSIONS})
+        doc = {"name": name, "version": __version__, "extensions": EXTENSIONS}
+        if replica:
+            doc["replica"] = replica
+        return _json(doc)
 
     def served(request: Request):
         p = request.path_params
@@ -278,7 +282,9 @@ def build_app(repo: Repository, *, token: str | None = None,
 
     versioned = "/v2/models/{model}/versions/{version}"
     plain = "/v2/models/{model}"
-    routes = [
+    routes = [  # inference first: Starlette tries the routes in order
+        Route(plain + "/infer", infer, methods=["POST"]),
+        Route(versioned + "/infer", infer, methods=["POST"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
@@ -290,8 +296,7 @@ def build_app(repo: Repository, *, token: str | None = None,
     for base in (plain, versioned):
         routes += [Route(base, model_metadata, methods=["GET"]),
                    Route(base + "/ready", model_ready, methods=["GET"]),
-                   Route(base + "/config", model_config, methods=["GET"]),
-                   Route(base + "/infer", infer, methods=["POST"])]
+                   Route(base + "/config", model_config, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ServeError: on_serve_error, HTTPException: on_http_error,
                                         Exception: on_crash})

@@ -2,15 +2,16 @@
 
 Each model has one ``Batcher``: a bounded queue of requests and a dispatcher on the event
 loop. When one of the model's instances is free, the dispatcher takes the oldest request
-and waits until the requests queued alongside it fill ``max_batch`` rows, or until that
-oldest request has waited ``max_delay_s``; it then takes, in arrival order, the requests
-whose tensors have the same shapes past the batch axis and the same dtypes (only those can
-be concatenated), up to ``max_batch`` rows. The batch runs in a thread of its own (the
-compiled model releases the GIL in its framework), its outputs are split back at the same
-row offsets, and each caller gets its own rows. A request that waited longer than
-``max_delay_s`` already (the instances were busy) goes at once, with whatever queued behind
-it: under load the batches grow by themselves, and an idle server adds no delay beyond
-``max_delay_s``.
+together with the requests queued behind it whose tensors have the same shapes past the
+batch axis and the same dtypes (only those can be concatenated), in arrival order, up to
+``max_batch`` rows. While an instance computes, new requests queue, so under load each batch
+takes what arrived during the previous one and batches grow with the load by themselves;
+an idle server runs a lone request at once. ``max_delay_s`` (default 0, as Triton's
+``max_queue_delay``) lets the oldest request wait that long for others to fill the batch,
+which helps traffic that arrives spread out, at the cost of that much latency when alone.
+The batch runs in a thread of its own (the compiled model releases the GIL in its
+framework), its outputs are split back at the same row offsets, and each caller gets its
+own rows.
 
 A full queue refuses a request at once (``Overloaded``: 503 with ``Retry-After``, the
 seconds the queue ahead needs at the measured batch time); a request waiting past its
@@ -117,6 +118,10 @@ class Batcher:
         finally:
             if not item.future.done():
                 item.future.cancel()  # timed out or the caller went away: drop it
+                try:
+                    self._pending.remove(item)
+                except ValueError:
+                    pass  # already taken into a batch
                 self._depth()
 
     def retry_after(self) -> int:
@@ -126,7 +131,8 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return sum(1 for it in self._pending if not it.future.done())
+        """Requests waiting in the queue."""
+        return len(self._pending)
 
     async def close(self) -> None:
         """Refuse new requests, finish the queued and running ones, stop the threads."""
@@ -196,6 +202,12 @@ class Batcher:
         self._drop_done()
         if not self._pending:
             return []
+        if self.batching and self._rows(self._pending[0].key) < self.max_batch:
+            # requests whose bytes came in with this one's are one turn of the loop away
+            await asyncio.sleep(0)
+            self._drop_done()
+            if not self._pending:
+                return []
         if self.batching and self.max_delay_s > 0:
             deadline = self._pending[0].arrived + self.max_delay_s
             while not self._closing:

@@ -127,9 +127,17 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def compress(body: bytes, accept: str | None) -> tuple[bytes, str | None]:
-    """``body`` compressed as the client's ``Accept-Encoding`` asks (gzip, then deflate)."""
-    if not accept:
+#: responses smaller than this go as they are, whatever the client accepts: most HTTP
+#: clients accept gzip by default, and compressing small tensors costs more CPU than the
+#: bytes it saves take to send
+COMPRESS_MIN_BYTES = 64 << 10
+
+
+def compress(body: bytes, accept: str | None,
+             min_bytes: int = COMPRESS_MIN_BYTES) -> tuple[bytes, str | None]:
+    """``body`` compressed as the client's ``Accept-Encoding`` asks (gzip, then deflate),
+    when it is at least ``min_bytes`` long."""
+    if not accept or len(body) < min_bytes:
         return body, None
     tokens = {t.split(";")[0].strip().lower() for t in accept.split(",")}
     if "gzip" in tokens:

@@ -64,6 +64,10 @@ class Replica:
     """One Ray Serve replica: the models compiled, the HTTP application built."""
 
     def __init__(self, configs: list[ModelConfig], token: str | None, max_body_bytes: int):
+        import socket
+
+        import ray
+
         from hal.serving.app import build_app
         from hal.serving.metrics import Metrics
         from hal.serving.repository import Repository
@@ -71,8 +75,10 @@ class Replica:
         metrics = Metrics()
         repo = Repository(configs, None, {}, metrics)
         repo.load_all()
+        node = ray.get_runtime_context().get_node_id()
         self._app = build_app(repo, token=token, max_body_bytes=max_body_bytes,
-                              metrics=metrics, reload=False)
+                              metrics=metrics, reload=False,
+                              replica=f"{socket.gethostname()}/{node[:8]}/{os.getpid()}")
 
     def __serve_build_asgi_app__(self):
         return self._app
@@ -117,8 +123,15 @@ class RayServing:
 def serve_on_ray(models: Any, *, cluster: str, replicas: int = 1,
                  repository: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  token: str | None = None, block: bool = True, max_body_mb: float = 64,
+                 num_cpus: float = 1, proxy_location: str = "EveryNode",
                  **defaults: Any) -> RayServing | None:
-    """Deploy the models as ``replicas`` Ray Serve replicas (see ``hal.serve``)."""
+    """Deploy the models as ``replicas`` Ray Serve replicas (see ``hal.serve``).
+
+    ``num_cpus``: the CPUs Ray reserves for each replica (so replicas spread over the
+    nodes). ``proxy_location``: where Ray Serve's HTTP proxy listens on ``host:port``:
+    "EveryNode" (Ray's default; a load balancer in front may use any node) or "HeadOnly"
+    (one address; also for a test cluster of several nodes on one machine, whose proxies
+    would share the port)."""
     from hal.comparison.fleet import address_of
 
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
@@ -156,10 +169,10 @@ def serve_on_ray(models: Any, *, cluster: str, replicas: int = 1,
                 from None
         started = True
     try:
-        serve.start(http_options={"host": host, "port": port, "location": "EveryNode"})
+        serve.start(http_options={"host": host, "port": port, "location": proxy_location})
         deployment = serve.deployment(serve.ingress()(Replica), name="hal",
                                       num_replicas=replicas,
-                                      ray_actor_options={"num_cpus": 0},
+                                      ray_actor_options={"num_cpus": num_cpus},
                                       max_ongoing_requests=1024)
         app = deployment.bind(configs, token, int(max_body_mb * (1 << 20)))
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)

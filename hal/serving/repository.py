@@ -63,7 +63,7 @@ class ModelConfig:
     device: str = "cpu"
     precision: str | None = None
     max_batch: int = 32
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     batching: bool = True
     queue: int = 256
     instances: int = 1

@@ -188,7 +188,7 @@ def serve(models: Any = None, *, repository: str | None = None, host: str = "127
     takes, a compiled model, or a dict of ``ModelConfig`` settings). ``repository``: a
     folder of model folders (``hal.serving.repository``), reloadable while serving.
     ``defaults``: settings for every model that does not set its own: ``device`` ("cpu"),
-    ``precision``, ``max_batch`` (32), ``max_delay_ms`` (2), ``batching`` (True), ``queue``
+    ``precision``, ``max_batch`` (32), ``max_delay_ms`` (0), ``batching`` (True), ``queue``
     (256), ``instances`` (1), ``timeout_s`` (None).
     ``token``: requests need ``Authorization: Bearer TOKEN`` (default ``HAL_SERVE_TOKEN``;
     unset: no authentication). ``max_body_mb``: larger requests get 413.

@@ -1,0 +1,280 @@
+"""Load on ``hal serve``: throughput and latency at 1, 8, 32 and 128 concurrent clients.
+
+    python bench/serve_load.py                       # 4 models x batching on/off x 4 loads
+    python bench/serve_load.py --seconds 3 --clients 1,32 --models lenet,identity
+    python bench/serve_load.py --overload-only       # the 10x overload check alone
+
+The server runs as ``hal serve`` in a process of its own (all models in one server, so the
+models share its event loop as they would in production); this process is the load: N
+asyncio clients, each sending one sample (batch 1, the binary tensor extension, as
+tritonclient sends it) and waiting for the answer before the next, for ``--seconds`` after
+a warm-up. Each configuration reports requests answered per second, p50 and p99 latency as
+the client saw it, failures, and the mean batch the server ran (its /metrics). Batching on:
+``--max-batch`` rows within ``--max-delay-ms``; off: ``--no-batching``. ``identity`` is an
+ONNX Identity of LeNet's input, so its row is the server's own ceiling (protocol, queue,
+threads) at that payload.
+
+The offline column is ``hal.compare`` on the same device at batch ``--max-batch``: samples
+per second with no server, the bound batching can approach.
+
+The overload check (``--overload-clients``, default 10x what the server holds: queue plus
+one batch) runs lenet with a small queue, and checks that every answer is 200 or 503, that
+the server's memory stays bounded (its RSS before and after) and that it answers a request
+at once after the load stops.
+
+The clients share the machine with the server: on a small machine the load generator's own
+CPU time lowers the figures (the table says how many cores it had).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("lenet", "tiny_transformer", "resnet_lite", "identity")
+CLIENTS = (1, 8, 32, 128)
+
+
+def identity_model(folder: Path) -> Path:
+    """An ONNX Identity on LeNet's input (N, 1, 28, 28)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1, 28, 28])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])],
+                              "identity", [x], [y])
+    path = folder / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def example(name: str) -> np.ndarray:
+    import hal
+
+    return hal.models.example_input("lenet" if name == "identity" else name, 1)
+
+
+class ServerProcess:
+    """``hal serve`` in a subprocess, on a free port; its URL and its RSS."""
+
+    def __init__(self, specs: list[str], args: list[str]):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HAL_SELECT": "priority"}
+        cmd = [sys.executable, "-m", "hal.cli", "serve", *specs, "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env=env)
+        for line in self.proc.stdout:
+            if line.startswith("serving "):
+                self.url = line.rsplit(" at ", 1)[1].split()[0]
+                break
+        else:
+            raise RuntimeError(f"hal serve did not start: {' '.join(cmd)}")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def load(url: str, model: str, x: np.ndarray, clients: int, seconds: float,
+               warmup_s: float = 1.0) -> dict:
+    """``clients`` closed-loop clients for ``seconds`` (after ``warmup_s``)."""
+    import aiohttp
+
+    from hal.serving.protocol import encode_request
+
+    body, headers = encode_request({"input": x}, outputs=["output"])
+    target = f"{url}/v2/models/{model}/infer"
+    lat: list[float] = []
+    codes: dict[str, int] = {}
+    t_start = time.perf_counter()
+    t_measure, t_end = t_start + warmup_s, t_start + warmup_s + seconds
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def client():
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                try:
+                    async with session.post(target, data=body, headers=headers) as r:
+                        await r.read()
+                        code = str(r.status)
+                except aiohttp.ClientError as exc:
+                    code = type(exc).__name__
+                t1 = time.perf_counter()
+                if t0 >= t_measure:
+                    codes[code] = codes.get(code, 0) + 1
+                    if code == "200":
+                        lat.append(t1 - t0)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    ok = codes.get("200", 0)
+    ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
+    return {"throughput": ok / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "ok": ok,
+            "failures": sum(n for c, n in codes.items() if c != "200"), "codes": codes}
+
+
+def server_batches(url: str) -> dict[str, tuple[float, float]]:
+    """model -> (batches run, rows run) from the server's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for suffix, i in (("_count", 0), ("_sum", 1)):
+            if line.startswith(f"hal_serve_batch_size{suffix}{{"):
+                model = line.split('model="')[1].split('"')[0]
+                out.setdefault(model, [0.0, 0.0])[i] = float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def offline(models: list[str], identity: Path, device: str, batch: int,
+            budget_s: float) -> dict[str, float]:
+    """Samples per second at ``batch`` with no server (hal.compare's timing loop)."""
+    import hal
+
+    names = [str(identity) if m == "identity" else m for m in models]
+    res = hal.compare(models=names, devices=[device], batch=[batch], budget_s=budget_s)
+    out = {}
+    for row in res.rows:
+        name = "identity" if row.model in (str(identity), "identity") else row.model
+        out[name] = row.throughput_per_s if row.ok else float("nan")
+    return out
+
+
+def run_load(models, clients, seconds, device, max_batch, max_delay_ms, queue, folder):
+    identity = identity_model(folder)
+    specs = [f"{identity}={device}" if m == "identity" else f"{m}={device}" for m in models]
+    rows = []
+    for batching in (True, False):
+        args = ["--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms),
+                "--queue", str(queue)] + ([] if batching else ["--no-batching"])
+        server = ServerProcess(specs, args)
+        try:
+            for model in models:
+                x = example(model)
+                for n in clients:
+                    before = server_batches(server.url).get(model, (0.0, 0.0))
+                    r = asyncio.run(load(server.url, model, x, n, seconds))
+                    after = server_batches(server.url).get(model, (0.0, 0.0))
+                    batches = after[0] - before[0]
+                    r.update(model=model, batching=batching, clients=n,
+                             mean_batch=(after[1] - before[1]) / batches if batches else 0.0)
+                    rows.append(r)
+                    print(f"{model:17s} batching={'on ' if batching else 'off'} "
+                          f"clients={n:4d}  {r['throughput']:8.0f}/s  p50 {r['p50_ms']:7.2f} ms"
+                          f"  p99 {r['p99_ms']:7.2f} ms  failures {r['failures']}  "
+                          f"mean batch {r['mean_batch']:.1f}", flush=True)
+        finally:
+            server.stop()
+    return rows, identity
+
+
+def overload(device: str, seconds: float, clients: int | None, queue: int,
+             max_batch: int) -> dict:
+    """lenet at 10x what the server holds: only 200 and 503, bounded memory, recovery."""
+    clients = clients or 10 * (queue + max_batch)
+    server = ServerProcess([f"lenet={device}"], ["--queue", str(queue), "--max-batch",
+                                                 str(max_batch)])
+    try:
+        x = example("lenet")
+        asyncio.run(load(server.url, "lenet", x, 8, 1.0, 0.5))  # warm
+        rss0 = server.rss_mb()
+        r = asyncio.run(load(server.url, "lenet", x, clients, seconds, 1.0))
+        rss1 = server.rss_mb()
+        t0 = time.perf_counter()
+        after = asyncio.run(load(server.url, "lenet", x, 1, 1.0, 0.0))
+        recovered_s = time.perf_counter() - t0
+        return {"clients": clients, "queue": queue, "max_batch": max_batch,
+                "codes": r["codes"], "throughput": r["throughput"], "p99_ms": r["p99_ms"],
+                "only_200_503": set(r["codes"]) <= {"200", "503"},
+                "rss_before_mb": round(rss0, 1), "rss_after_mb": round(rss1, 1),
+                "after": {"codes": after["codes"], "p50_ms": after["p50_ms"]},
+                "recovered": set(after["codes"]) == {"200"}, "check_s": round(recovered_s, 2)}
+    finally:
+        server.stop()
+
+
+def table(rows: list[dict], offline_tp: dict[str, float], max_batch: int) -> str:
+    lines = ["| model | clients | batching on: req/s | p50 ms | p99 ms | mean batch | "
+             "batching off: req/s | p50 ms | p99 ms | offline at batch "
+             f"{max_batch}, samples/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    by = {(r["model"], r["clients"], r["batching"]): r for r in rows}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for n in sorted({r["clients"] for r in rows if r["model"] == model}):
+            on, off = by.get((model, n, True)), by.get((model, n, False))
+
+            def cells(r, batch=False):
+                if r is None:
+                    return ["", "", ""] + ([""] if batch else [])
+                fail = f" ({r['failures']} failed)" if r["failures"] else ""
+                c = [f"{r['throughput']:,.0f}{fail}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}"]
+                return c + ([f"{r['mean_batch']:.1f}"] if batch else [])
+
+            lines.append("| " + " | ".join([model, str(n), *cells(on, True), *cells(off),
+                                            f"{offline_tp.get(model, float('nan')):,.0f}"])
+                         + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--clients", default=",".join(map(str, CLIENTS)))
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
+    p.add_argument("--device", default="cpu@ort")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=0.0)
+    p.add_argument("--queue", type=int, default=1024)
+    p.add_argument("--overload-clients", type=int, default=None)
+    p.add_argument("--overload-queue", type=int, default=32)
+    p.add_argument("--overload-only", action="store_true")
+    p.add_argument("--json", default=None, help="write every figure here")
+    a = p.parse_args()
+    models = [m for m in a.models.split(",") if m]
+    clients = [int(c) for c in a.clients.split(",") if c]
+    out: dict = {"cores": os.cpu_count(), "device": a.device, "seconds": a.seconds,
+                 "max_batch": a.max_batch, "max_delay_ms": a.max_delay_ms,
+                 "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not a.overload_only:
+            rows, identity = run_load(models, clients, a.seconds, a.device, a.max_batch,
+                                      a.max_delay_ms, a.queue, Path(tmp))
+            offline_tp = offline(models, identity, a.device, a.max_batch, budget_s=1.0)
+            out["rows"], out["offline"] = rows, offline_tp
+            print()
+            print(table(rows, offline_tp, a.max_batch))
+        ov = overload(a.device, a.seconds, a.overload_clients, a.overload_queue, a.max_batch)
+        out["overload"] = ov
+        print()
+        print(f"overload: {ov['clients']} clients on lenet (queue {ov['queue']}, max_batch "
+              f"{ov['max_batch']}): answers {ov['codes']}, {ov['throughput']:.0f} answered/s; "
+              f"only 200/503: {ov['only_200_503']}; server RSS {ov['rss_before_mb']} -> "
+              f"{ov['rss_after_mb']} MB; after the load: {ov['after']['codes']} at p50 "
+              f"{ov['after']['p50_ms']:.2f} ms (recovered: {ov['recovered']})")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
