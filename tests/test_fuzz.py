@@ -4,6 +4,8 @@ regression test for each thing fuzzing found. The long run is ``make fuzz``."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -19,6 +21,8 @@ from tests.helpers import make_model, rand
 #: the slower-compiling backends: 2,000 cases in about a minute on a 2-core machine
 PLAN = ((None, 80), ("cpu@reference", 8), ("cpu@ort", 9), ("cpu@torch", 1), ("cpu@jax", 1),
         ("cpu@tf", 1))
+#: seconds a case may run before it counts as a hang: generous, as the machine may be shared
+BOUND = 120
 
 
 def _assert_no_findings(report: fuzz.Report) -> None:
@@ -26,7 +30,7 @@ def _assert_no_findings(report: fuzz.Report) -> None:
 
 
 def test_fuzz_zoo_models():
-    report = fuzz.fuzz(2000, plan=PLAN, node_cases=False, light=False, seed=0)
+    report = fuzz.fuzz(2000, plan=PLAN, node_cases=False, light=False, seed=0, timeout=BOUND)
     print(report.summary())
     assert len(report.outcomes) == 2000
     _assert_no_findings(report)
@@ -37,7 +41,8 @@ def test_fuzz_zoo_models():
 
 
 def test_fuzz_onnx_light_models():
-    report = fuzz.fuzz(40, plan=((None, 1),), node_cases=False, light=True, seed=1)
+    report = fuzz.fuzz(40, plan=((None, 1),), node_cases=False, light=True, seed=1,
+                       timeout=BOUND)
     assert len(report.outcomes) == 40
     _assert_no_findings(report)
     assert any(o.source.startswith("light:") for o in report.outcomes)
@@ -51,9 +56,35 @@ def test_fuzz_onnx_light_models():
 def test_bad_call_inputs(backend, call, seed, source):
     """Wrong dtype, rank, shape, non-contiguous and read-only arrays, NaN, batch 0: a result
     or an InputError, and the caller's arrays unchanged."""
-    outcome = fuzz.run_case(source, fuzz.zoo_models()[source], "identity", seed, backend, call)
+    outcome = fuzz.run_case(source, fuzz.zoo_models()[source], "identity", seed, backend, call,
+                            BOUND)
     assert not outcome.finding, outcome.line()
     assert outcome.result in ("ok", "InputError"), outcome.line()
+
+
+def test_the_harness_reports_other_exceptions_hangs_and_changed_inputs(monkeypatch):
+    lenet = fuzz.zoo_models()["zoo:lenet"]
+
+    def raises(model):
+        raise ValueError("not a HalError")
+
+    monkeypatch.setattr(hal, "load", raises)
+    out = fuzz.run_case("zoo:lenet", lenet, "drop_node", 0, None, None)
+    assert out.finding and out.result == "ValueError"
+    monkeypatch.setattr(hal, "load", lambda model: time.sleep(5))
+    out = fuzz.run_case("zoo:lenet", lenet, "drop_node", 0, None, None, timeout=0.2)
+    assert out.finding and out.result == "hang"
+    monkeypatch.undo()
+
+    class Scribbles:
+        inputs = hal.compile("lenet", "cpu@reference").inputs
+
+        def __call__(self, *arrays):
+            arrays[0][...] = 7
+
+    monkeypatch.setattr(hal, "compile", lambda model, device: Scribbles())
+    out = fuzz.run_case("zoo:lenet", lenet, "nonfinite_weights", 0, "cpu@reference", "good")
+    assert out.finding and out.result == "input modified"
 
 
 # -- what fuzzing found ---------------------------------------------------------------------

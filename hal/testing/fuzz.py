@@ -297,26 +297,31 @@ def fuzz(cases: int, plan: Sequence[tuple[str | None, int]] = QUICK_PLAN, seed: 
 
     usable = set(usable_devices())
     lanes = [d for d, w in plan if d is None or d in usable for _ in range(w)]
-    compiled_sources = dict(zoo_models())
+    # (family, weight): the zoo most, ONNX's small operator models next, its light real-world
+    # models (100+ ms each to load) least; only the first two are compiled
+    families = {"zoo": (zoo_models(), 5)}
     if node_cases:
-        compiled_sources.update(node_models())
-    load_sources = dict(compiled_sources)
+        families["node"] = (node_models(), 4)
     if light:
-        load_sources.update(light_models())
-    compiled_names, load_names = sorted(compiled_sources), sorted(load_sources)
+        families["light"] = (light_models(), 1)
+    sources = {name: proto for models, _ in families.values() for name, proto in models.items()}
+    weighted = [f for f, (_, w) in families.items() for _ in range(w)]
+    names = {f: sorted(models) for f, (models, _) in families.items()}
     report = Report()
     t0 = time.perf_counter()
 
     @hypothesis_seed(seed)
     @settings(max_examples=cases, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(lane=st.sampled_from(lanes), pick=st.integers(0, 1 << 30),
+    @given(lane=st.sampled_from(lanes), family=st.sampled_from(weighted),
+           pick=st.integers(0, 1 << 30),
            mutation=st.sampled_from(sorted(MUTATIONS)), case_seed=st.integers(0, (1 << 32) - 1),
            call=st.sampled_from(CALLS))
-    def one(lane, pick, mutation, case_seed, call):
-        names = load_names if lane is None else compiled_names
-        source = names[pick % len(names)]
-        outcome = run_case(source, load_sources[source], mutation, case_seed, lane,
+    def one(lane, family, pick, mutation, case_seed, call):
+        if lane is not None and family == "light":
+            family = "zoo"
+        source = names[family][pick % len(names[family])]
+        outcome = run_case(source, sources[source], mutation, case_seed, lane,
                            call if lane is not None else None, timeout)
         report.outcomes.append(outcome)
         if progress is not None:

@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-Mutated = "onnx.ModelProto | bytes"
 Mutation = Callable[[onnx.ModelProto, random.Random], "onnx.ModelProto | bytes"]
 
 #: dims a fuzzer tries: empty, negative, one, ordinary, and sizes no machine holds
