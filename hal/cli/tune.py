@@ -53,14 +53,16 @@ def print_selection(con, model: str, sel: dict) -> None:
         return
     how = (f"stored choice (measured {sel.get('measured_at')}), nothing measured now"
            if sel["cached"] else f"measured now in {sel['measure_s']:.2f} s")
+    options = "".join(f" {k}={v}" for k, v in sel.get("winner_options", {}).items())
     t = Table(title=f"{model}: {sel['kind']} at inputs "
                     f"{', '.join(str(shape) for shape, _ in sel['inputs'] or [])} -> "
-                    f"{sel['winner']} ({how})")
+                    f"{sel['winner']}{options} ({how})")
     for c in ("backend", "status", "p50 ms (runs)", "compile s", "max err", "why not"):
         t.add_column(c, justify="left" if c in ("backend", "status", "why not") else "right",
                      overflow="fold")
     for c in sel["candidates"]:
-        won = c.get("device") == sel["winner"]
+        won = c.get("device") == sel["winner"] and \
+            c.get("options", {}) == sel.get("winner_options", {})
         t.add_row(("[bold green]" if won else "") + c["backend"],
                   "winner" if won else c["status"],
                   f"{c['p50_ms']:.4f} ({c['runs']})" if "p50_ms" in c else "",

@@ -112,7 +112,8 @@ def _measured(model: Any, spec: DeviceSpec, options: dict, batch: int, budget_s:
     entry = None if force else cache.load(key)
     if entry is not None:
         try:
-            compiled = compiler.compile(hal_model, entry["winner"], **options)
+            compiled = compiler.compile(hal_model, entry["winner"], **options,
+                                        **entry.get("winner_options", {}))
         except Exception as exc:  # noqa: BLE001 - the stored winner no longer compiles here
             log.warning("the stored choice %s for %r failed (%s); measuring again",
                         entry["winner"], hal_model.name, exc)
@@ -120,7 +121,7 @@ def _measured(model: Any, spec: DeviceSpec, options: dict, batch: int, budget_s:
             lookup_s = time.perf_counter() - t0 - compiled.compile_s
             compiled.selection = _report(entry, key, spec, batch, lookup_s=lookup_s)
             return compiled
-    cands = devices_for(spec.kind, spec.index or 0, backends)
+    cands = devices_for(spec.kind, spec.index or 0, backends, options)
     ref, ref_error = reference_outputs(hal_model, inputs)
     if ref is None:
         log.warning("measured selection of %r: no reference outputs (%s); candidates are "
@@ -128,7 +129,8 @@ def _measured(model: Any, spec: DeviceSpec, options: dict, batch: int, budget_s:
     try_candidates(cands, hal_model, options, inputs, ref)
     time_candidates(cands, inputs, budget_s)
     winner = _winner(cands, hal_model, spec)
-    decision = {"winner": winner.device, "why": _why(winner, cands),
+    decision = {"winner": winner.device, "winner_options": winner.options,
+                "why": _why(winner, cands),
                 "candidates": [c.to_dict() for c in cands], "budget_s": budget_s,
                 "checked": f"against {REFERENCE}" if ref is not None
                 else f"unchecked: {REFERENCE} failed: {ref_error}",
@@ -147,7 +149,7 @@ def _measured(model: Any, spec: DeviceSpec, options: dict, batch: int, budget_s:
 def _winner(cands: list[Candidate], model: Model, spec: DeviceSpec) -> Candidate:
     timed = [c for c in cands if c.status == "measured" and c.times_ms]
     if not timed:
-        why = "; ".join(f"{c.backend}: {c.status}: {c.reason}" for c in cands)
+        why = "; ".join(f"{c.label}: {c.status}: {c.reason}" for c in cands)
         raise BackendError(f"no backend of kind {spec.kind!r} could run {model.name!r} "
                            f"fp32-accurately: {why}. Name a device to see its own error "
                            f"(e.g. {spec.kind}@{cands[0].backend if cands else 'reference'})")
@@ -161,7 +163,7 @@ def _why(winner: Candidate, cands: list[Candidate]) -> str:
         return f"the only candidate that compiled and agreed with {REFERENCE}"
     nxt = others[0]
     return (f"fastest of {len(others) + 1} candidates agreeing with {REFERENCE}: p50 "
-            f"{winner.p50_ms:.4g} ms against {nxt.p50_ms:.4g} ms on {nxt.device} "
+            f"{winner.p50_ms:.4g} ms against {nxt.p50_ms:.4g} ms on {nxt.label} "
             f"({nxt.p50_ms / winner.p50_ms:.2f}x)")
 
 
@@ -171,7 +173,8 @@ def _report(decision: dict, key: dict, spec: DeviceSpec, batch: int,
     ``measure_s`` is 0 and the candidates are those of the stored decision."""
     cached = lookup_s is not None
     return {"mode": "measured", "kind": str(spec), "batch": batch, "inputs": key["inputs"],
-            "winner": decision["winner"], "why": decision["why"], "cached": cached,
+            "winner": decision["winner"], "winner_options": decision.get("winner_options", {}),
+            "why": decision["why"], "cached": cached,
             "measure_s": 0.0 if cached else decision["measure_s"],
             **({"lookup_s": round(lookup_s, 4)} if cached else {}),
             "measured_at": decision.get("measured_at"), "budget_s": decision.get("budget_s"),

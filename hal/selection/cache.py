@@ -28,7 +28,7 @@ from hal.version import __version__
 log = logging.getLogger("hal")
 
 #: bumped when the entry's layout or the measuring method changes: older entries then miss
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_dir() -> Path:

@@ -28,6 +28,10 @@ REFERENCE = "cpu@reference"
 TOLERANCE = 1e-3
 #: timing is split into this many rounds, candidates in a rotated order in each
 ROUNDS = 3
+#: backend options tried as candidates of their own besides the backend's defaults (where
+#: the caller did not set them): one intra-op thread often wins for small batches, where
+#: waking a pool costs more than the work it shares
+VARIANTS: dict[str, list[dict]] = {"ort": [{"intra_op_num_threads": 1}]}
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Candidate:
 
     backend: str
     device: str = ""
+    options: dict = field(default_factory=dict)  # the variant's own backend options
     status: str = "pending"  # "measured", "rejected" (outputs differ), "failed", "unusable"
     reason: str = ""
     compile_s: float | None = None
@@ -45,12 +50,18 @@ class Candidate:
     warnings: list = field(default_factory=list)
 
     @property
+    def label(self) -> str:
+        return " ".join([self.backend, *(f"{k}={v}" for k, v in self.options.items())])
+
+    @property
     def p50_ms(self) -> float | None:
         return statistics.median(self.times_ms) if self.times_ms else None
 
     def to_dict(self) -> dict:
-        out: dict[str, Any] = {"backend": self.backend, "device": self.device,
+        out: dict[str, Any] = {"backend": self.label, "device": self.device,
                                "status": self.status}
+        if self.options:
+            out["options"] = self.options
         if self.times_ms:
             p50 = self.p50_ms
             out.update(p50_ms=round(p50, 5), runs=len(self.times_ms),
@@ -64,9 +75,11 @@ class Candidate:
         return out
 
 
-def devices_for(kind: str, index: int, backends: list[Backend]) -> list[Candidate]:
+def devices_for(kind: str, index: int, backends: list[Backend],
+                given: dict) -> list[Candidate]:
     """A candidate per backend serving ``kind``: its usable, real device at ``index``, or
-    why it has none (unusable, simulated, another name for a device of another kind)."""
+    why it has none (unusable, simulated, another name for a device of another kind); and
+    one per ``VARIANTS`` entry whose options the caller (``given``) left out."""
     out = []
     for b in backends:
         c = Candidate(b.name)
@@ -85,6 +98,9 @@ def devices_for(kind: str, index: int, backends: list[Backend]) -> list[Candidat
             except HalError as exc:
                 c.status, c.reason = "unusable", str(exc).split(". Usable devices")[0]
         out.append(c)
+        if c.status == "pending":
+            out += [Candidate(b.name, c.device, dict(v)) for v in VARIANTS.get(b.name, [])
+                    if not set(v) & set(given) and set(v) <= set(b.options)]
     return out
 
 
@@ -134,7 +150,7 @@ def try_candidates(cands: list[Candidate], model: Model, options: dict,
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                c.compiled = compiler.compile(model, c.device, **dict(options))
+                c.compiled = compiler.compile(model, c.device, **options, **c.options)
             c.warnings = caught
             c.compile_s = time.perf_counter() - t0
             outs = c.compiled(*inputs)
@@ -163,7 +179,7 @@ def time_candidates(cands: list[Candidate], inputs: list[np.ndarray], budget_s: 
         for _ in range(2):
             c.compiled(*inputs)
         c.compiled.sync()
-    by_name = {c.backend: c for c in live}
+    by_name = {c.label: c for c in live}
     for r in range(ROUNDS):
         for name in device_order(list(by_name), r):
             c = by_name[name]
