@@ -86,6 +86,11 @@ class ServerProcess:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (user + system, every thread)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -105,6 +110,7 @@ async def load(url: str, model: str, x: np.ndarray, clients: int, seconds: float
     target = f"{url}/v2/models/{model}/infer"
     lat: list[float] = []
     codes: dict[str, int] = {}
+    warm = [0]
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup_s, t_start + warmup_s + seconds
     connector = aiohttp.TCPConnector(limit=clients)
@@ -121,7 +127,9 @@ async def load(url: str, model: str, x: np.ndarray, clients: int, seconds: float
                 except aiohttp.ClientError as exc:
                     code = type(exc).__name__
                 t1 = time.perf_counter()
-                if t0 >= t_measure:
+                if t0 < t_measure:
+                    warm[0] += 1
+                else:
                     codes[code] = codes.get(code, 0) + 1
                     if code == "200":
                         lat.append(t1 - t0)
@@ -131,7 +139,8 @@ async def load(url: str, model: str, x: np.ndarray, clients: int, seconds: float
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
     return {"throughput": ok / seconds, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "ok": ok,
-            "failures": sum(n for c, n in codes.items() if c != "200"), "codes": codes}
+            "failures": sum(n for c, n in codes.items() if c != "200"), "codes": codes,
+            "warm": warm[0]}
 
 
 def server_batches(url: str) -> dict[str, tuple[float, float]]:
@@ -162,40 +171,62 @@ def offline(models: list[str], identity: Path, device: str, batch: int,
     return out
 
 
-def run_load(models, clients, seconds, device, max_batch, max_delay_ms, queue, folder):
+def run_load(models, clients, seconds, device, max_batch, max_delay_ms, queue, folder,
+             rounds=1, options=()):
+    """Both servers (batching on and off) up at once; each row's on and off runs back to
+    back, ``rounds`` times, so that both see the same machine; the median round is kept."""
     identity = identity_model(folder)
     specs = [f"{identity}={device}" if m == "identity" else f"{m}={device}" for m in models]
-    rows = []
-    for batching in (True, False):
-        args = ["--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms),
-                "--queue", str(queue)] + ([] if batching else ["--no-batching"])
-        server = ServerProcess(specs, args)
-        try:
-            for model in models:
-                x = example(model)
-                for n in clients:
-                    before = server_batches(server.url).get(model, (0.0, 0.0))
-                    r = asyncio.run(load(server.url, model, x, n, seconds))
-                    after = server_batches(server.url).get(model, (0.0, 0.0))
-                    batches = after[0] - before[0]
-                    r.update(model=model, batching=batching, clients=n,
-                             mean_batch=(after[1] - before[1]) / batches if batches else 0.0)
+    common = ["--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--queue",
+              str(queue), *[a for o in options for a in ("--option", o)]]
+    servers = {}
+    try:
+        for batching in (True, False):
+            servers[batching] = ServerProcess(specs, common + ([] if batching
+                                                               else ["--no-batching"]))
+        rows = []
+        for model in models:
+            x = example(model)
+            for n in clients:
+                runs: dict[bool, list[dict]] = {True: [], False: []}
+                for _ in range(rounds):
+                    for batching, server in servers.items():
+                        before = server_batches(server.url).get(model, (0.0, 0.0))
+                        load1 = os.getloadavg()[0]
+                        cpu0 = server.cpu_s()
+                        r = asyncio.run(load(server.url, model, x, n, seconds, warmup_s=0.5))
+                        cpu = server.cpu_s() - cpu0
+                        after = server_batches(server.url).get(model, (0.0, 0.0))
+                        batches = after[0] - before[0]
+                        answered = r["ok"] + r["failures"] + r["warm"]
+                        r.update(model=model, batching=batching, clients=n,
+                                 cpu_us=1e6 * cpu / answered if answered else float("nan"),
+                                 mean_batch=(after[1] - before[1]) / batches if batches
+                                 else 0.0, loadavg=round((load1 + os.getloadavg()[0]) / 2, 1))
+                        runs[batching].append(r)
+                for batching, rs in runs.items():
+                    r = sorted(rs, key=lambda r: r["throughput"])[len(rs) // 2]
+                    r["rounds"] = [round(x["throughput"]) for x in rs]
                     rows.append(r)
                     print(f"{model:17s} batching={'on ' if batching else 'off'} "
                           f"clients={n:4d}  {r['throughput']:8.0f}/s  p50 {r['p50_ms']:7.2f} ms"
                           f"  p99 {r['p99_ms']:7.2f} ms  failures {r['failures']}  "
-                          f"mean batch {r['mean_batch']:.1f}", flush=True)
-        finally:
+                          f"mean batch {r['mean_batch']:.1f}  server CPU {r['cpu_us']:.0f} "
+                          f"us/request (rounds {r['rounds']}, load "
+                          f"average {r['loadavg']})", flush=True)
+    finally:
+        for server in servers.values():
             server.stop()
     return rows, identity
 
 
 def overload(device: str, seconds: float, clients: int | None, queue: int,
-             max_batch: int) -> dict:
+             max_batch: int, options=()) -> dict:
     """lenet at 10x what the server holds: only 200 and 503, bounded memory, recovery."""
     clients = clients or 10 * (queue + max_batch)
     server = ServerProcess([f"lenet={device}"], ["--queue", str(queue), "--max-batch",
-                                                 str(max_batch)])
+                                                 str(max_batch),
+                                                 *[a for o in options for a in ("--option", o)]])
     try:
         x = example("lenet")
         asyncio.run(load(server.url, "lenet", x, 8, 1.0, 0.5))  # warm
@@ -217,8 +248,8 @@ def overload(device: str, seconds: float, clients: int | None, queue: int,
 
 def table(rows: list[dict], offline_tp: dict[str, float], max_batch: int) -> str:
     lines = ["| model | clients | batching on: req/s | p50 ms | p99 ms | mean batch | "
-             "batching off: req/s | p50 ms | p99 ms | offline at batch "
-             f"{max_batch}, samples/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU µs/req | batching off: req/s | p50 ms | p99 ms | CPU µs/req | offline at "
+             f"batch {max_batch}, samples/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["model"], r["clients"], r["batching"]): r for r in rows}
     for model in dict.fromkeys(r["model"] for r in rows):
         for n in sorted({r["clients"] for r in rows if r["model"] == model}):
@@ -226,10 +257,10 @@ def table(rows: list[dict], offline_tp: dict[str, float], max_batch: int) -> str
 
             def cells(r, batch=False):
                 if r is None:
-                    return ["", "", ""] + ([""] if batch else [])
+                    return ["", "", "", ""] + ([""] if batch else [])
                 fail = f" ({r['failures']} failed)" if r["failures"] else ""
                 c = [f"{r['throughput']:,.0f}{fail}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}"]
-                return c + ([f"{r['mean_batch']:.1f}"] if batch else [])
+                return c + ([f"{r['mean_batch']:.1f}"] if batch else []) + [f"{r['cpu_us']:.0f}"]
 
             lines.append("| " + " | ".join([model, str(n), *cells(on, True), *cells(off),
                                             f"{offline_tp.get(model, float('nan')):,.0f}"])
@@ -246,6 +277,10 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=0.0)
     p.add_argument("--queue", type=int, default=1024)
+    p.add_argument("--rounds", type=int, default=1, help="runs of each row (the median "
+                   "kept), batching on and off interleaved")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a compile option for hal serve, e.g. intra_op_num_threads=1")
     p.add_argument("--overload-clients", type=int, default=None)
     p.add_argument("--overload-queue", type=int, default=32)
     p.add_argument("--overload-only", action="store_true")
@@ -254,17 +289,19 @@ def main() -> None:
     models = [m for m in a.models.split(",") if m]
     clients = [int(c) for c in a.clients.split(",") if c]
     out: dict = {"cores": os.cpu_count(), "device": a.device, "seconds": a.seconds,
+                 "rounds": a.rounds, "options": a.option,
                  "max_batch": a.max_batch, "max_delay_ms": a.max_delay_ms,
                  "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as tmp:
         if not a.overload_only:
             rows, identity = run_load(models, clients, a.seconds, a.device, a.max_batch,
-                                      a.max_delay_ms, a.queue, Path(tmp))
+                                      a.max_delay_ms, a.queue, Path(tmp), a.rounds, a.option)
             offline_tp = offline(models, identity, a.device, a.max_batch, budget_s=1.0)
             out["rows"], out["offline"] = rows, offline_tp
             print()
             print(table(rows, offline_tp, a.max_batch))
-        ov = overload(a.device, a.seconds, a.overload_clients, a.overload_queue, a.max_batch)
+        ov = overload(a.device, a.seconds, a.overload_clients, a.overload_queue, a.max_batch,
+                      a.option)
         out["overload"] = ov
         print()
         print(f"overload: {ov['clients']} clients on lenet (queue {ov['queue']}, max_batch "

@@ -455,6 +455,8 @@ def test_cli(capsys):
     assert "neither a zoo model" in capsys.readouterr().err
     assert main(["serve", "lenet", "--replicas", "2"]) == 2
     assert "--cluster ray" in capsys.readouterr().err
+    assert main(["serve", "lenet", "--option", "threads"]) == 2
+    assert "--option takes KEY=VALUE" in capsys.readouterr().err
 
 
 def test_protocol_round_trip():

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
                    help="queued requests per model at most; past it: 503 with Retry-After")
     s.add_argument("--instances", type=int, default=1,
                    help="compiled copies of each model running batches side by side")
+    s.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a compile option of the devices' backend for every model, e.g. "
+                        "--option intra_op_num_threads=1 on cpu@ort (repeatable)")
     s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="a request's time limit in the server (504 past it)")
     s.add_argument("--token", default=None,
@@ -63,7 +66,10 @@ def add_parser(sub) -> None:
 def cmd_serve(args) -> int:
     from hal.serving import Server
 
-    defaults = {"device": args.device, "precision": args.precision,
+    from hal.cli.run import backend_options
+
+    defaults = {"options": dict(backend_options(args.option)),
+                "device": args.device, "precision": args.precision,
                 "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
                 "batching": args.batching, "queue": args.queue, "instances": args.instances,
                 "timeout_s": args.timeout}

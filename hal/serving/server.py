@@ -23,7 +23,7 @@ log = logging.getLogger("hal.serving")
 
 #: settings every model takes from the server's defaults unless its own config sets them
 MODEL_DEFAULTS = ("device", "precision", "max_batch", "max_delay_ms", "batching", "queue",
-                  "instances", "timeout_s")
+                  "instances", "timeout_s", "options")
 
 
 def model_configs(models: Any, defaults: dict) -> list[ModelConfig]:
@@ -189,7 +189,8 @@ def serve(models: Any = None, *, repository: str | None = None, host: str = "127
     folder of model folders (``hal.serving.repository``), reloadable while serving.
     ``defaults``: settings for every model that does not set its own: ``device`` ("cpu"),
     ``precision``, ``max_batch`` (32), ``max_delay_ms`` (0), ``batching`` (True), ``queue``
-    (256), ``instances`` (1), ``timeout_s`` (None).
+    (256), ``instances`` (1), ``timeout_s`` (None), ``options`` (further ``hal.compile``
+    options, e.g. ``{"intra_op_num_threads": 1}`` on cpu@ort).
     ``token``: requests need ``Authorization: Bearer TOKEN`` (default ``HAL_SERVE_TOKEN``;
     unset: no authentication). ``max_body_mb``: larger requests get 413.
     ``drain_timeout_s``: how long SIGTERM waits for accepted requests.
