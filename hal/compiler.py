@@ -23,6 +23,9 @@ from hal.registry import REGISTRY
 log = logging.getLogger("hal")
 
 _CORE_OPTIONS = {f.name for f in fields(CompileOptions)} - {"extra"}
+#: how many verified input signatures a compiled model remembers (numpy arrays and Buffers
+#: of a few batch sizes, called alternately, all stay on the fast path)
+_SIGNATURES = 8
 _MODEL_OPTIONS = {"input_shape", "example_input"}
 
 
@@ -252,9 +255,9 @@ class CompiledModel:
         self._n_in = len(self.inputs)
         self._symbolic = any(isinstance(d, str) for s in self.inputs for d in s.shape) \
             and len(self.inputs) > 1
-        #: (type, shape, dtype) per input of the last call that passed every check, its
-        #: outputs' included: a call whose inputs are alike skips them (one comparison)
-        self._accepted: list[tuple] | None = None
+        #: the input signatures ((type, shape, dtype) per input) of recent calls that passed
+        #: every check, their outputs' included: a call whose inputs are alike skips them
+        self._accepted: list[list[tuple]] = []
         # host-memory devices never copy, so there is nothing to count
         self._counting = any(not d.info.host_memory for d in self.devices)
         slots = {name: i for i, name in enumerate(self._names)}
@@ -278,14 +281,14 @@ class CompiledModel:
             self._direct = (device, exe, [out_slots.index(i) for i in self._out_slots])
 
     def _check(self, arrays: Sequence[Any]) -> list[tuple] | None:
-        """Raise InputError on a wrong input. None when the inputs are like the last verified
+        """Raise InputError on a wrong input. None when the inputs are like a recent verified
         call's (checked already, outputs too); else their signature, which the caller keeps
         once this call's outputs have passed their checks."""
         try:
             sig = [(type(a), a.shape, a.dtype) for a in arrays]
         except AttributeError:
             sig = None
-        if sig is not None and sig == self._accepted:
+        if sig is not None and sig in self._accepted:
             return None
         if len(arrays) != self._n_in:
             names = ", ".join(str(s) for s in self.inputs)
@@ -398,8 +401,8 @@ class CompiledModel:
 
     def _done(self, new: list[tuple] | None, before: list[Transfers] | None) -> None:
         self.calls += 1
-        if new is not None:
-            self._accepted = new  # verified: the next call like this one skips the checks
+        if new is not None:  # verified: the next calls like this one skip the checks
+            self._accepted = [new, *self._accepted[:_SIGNATURES - 1]]
         if before is not None:
             self._count(before)
 
