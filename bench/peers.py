@@ -187,7 +187,8 @@ def measure_row(name: str, model, path: Path, batch: int, peers: list[str], budg
     compiled = hal.compile(model, "cpu", batch=batch)
     sel = compiled.selection
     out[HAL] = {"device": compiled.device.string, "compile_s": round(time.perf_counter() - t0, 2),
-                "selection": {"cached": sel["cached"], "why": sel["why"]}}
+                "selection": {"cached": sel["cached"], "why": sel["why"],
+                              "options": sel.get("winner_options", {})}}
     fns[HAL] = compiled
     for peer in peers:
         t0 = time.perf_counter()
