@@ -40,11 +40,11 @@ $(PYNQ_STAMP): pyproject.toml setup.py
 	$(PYNQ_VENV)/bin/python -m pip check
 	touch $@
 
-# The long fuzz run (hal.testing.fuzz): FUZZ_CASES mutated models through load, compile and call
+# The long fuzz run (bench/fuzz.py): FUZZ_CASES mutated models through load, compile and call
 # on every usable CPU backend; prints cases per second and findings by exception type
 FUZZ_CASES ?= 20000
 fuzz: $(STAMP)
-	$(BIN)/python -m hal.testing.fuzz --cases $(FUZZ_CASES)
+	$(BIN)/python bench/fuzz.py --cases $(FUZZ_CASES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hal backends models tests bench setup.py docs/hooks

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import json
 import logging
 import random
+import resource
 import signal
 import sys
 import threading
@@ -54,6 +56,10 @@ class Outcome:
     result: str  # "ok", the HalError subclass's name, or a finding's description
     message: str = ""
     finding: bool = False
+    grew_mb: int = 0  # how far the case raised the process's peak memory
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
 
     def line(self) -> str:
         where = f"{self.source} / {self.mutation} / {self.device or 'load'}"
@@ -84,6 +90,11 @@ class Report:
                                                      sorted(by_device.items())))
         lines.append("outcomes: " + ", ".join(f"{r} {c}" for r, c in
                                               self.counts().most_common()))
+        grew = sorted(self.outcomes, key=lambda o: -o.grew_mb)[:3]
+        if grew and grew[0].grew_mb:
+            lines.append("largest rises of peak memory: " + "; ".join(
+                f"{o.grew_mb} MiB ({o.source} / {o.mutation} / {o.device or 'load'})"
+                for o in grew if o.grew_mb))
         kinds = collections.Counter(o.result for o in self.findings)
         for kind, count in kinds.most_common():
             lines.append(f"  finding {kind}: {count}")
@@ -255,6 +266,7 @@ def run_case(source: str, proto: onnx.ModelProto, mutation: str, seed: int,
                 raise _Finding(f"call {call!r} changed the caller's input arrays")
         return "ok"
 
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -269,6 +281,7 @@ def run_case(source: str, proto: onnx.ModelProto, mutation: str, seed: int,
         out.result, out.message, out.finding = "hang", str(exc), True
     except Exception as exc:  # noqa: BLE001 - any other exception type is what fuzzing finds
         out.result, out.message, out.finding = type(exc).__name__, str(exc), True
+    out.grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) // 1024
     return out
 
 
@@ -289,7 +302,8 @@ QUICK_PLAN = ((None, 70), ("cpu@reference", 12), ("cpu@ort", 12), ("cpu@torch", 
 
 def fuzz(cases: int, plan: Sequence[tuple[str | None, int]] = QUICK_PLAN, seed: int = 0,
          node_cases: bool = True, light: bool = True, timeout: float = 30.0,
-         progress: Callable[[int, Outcome], None] | None = None) -> Report:
+         progress: Callable[[int, Outcome], None] | None = None,
+         starting: Callable[[dict], None] | None = None) -> Report:
     """Run ``cases`` Hypothesis-drawn cases over the plan's devices (unusable ones dropped)."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
@@ -321,6 +335,9 @@ def fuzz(cases: int, plan: Sequence[tuple[str | None, int]] = QUICK_PLAN, seed: 
         if lane is not None and family == "light":
             family = "zoo"
         source = names[family][pick % len(names[family])]
+        if starting is not None:
+            starting({"source": source, "mutation": mutation, "seed": case_seed, "device": lane,
+                      "call": call if lane is not None else None})
         outcome = run_case(source, sources[source], mutation, case_seed, lane,
                            call if lane is not None else None, timeout)
         report.outcomes.append(outcome)
@@ -347,8 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
     ap.add_argument("--no-node-cases", action="store_true",
                     help="leave out ONNX's operator test models (collecting them takes ~10 s)")
+    ap.add_argument("--jsonl", action="store_true",
+                    help="one line per case as it starts and ends (for bench/fuzz.py's workers)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.jsonl:
+        fuzz(args.cases, seed=args.seed, node_cases=not args.no_node_cases,
+                      timeout=args.timeout,
+                      starting=lambda case: print("start\t" + json.dumps(case), flush=True),
+                      progress=lambda n, o: print("outcome\t" + o.to_json(), flush=True))
+        return 0
 
     def progress(n: int, outcome: Outcome) -> None:
         if outcome.finding:
