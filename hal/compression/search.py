@@ -132,13 +132,19 @@ def compress(model: Any, data: Any, *, validation: Any = None, device: str = "cp
                                        lr, seed)))
     candidates = []
     for ratio, source in sources:
+        refused: dict[str, str] = {}  # compile precision -> why the device refused it
         for precision in precisions:
             c = Candidate(_name(ratio, precision), ratio, precision)
+            candidates.append(c)
+            if RUNS_AS[precision] in refused:  # e.g. no int8: no quantization-aware training
+                c.note = refused[RUNS_AS[precision]]
+                continue
             say(f"measuring {c.name} on {device}")
-            _build(c, source, (x, y), device, (train_device, finetune_epochs, lr, seed))
+            _build(c, source, (x, y), (train_device, finetune_epochs, lr, seed))
             if c.model is not None:
                 _accuracy(c, device, xv, yv, batch)
-            candidates.append(c)
+            if c.accuracy is None and c.note.startswith(f"{device} refuses"):
+                refused[RUNS_AS[precision]] = c.note
     _latency([c for c in candidates if c.model is not None], device, batch, budget_s)
     return _choose(candidates, device, batch, max_accuracy_drop, objective)
 
@@ -197,12 +203,11 @@ def _pruned(base: Model, ratio: float, data, device: str, epochs: int, lr: float
     return tuned
 
 
-def _build(c: Candidate, source: Model, data, device: str, tuning) -> None:
+def _build(c: Candidate, source: Model, data, tuning) -> None:
     """The candidate's model in the form it runs in: int8 static is its QDQ model (calibrated
     on the training inputs), int8 dynamic its dynamic form, int8-qat the QDQ model of
     quantization-aware fine-tuning; fp32 and bf16 the model itself."""
     from hal.backend import CompileOptions
-    from hal.compiler import compile as hal_compile
     from hal.compression.cost import flops, params
     from hal.passes import quantize_flow
     from hal.passes.calibration import calibration_batches
@@ -211,37 +216,39 @@ def _build(c: Candidate, source: Model, data, device: str, tuning) -> None:
 
     x = data[0]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fallbacks: the candidate's report says where
-            hal_compile(source, device, **PRECISIONS[c.precision],
-                        **({"calibration": x[:CALIBRATION_SAMPLES]}
-                           if c.precision in ("int8", "int8-qat") else {}))
+        if c.precision in ("fp32", "bf16"):
+            c.model = source
+        elif c.precision == "int8-qat":
+            train_device, epochs, lr, seed = tuning
+            c.model = train(source, data, device=train_device, epochs=max(1, epochs),
+                            lr=lr / 10, seed=seed, quantize="int8", progress=False).model
+        else:
+            dynamic = c.precision == "int8-dynamic"
+            opts = CompileOptions(precision="int8", calibration="dynamic" if dynamic else None)
+            batches = None if dynamic else calibration_batches(source.inputs,
+                                                               x[:CALIBRATION_SAMPLES])
+            ir_model, _ = quantize_flow(opts, batches, "training inputs").run(source.copy().ir)
+            c.model = Model(DeadCodeElimination()(ir_model).model, source.name)  # no float weights
     except HalError as exc:
-        c.note = f"{device} refuses it: {str(exc).splitlines()[0]}"
+        c.note = f"{c.precision} could not be made: {str(exc).splitlines()[0]}"
         return
-    if c.precision in ("fp32", "bf16"):
-        c.model = source
-    elif c.precision == "int8-qat":
-        train_device, epochs, lr, seed = tuning
-        c.model = train(source, data, device=train_device, epochs=max(1, epochs), lr=lr / 10,
-                        seed=seed, quantize="int8", progress=False).model
-    else:
-        dynamic = c.precision == "int8-dynamic"
-        opts = CompileOptions(precision="int8", calibration="dynamic" if dynamic else None)
-        batches = None if dynamic else calibration_batches(source.inputs,
-                                                           x[:CALIBRATION_SAMPLES])
-        ir_model, _ = quantize_flow(opts, batches, "training inputs").run(source.copy().ir)
-        c.model = Model(DeadCodeElimination()(ir_model).model, source.name)  # float weights out
     c.size_bytes = len(c.model.to_proto().SerializeToString())
     c.flops, c.params = flops(source), params(source)
 
 
 def _accuracy(c: Candidate, device: str, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+    """Top-1 on the validation arrays, from the one compile of the candidate for ``device``
+    (a refusal leaves its reason in ``c.note`` and no accuracy)."""
     from hal.compiler import compile as hal_compile
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        compiled = hal_compile(c.model, device, **c.compile_options)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fallbacks: the candidate's report says where
+            compiled = hal_compile(c.model, device, **c.compile_options)
+    except HalError as exc:
+        c.note = f"{device} refuses it: {str(exc).splitlines()[0]}"
+        c.model = None
+        return
     hits = 0
     for i in range(0, len(x), batch):
         hits += int((compiled(x[i:i + batch])[0].argmax(1) == y[i:i + batch]).sum())
