@@ -132,6 +132,14 @@ def test_initializer_of_undefined_type_is_a_model_error():
         hal.compile(proto, "cpu@reference")
 
 
+def test_graph_input_of_undefined_type_is_a_model_error():
+    """It compiled, then reading the compiled model's inputs raised TypeError."""
+    proto = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [2])], [("y", [2])])
+    proto.graph.input[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+    with pytest.raises(hal.ModelError, match="graph input 'x' has element type UNDEFINED"):
+        hal.compile(proto, "cpu@reference")
+
+
 def test_value_written_twice_is_a_model_error():
     nodes = [helper.make_node("Relu", ["x"], ["y"], name="a"),
              helper.make_node("Neg", ["x"], ["y"], name="b")]

@@ -15,7 +15,8 @@ from hal.ir import shapes as S
 from hal.ir.model import Model
 from hal.ir.attributes import attribute as _attr
 from hal.ir.schemas import ACTIVATIONS, HAL_DOMAIN, HAL_OPS
-from hal.ir.validate_structure import check_initializers, check_node, check_sizes
+from hal.ir.validate_structure import (check_graph_io, check_initializers, check_node,
+                                       check_sizes)
 
 
 def _node_name(node: ir.Node) -> str:
@@ -55,6 +56,7 @@ class _Validator:
         available = {v.name for v in g.inputs} | set(g.initializers)
         if not g.outputs:
             raise ModelError("the graph has no outputs; mark at least one value as an output")
+        check_graph_io(g)
         check_initializers(g)
         check_sizes(self.info)
         for node in g:

@@ -147,3 +147,17 @@ def check_initializers(graph: ir.Graph, limit: int | None = None) -> None:
         if tuple(array.shape) != dims:
             raise ModelError(f"initializer {name!r} declares shape {list(dims)} but its data has "
                              f"shape {list(array.shape)}; the model is corrupt")
+
+
+def check_graph_io(graph: ir.Graph) -> None:
+    """Every graph input and output declares an element type HAL can hold in an array."""
+    for kind, values in (("input", graph.inputs), ("output", graph.outputs)):
+        for v in values:
+            if v.dtype is None:
+                continue
+            try:
+                np.dtype(v.dtype.numpy())
+            except Exception:  # noqa: BLE001 - UNDEFINED, or a type numpy has no array for
+                raise ModelError(f"graph {kind} {v.name!r} has element type {v.dtype.name}, "
+                                 f"which HAL cannot hold in an array; declare a numeric type "
+                                 f"such as FLOAT") from None
