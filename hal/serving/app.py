@@ -168,6 +168,7 @@ def build_app(repo: Repository, *, token: str | None = None,
             m.requests.inc()
             m.inflight.inc()
         try:
+            model.batcher.admit()  # a full queue costs the server no parsing
             body = await read_body(request)
             body = decompress(body, request.headers.get("content-encoding"), max_body_bytes)
             header_length = request.headers.get(HEADER_LENGTH)

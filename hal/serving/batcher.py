@@ -91,13 +91,8 @@ class Batcher:
     async def submit(self, arrays: list[np.ndarray], rows: int,
                      timeout_s: float | None = None) -> list[np.ndarray]:
         """The model's outputs for ``arrays`` (``rows`` samples along axis 0)."""
-        if self._closing:
-            raise ServeError(503, f"model {self.name!r} is shutting down or being replaced; "
-                                  f"retry", {"Retry-After": "1"}, reason="unavailable")
+        self.admit()
         self._start()
-        live = self.depth
-        if live >= self.queue_limit:
-            raise Overloaded(self.name, live, self.retry_after())
         loop = asyncio.get_running_loop()
         key = tuple((a.shape[1:], a.dtype.str) for a in arrays) if self.batching else ()
         item = _Item(arrays, rows, key, loop.create_future(), time.perf_counter())
@@ -123,6 +118,14 @@ class Batcher:
                 except ValueError:
                     pass  # already taken into a batch
                 self._depth()
+
+    def admit(self) -> None:
+        """Refuse at once (before the body is read and parsed) when the queue is full."""
+        if self._closing:
+            raise ServeError(503, f"model {self.name!r} is shutting down or being replaced; "
+                                  f"retry", {"Retry-After": "1"}, reason="unavailable")
+        if len(self._pending) >= self.queue_limit:
+            raise Overloaded(self.name, len(self._pending), self.retry_after())
 
     def retry_after(self) -> int:
         """Seconds until the queue ahead has likely drained (at least 1)."""
