@@ -185,3 +185,16 @@ def test_tune_then_run_explain(measured, capsys):
         assert shown in text
     assert main(["tune", "lenet", "--device", "cpu@ort"]) == 2
     assert "names its backend" in capsys.readouterr().err
+
+
+def test_backend_options_narrow_the_candidates(measured):
+    compiled = hal.compile("lenet", "cpu", intra_op_num_threads=1)
+    c = _by_backend(compiled.selection)
+    assert "does not take the option(s) ['intra_op_num_threads']" in c["reference"]["reason"]
+    assert "ort intra_op_num_threads=1" not in c  # the caller set it: no variant of its own
+    assert compiled.options.extra == {"intra_op_num_threads": 1}
+
+
+def test_a_callers_mistake_is_raised_as_it_is(measured):
+    with pytest.raises(hal.OptionError, match="only apply to precision='int8'"):
+        hal.compile("lenet", "cpu", calibration=np.zeros((4, 1, 28, 28), np.float32))

@@ -8,14 +8,14 @@ import logging
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from hal import compiler
-from hal.backend import Backend
-from hal.errors import HalError
+from hal.backend import Backend, CompileOptions
+from hal.errors import HalError, InputError, ModelError, OptionError
 from hal.ir.model import Model
 from hal.registry import REGISTRY
 
@@ -81,9 +81,13 @@ def devices_for(kind: str, index: int, backends: list[Backend],
     why it has none (unusable, simulated, another name for a device of another kind); and
     one per ``VARIANTS`` entry whose options the caller (``given``) left out."""
     out = []
+    extra = set(given) - {f.name for f in fields(CompileOptions)} - {"extra"}
     for b in backends:
         c = Candidate(b.name)
-        if b.name == "reference":
+        if extra - set(b.options):
+            c.status = "unusable"
+            c.reason = f"does not take the option(s) {sorted(extra - set(b.options))}"
+        elif b.name == "reference":
             c.status, c.reason = "unusable", "the oracle every candidate is checked against"
         elif b.default_precision != "fp32":
             c.status, c.reason = "unusable", f"computes in {b.default_precision} by default"
@@ -155,6 +159,8 @@ def try_candidates(cands: list[Candidate], model: Model, options: dict,
             c.compile_s = time.perf_counter() - t0
             outs = c.compiled(*inputs)
             c.compiled.sync()
+        except (OptionError, InputError, ModelError):
+            raise  # the caller's mistake, the same on every candidate
         except Exception as exc:  # noqa: BLE001 - a candidate failing is a result
             c.status, c.reason = "failed", f"{type(exc).__name__}: {exc}"[:400]
             c.compiled = None
