@@ -136,13 +136,18 @@ def _measured(model: Any, spec: DeviceSpec, options: dict, batch: int, budget_s:
                 else f"unchecked: {REFERENCE} failed: {ref_error}",
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "measure_s": round(time.perf_counter() - t0, 3)}
-    path = cache.store(key, decision)
+    try:
+        entry_name = cache.store(key, decision).name
+    except OSError as exc:  # a read-only cache costs the next compile a measurement, no more
+        log.warning("could not store the selection for %r (%s); set HAL_CACHE_DIR to a "
+                    "writable folder to keep it", hal_model.name, exc)
+        entry_name = None
     compiled = winner.compiled
     for c in cands:
         c.compiled = None  # the others' sessions and thread pools go now
     for w in winner.warnings:  # the winner's own warnings (a fallback), the others' are noise
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    compiled.selection = _report(decision, key, spec, batch, entry=path.name)
+    compiled.selection = _report(decision, key, spec, batch, entry=entry_name)
     return compiled
 
 

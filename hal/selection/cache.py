@@ -107,10 +107,13 @@ def _path(key: dict) -> Path:
 def load(key: dict) -> dict | None:
     """The stored decision for ``key``, or None (none yet, or an entry that is unreadable or
     does not match: it is then measured again and overwritten)."""
-    path = _path(key)
     try:
+        path = _path(key)
         entry = json.loads(path.read_text())
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read the selection cache (%s); measuring", exc)
         return None
     except (OSError, ValueError) as exc:
         log.warning("ignoring the unreadable selection cache entry %s (%s); measuring again",
