@@ -1,17 +1,17 @@
 """Dynamic batching: concurrent requests for one model run as one batch.
 
-Each model has one ``Batcher``: a bounded queue of requests and a dispatcher on the event
-loop. When one of the model's instances is free, the dispatcher takes the oldest request
-together with the requests queued behind it whose tensors have the same shapes past the
-batch axis and the same dtypes (only those can be concatenated), in arrival order, up to
-``max_batch`` rows. While an instance computes, new requests queue, so under load each batch
+Each model has one ``Batcher``: a bounded queue of requests and one worker thread per
+instance of the compiled model. A free worker takes the oldest request together with the
+requests queued behind it whose tensors have the same shapes past the batch axis and the
+same dtypes (only those can be concatenated), in arrival order, up to ``max_batch`` rows. While an instance computes, new requests queue, so under load each batch
 takes what arrived during the previous one and batches grow with the load by themselves;
 an idle server runs a lone request at once. ``max_delay_s`` (default 0, as Triton's
 ``max_queue_delay``) lets the oldest request wait that long for others to fill the batch,
 which helps traffic that arrives spread out, at the cost of that much latency when alone.
-The batch runs in a thread of its own (the compiled model releases the GIL in its
-framework), its outputs are split back at the same row offsets, and each caller gets its
-own rows.
+The worker runs the batch (the compiled model releases the GIL in its framework), splits
+its outputs back at the same row offsets, and hands each caller its own rows on the event
+loop. The workers take the next batch themselves, without waiting for a turn of the event
+loop, so a loop busy with connections never leaves a model idle while requests queue.
 
 A full queue refuses a request at once (``Overloaded``: 503 with ``Retry-After``, the
 seconds the queue ahead needs at the measured batch time); a request waiting past its
@@ -24,9 +24,9 @@ import asyncio
 import collections
 import logging
 import math
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,17 +51,16 @@ class _Item:
     future: asyncio.Future
     arrived: float
     started: float = 0.0
-    timing: dict = field(default_factory=dict)
 
 
 Runner = Callable[[Any, list[np.ndarray]], Sequence[np.ndarray]]
 
 
 class Batcher:
-    """The queue and dispatcher of one model.
+    """The queue and the workers of one model.
 
-    ``run(instance, arrays)`` computes one batch on one of ``instances`` (each used by one
-    thread at a time). ``max_batch``: rows per batch at most (0: the model has no batch
+    ``run(instance, arrays)`` computes one batch on one of ``instances`` (each used by its
+    own worker thread). ``max_batch``: rows per batch at most (0: the model has no batch
     axis; each request runs alone). ``batching``: False runs each request alone, as it came.
     """
 
@@ -73,32 +72,31 @@ class Batcher:
         self.batching = batching and max_batch > 1
         self.queue_limit = queue
         self._run = run
-        self._idle = list(instances)
-        self._instances = len(self._idle)
-        self._pool = ThreadPoolExecutor(max_workers=len(instances),
-                                        thread_name_prefix=f"hal-serve-{name}")
+        self._instances = list(instances)
         self._metrics = metrics
         self._pending: collections.deque[_Item] = collections.deque()
-        self._running: set[asyncio.Task] = set()
-        self._arrived: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._dispatcher: asyncio.Task | None = None
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._batch_s = 0.0  # moving average of a batch's compute time, for Retry-After
         self.batches = 0
 
-    # -- callers ----------------------------------------------------------------------------
+    # -- callers (the event loop) -------------------------------------------------------------
     async def submit(self, arrays: list[np.ndarray], rows: int,
                      timeout_s: float | None = None) -> list[np.ndarray]:
         """The model's outputs for ``arrays`` (``rows`` samples along axis 0)."""
         self.admit()
-        self._start()
         loop = asyncio.get_running_loop()
+        self._start(loop)
         key = tuple((a.shape[1:], a.dtype.str) for a in arrays) if self.batching else ()
         item = _Item(arrays, rows, key, loop.create_future(), time.perf_counter())
-        self._pending.append(item)
+        with self._cond:
+            if len(self._pending) >= self.queue_limit:
+                raise Overloaded(self.name, len(self._pending), self.retry_after())
+            self._pending.append(item)
+            self._cond.notify()
         self._depth()
-        self._arrived.set()
         try:
             if timeout_s is None:
                 return await item.future
@@ -113,10 +111,11 @@ class Batcher:
         finally:
             if not item.future.done():
                 item.future.cancel()  # timed out or the caller went away: drop it
-                try:
-                    self._pending.remove(item)
-                except ValueError:
-                    pass  # already taken into a batch
+                with self._cond:
+                    try:
+                        self._pending.remove(item)
+                    except ValueError:
+                        pass  # already taken into a batch
                 self._depth()
 
     def admit(self) -> None:
@@ -130,7 +129,7 @@ class Batcher:
     def retry_after(self) -> int:
         """Seconds until the queue ahead has likely drained (at least 1)."""
         batches = len(self._pending) / max(1, self.max_batch if self.batching else 1) + 1
-        return max(1, math.ceil(batches * self._batch_s / self._instances))
+        return max(1, math.ceil(batches * self._batch_s / len(self._instances)))
 
     @property
     def depth(self) -> int:
@@ -138,96 +137,70 @@ class Batcher:
         return len(self._pending)
 
     async def close(self) -> None:
-        """Refuse new requests, finish the queued and running ones, stop the threads."""
-        self._closing = True
-        if self._arrived is not None:
-            self._arrived.set()
-        if self._dispatcher is not None:
-            await self._dispatcher
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        self._pool.shutdown(wait=False)
+        """Refuse new requests, finish the queued and running ones, stop the workers."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        threads = list(self._threads)
+        if threads:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: [t.join() for t in threads])
+            await asyncio.sleep(0)  # the last batch's answers, handed over by call_soon
 
-    # -- dispatcher -------------------------------------------------------------------------
-    def _start(self) -> None:
-        if self._dispatcher is None:
-            self._arrived = asyncio.Event()
-            self._slots = asyncio.Semaphore(len(self._idle))
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-            self._dispatcher.add_done_callback(self._dispatcher_ended)
-
-    def _dispatcher_ended(self, task: asyncio.Task) -> None:
-        """A dispatcher that died of a bug fails what is queued rather than leave it hanging."""
-        exc = None if task.cancelled() else task.exception()
-        if exc is None and not task.cancelled():
+    # -- workers (one thread per instance) ----------------------------------------------------
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._threads:
             return
-        log.error("the dispatcher of model %r failed", self.name, exc_info=exc)
-        self._closing = True
-        error = ServeError(500, f"the batcher of model {self.name!r} failed: "
-                                f"{type(exc).__name__}: {exc}")
-        for it in self._pending:
-            if not it.future.done():
-                it.future.set_exception(error)
-        self._pending.clear()
+        self._loop = loop
+        for i, instance in enumerate(self._instances):
+            t = threading.Thread(target=self._work, args=(instance,), daemon=True,
+                                 name=f"hal-serve-{self.name}-{i}")
+            self._threads.append(t)
+            t.start()
 
     def _depth(self) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.set(self.depth)
+            self._metrics.queue_depth.set(len(self._pending))
+
+    def _work(self, instance: Any) -> None:
+        while True:
+            try:
+                with self._cond:
+                    while not self._pending and not self._closing:
+                        self._cond.wait()
+                    if not self._pending:
+                        return  # closing, and nothing left
+                    batch = self._take()
+                if batch:
+                    self._execute(instance, batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not hang the callers
+                log.exception("the worker of model %r failed", self.name)
+                self._fail_all(exc)
+                return
 
     def _drop_done(self) -> None:
         while self._pending and self._pending[0].future.done():
             self._pending.popleft()
 
-    async def _dispatch(self) -> None:
-        while True:
-            self._drop_done()
-            while not self._pending:
-                if self._closing:
-                    return
-                self._arrived.clear()
-                await self._arrived.wait()
-                self._drop_done()
-            await self._slots.acquire()
-            batch = await self._gather()
-            if not batch:
-                self._slots.release()
-                continue
-            instance = self._idle.pop()
-            task = asyncio.get_running_loop().create_task(self._execute(instance, batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
     def _rows(self, key: tuple) -> int:
         return sum(it.rows for it in self._pending if it.key == key and not it.future.done())
 
-    async def _gather(self) -> list[_Item]:
-        """The next batch: the oldest live request and, when batching, those that fit it."""
+    def _take(self) -> list[_Item]:
+        """With the lock held: the next batch, the oldest live request and, when batching,
+        those queued behind it that fit it (waiting up to ``max_delay_s`` for more)."""
         self._drop_done()
         if not self._pending:
             return []
-        if self.batching and self._rows(self._pending[0].key) < self.max_batch:
-            # requests whose bytes came in with this one's are one turn of the loop away
-            await asyncio.sleep(0)
-            self._drop_done()
-            if not self._pending:
-                return []
         if self.batching and self.max_delay_s > 0:
             deadline = self._pending[0].arrived + self.max_delay_s
-            while not self._closing:
-                self._drop_done()
-                if not self._pending or self._rows(self._pending[0].key) >= self.max_batch:
-                    break
+            while not self._closing and self._rows(self._pending[0].key) < self.max_batch:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            self._drop_done()
-            if not self._pending:
-                return []
+                self._cond.wait(remaining)
+                self._drop_done()
+                if not self._pending:
+                    return []
         first = self._pending.popleft()
         batch, rows = [first], first.rows
         if self.batching and rows < self.max_batch:
@@ -241,39 +214,39 @@ class Batcher:
                 else:
                     keep.append(it)
             self._pending = keep
-        self._depth()
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(len(self._pending))
         return batch
 
-    async def _execute(self, instance: Any, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
+    def _execute(self, instance: Any, batch: list[_Item]) -> None:
         now = time.perf_counter()
         for it in batch:
             it.started = now
-        m = self._metrics
         try:
-            results, compute_s = await loop.run_in_executor(self._pool, self._compute,
-                                                            instance, batch)
+            results, compute_s = self._compute(instance, batch)
         except Exception as exc:  # one failure answers every request of the batch
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(exc)
+            self._loop.call_soon_threadsafe(_answer, batch, None, exc)
             return
-        finally:
-            self._idle.append(instance)
-            self._slots.release()
         self.batches += 1
         self._batch_s = compute_s if self.batches == 1 else 0.8 * self._batch_s + 0.2 * compute_s
-        if m is not None:
+        m = self._metrics
+        if m is not None:  # before the answers: a caller reading /metrics next sees its batch
             m.compute_seconds.observe(compute_s)
             m.batch_size.observe(sum(it.rows for it in batch))
             for it in batch:
                 m.queue_seconds.observe(it.started - it.arrived)
-        for it, res in zip(batch, results):
-            if not it.future.done():
-                it.future.set_result(res)
+        self._loop.call_soon_threadsafe(_answer, batch, results, None)
+
+    def _fail_all(self, exc: Exception) -> None:
+        error = ServeError(500, f"the batcher of model {self.name!r} failed: "
+                                f"{type(exc).__name__}: {exc}")
+        with self._cond:
+            self._closing = True
+            batch, self._pending = list(self._pending), collections.deque()
+        self._loop.call_soon_threadsafe(_answer, batch, None, error)
 
     def _compute(self, instance: Any, batch: list[_Item]) -> tuple[list, float]:
-        """In a worker thread: concatenate, run, split at the callers' row offsets."""
+        """Concatenate, run, split at the callers' row offsets."""
         if len(batch) == 1:
             arrays = [a if a.flags.writeable else a.copy() for a in batch[0].arrays]
         else:
@@ -296,3 +269,14 @@ class Batcher:
             results.append([o[start:start + it.rows] for o in outs])
             start += it.rows
         return results, compute_s
+
+
+def _answer(batch: list[_Item], results: list | None, exc: Exception | None) -> None:
+    """On the event loop: each caller's rows, or the batch's error."""
+    for i, it in enumerate(batch):
+        if it.future.done():
+            continue  # timed out or gone
+        if exc is not None:
+            it.future.set_exception(exc)
+        else:
+            it.future.set_result(results[i])
