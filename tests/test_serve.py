@@ -341,10 +341,15 @@ def test_repository_load_unload_and_config(tmp_path):
             == "cpu:0@reference"
         x = np.ones((2, 784), np.float32)
         expected = outputs(post(s.url, "mlp", {"input": x}))["output"]
-        # the folder changes, then a load request reads it again and swaps the model
+        # the folder changes, then a load request reads it again and swaps the model, while
+        # requests keep coming: every one is answered, by the old model or the new
         (folder / "config.json").write_text(json.dumps({"device": "cpu@reference",
                                                         "max_batch": 4}))
-        assert httpx.post(f"{s.url}/v2/repository/models/mlp/load").status_code == 200
+        with cf.ThreadPoolExecutor(4) as pool:
+            during = [pool.submit(post, s.url, "mlp", {"input": x}) for _ in range(40)]
+            assert httpx.post(f"{s.url}/v2/repository/models/mlp/load").status_code == 200
+        for f in during:
+            np.testing.assert_array_equal(outputs(f.result())["output"], expected)
         assert httpx.get(f"{s.url}/v2/models/mlp/config").json()["max_batch_size"] == 4
         # a load request may override settings, never the model's file
         r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",

@@ -176,6 +176,8 @@ def build_app(repo: Repository, *, token: str | None = None,
                 req = await asyncio.to_thread(parse_request, body, header_length)
             else:
                 req = parse_request(body, header_length)
+            if model.batcher.closing:  # reloaded while the body came in: the new one answers
+                model = served(request)
             arrays, rows, wanted = model.check(req)
             timeout = request_timeout(req, model)
             results = await model.batcher.submit(arrays, rows, timeout)

@@ -132,6 +132,11 @@ class Batcher:
         return max(1, math.ceil(batches * self._batch_s / len(self._instances)))
 
     @property
+    def closing(self) -> bool:
+        """The model is shutting down or being replaced: it takes no new request."""
+        return self._closing
+
+    @property
     def depth(self) -> int:
         """Requests waiting in the queue."""
         return len(self._pending)
