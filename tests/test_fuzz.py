@@ -89,6 +89,13 @@ def test_the_harness_reports_other_exceptions_hangs_and_changed_inputs(monkeypat
 
 # -- what fuzzing found ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", fuzz.usable_devices())
+def test_batch_of_zero_gives_an_empty_result(backend):
+    """cpu@reference's MaxPool reshaped its windows with -1, which a batch of 0 cannot infer."""
+    y = hal.compile("lenet", backend)(np.zeros((0, 1, 28, 28), np.float32))[0]
+    assert y.shape == (0, 10)
+
+
 def _gemm_with_one_input() -> onnx.ModelProto:
     return make_model([helper.make_node("Gemm", ["x"], ["y"], name="fc")], [("x", [2, 4])],
                       [("y", None)])

@@ -100,9 +100,11 @@ def max_pool(x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=Non
         idx = base + spatial
     idxp = np.pad(idx, [(0, 0), (0, 0)] + pp, constant_values=-1)
     iwin = _windows(idxp, kernel_shape, strides, dilations)
-    flat = win.reshape(win.shape[:-n] + (-1,))
-    pick = np.argmax(flat, axis=-1)[..., None]
-    indices = np.take_along_axis(iwin.reshape(iwin.shape[:-n] + (-1,)), pick, axis=-1)[..., 0]
+    window = int(np.prod(kernel_shape))  # not -1: a batch of 0 leaves nothing to infer it from
+    flat = win.reshape(win.shape[:-n] + (window,))
+    pick = np.argmax(flat, axis=-1)[..., None] if flat.size else np.zeros(
+        flat.shape[:-1] + (1,), np.int64)
+    indices = np.take_along_axis(iwin.reshape(iwin.shape[:-n] + (window,)), pick, axis=-1)[..., 0]
     return y, indices
 
 
