@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,8 +24,11 @@ def run_chunk(cases: int, seed: int, timeout: float, report: Report) -> None:
     cmd = [sys.executable, "-m", "hal.testing.fuzz", "--jsonl", "--cases", str(cases),
            "--seed", str(seed), "--timeout", str(timeout)]
     running = None
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True) as worker:
+    # HAL_MAX_TENSOR_BYTES bounds each tensor, not a model's sum: mutated dims can make many
+    # tensors just under 4 GiB, so workers run with a lower limit unless one is set
+    env = {**os.environ, "HAL_MAX_TENSOR_BYTES": os.environ.get("HAL_MAX_TENSOR_BYTES", "256MiB")}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=env) as worker:
         for line in worker.stdout:
             kind, _, payload = line.rstrip("\n").partition("\t")
             if kind == "start":
