@@ -2,12 +2,16 @@
 against the same student trained on the labels alone.
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--lr 2e-3] [--temperature 4]
-                            [--alpha 0.5] [--samples 256] [--device cpu@jax]
-                            [--teacher-device fpga@emu] [--teacher-epochs 10] [--json FILE]
+                            [--alpha 0.9] [--samples 0] [--device cpu@jax]
+                            [--teacher-device fpga@emu] [--teacher-epochs 10]
+                            [--teacher-shift 2] [--teacher FILE] [--save-teacher FILE]
+                            [--json FILE]
 
 The teacher: ``hal.models.get("lenet")`` trained on the digits train split on cpu@torch
-(``--teacher-epochs``, seed 0), compiled int8 for ``--teacher-device`` and calibrated on 256
-training images. For each seed, the student ``half_lenet(seed)`` (the same initial weights
+(``--teacher-epochs``, seed 0) and on copies of it shifted by ``--teacher-shift`` pixels up,
+down, left and right (0: none; the students never see the shifted copies), or read from
+``--teacher``; compiled int8 for ``--teacher-device`` and calibrated on 256 training
+images. For each seed, the student ``half_lenet(seed)`` (the same initial weights
 for both runs) trains ``--epochs`` epochs on ``--device`` with the same optimizer, schedule,
 batch order and seed twice, on the first ``--samples`` training images (0: all 1,257; a
 small labelled transfer set is where a teacher's soft targets carry most): through
@@ -34,9 +38,19 @@ def test_accuracy(model: hal.Model, device: str, x: np.ndarray, y: np.ndarray,
     return float((compiled(x)[0].argmax(axis=1) == y).mean())
 
 
-def teacher(epochs: int, x: np.ndarray, y: np.ndarray) -> hal.Model:
-    return hal.train(hal.models.get("lenet"), (x, y), device="cpu@torch", epochs=epochs,
-                     batch_size=32, lr=2e-3, schedule="cosine", seed=0, progress=False).model
+def shifted(x: np.ndarray, y: np.ndarray, px: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` and its copies moved ``px`` pixels up, down, left and right."""
+    if not px:
+        return x, y
+    moves = [(-px, 0), (px, 0), (0, -px), (0, px)]
+    xs = [x] + [np.roll(x, move, axis=(2, 3)) for move in moves]
+    return np.concatenate(xs), np.concatenate([y] * len(xs))
+
+
+def teacher(epochs: int, x: np.ndarray, y: np.ndarray, shift: int) -> hal.Model:
+    return hal.train(hal.models.get("lenet"), shifted(x, y, shift), device="cpu@torch",
+                     epochs=epochs, batch_size=32, lr=2e-3, schedule="cosine", seed=0,
+                     progress=False).model
 
 
 def compare(args: argparse.Namespace, teacher_model: hal.Model, int8: dict, seed: int,
@@ -64,20 +78,31 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--device", default="cpu@jax")
     p.add_argument("--teacher-device", default="fpga@emu")
     p.add_argument("--teacher-epochs", type=int, default=10)
-    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--teacher-shift", type=int, default=2)
+    p.add_argument("--teacher", default=None, help="a trained teacher (.onnx) to use as is")
+    p.add_argument("--save-teacher", default=None)
+    p.add_argument("--samples", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     train, test = hal.data.digits("train", 28), hal.data.digits("test", 28)
-    teacher_model = teacher(args.teacher_epochs, *train)
+    if args.teacher:
+        teacher_model = hal.load(args.teacher)
+        made = f"read from {args.teacher}"
+    else:
+        teacher_model = teacher(args.teacher_epochs, *train, args.teacher_shift)
+        made = (f"{args.teacher_epochs} epochs on cpu@torch, training images shifted by "
+                f"{args.teacher_shift} px too")
+    if args.save_teacher:
+        teacher_model.save(args.save_teacher)
     transfer = (train[0][:args.samples or None], train[1][:args.samples or None])
     int8 = {"precision": "int8", "calibration": train[0][:256]}
     fp32_acc = test_accuracy(teacher_model, "cpu", *test)
     int8_acc = test_accuracy(teacher_model, args.teacher_device, *test, **int8)
-    print(f"teacher lenet ({args.teacher_epochs} epochs on cpu@torch): test accuracy fp32 "
+    print(f"teacher lenet ({made}): test accuracy fp32 "
           f"{100 * fp32_acc:.2f} %, int8 on {args.teacher_device} {100 * int8_acc:.2f} %")
     print(f"student half_lenet on {args.device}: {args.epochs} epochs, batch {args.batch}, "
           f"adamw lr {args.lr:g} cosine, on {len(transfer[1])} training images; "
