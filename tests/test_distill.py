@@ -167,7 +167,8 @@ def test_the_loss_needs_its_teacher_logits_and_options_of_its_own():
 
 @pytest.mark.slow
 def test_a_half_lenet_taught_by_int8_lenet_on_the_fpga_beats_itself_alone():
-    """bench/distill.py's setting, one seed: a 256-image transfer set, 30 epochs."""
+    """bench/distill.py's scarce-label setting (--samples 256), one seed: a 256-image transfer
+    set, 30 epochs."""
     usable("cpu@torch")
     (x, y), (xt, yt) = hal.data.digits("train", 28), hal.data.digits("test", 28)
     teacher = hal.train(hal.models.get("lenet"), (x, y), device="cpu@torch", epochs=5,
