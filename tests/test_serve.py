@@ -168,6 +168,7 @@ BAD = {
                          "needs the Inference-Header-Content-Length header"),
     "not json": (400, "lenet", lambda: (b"{oops", {}), "the request is not valid JSON"),
     "no inputs": (400, "lenet", lambda: (b'{"inputs": []}', {}), "a non-empty list"),
+    "nested too deeply": (400, "lenet", lambda: (b"[" * 100_000, {}), "nested too deeply"),
     "strings for floats": (400, "lenet", lambda: (json.dumps({"inputs": [{
         "name": "input", "shape": [1], "datatype": "FP32", "data": ["a"]}]}).encode(), {}),
         "has shape [1], expected [-1, 1, 28, 28]"),

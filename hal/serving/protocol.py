@@ -163,6 +163,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         head, rest = body[:n], memoryview(body)[n:]
     try:
         doc = json.loads(head)
+    except RecursionError:
+        raise bad("the request's JSON is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         hint = "" if header_length is not None or not _looks_binary(head) else \
             f" (a body with binary tensor data needs the {HEADER_LENGTH} header)"
@@ -284,7 +286,7 @@ def _json_array(data: Any, name: str, datatype: str, dtype: np.dtype, count: int
                     array.min() < np.iinfo(dtype).min or array.max() > np.iinfo(dtype).max):
                 raise ValueError(f"values out of the range of {datatype}")
             array = array.astype(dtype, copy=False)
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise bad(f"the data of input {name!r} is not a (nested) list of {datatype} values: "
                   f"{exc}") from None
     if array.size != count:
