@@ -294,12 +294,13 @@ def test_lenet_batched_under_concurrency_equals_one_by_one(zoo_server):
 
 
 def test_full_queue_answers_503_with_retry_after_then_recovers():
-    model = Doubler(delay=0.3)
-    with Server({"slow": model}, port=0, queue=2, batching=False) as s:
+    model = Doubler(delay=0.5)
+    client = httpx.Client(limits=httpx.Limits(max_connections=10))
+    with Server({"slow": model}, port=0, queue=2, batching=False) as s, client:
         with cf.ThreadPoolExecutor(8) as pool:
             rs = list(pool.map(lambda i: post(s.url, "slow", {"x": np.ones((1, 4),
-                                                                          np.float32)}),
-                               range(8)))
+                                                                          np.float32)},
+                                              client), range(8)))
         codes = sorted(r.status_code for r in rs)
         assert set(codes) == {200, 503} and codes.count(200) >= 3, codes
         refused = [r for r in rs if r.status_code == 503]
