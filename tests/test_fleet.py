@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import threading
 
@@ -17,6 +16,7 @@ import pytest
 
 from hal.comparison import fleet
 from hal.errors import BackendError, OptionError
+from tests.helpers import env
 
 ray = pytest.importorskip("ray")
 
@@ -34,20 +34,6 @@ def time_limit(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-@contextlib.contextmanager
-def env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def resources(backends: str) -> dict[str, float]:

@@ -9,8 +9,6 @@ machine would share the port). Slow (about a minute): ``pytest -m slow tests/tes
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 import socket
 
@@ -24,20 +22,7 @@ httpx = pytest.importorskip("httpx")
 
 import hal
 from hal.serving import protocol as P
-
-
-@contextlib.contextmanager
-def env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+from tests.helpers import env
 
 
 def free_port() -> int:
