@@ -19,14 +19,13 @@ Buffers: host numpy arrays on cpu; OrtValues bound on the GPU (IOBinding) on cud
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from hal.ir.attributes import attribute
 from hal.ir.schemas import FUSED_OPS, HAL_DOMAIN
+from hal.backends.common.unfuse import default_threads, expand_hal_ops, expandable
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, HostBuffer
 from hal.device import DeviceInfo
 from hal.errors import BackendError, OptionError
@@ -108,7 +107,7 @@ class OrtBackend(Backend):
         if ok is not True:
             return ok
         if node.domain == HAL_DOMAIN:
-            return _expandable(node)
+            return expandable(node, "ort")
         op = node.op_type
         dtypes = {v.dtype.name for v in list(node.inputs) + list(node.outputs)
                   if v is not None and v.dtype is not None}
@@ -149,7 +148,7 @@ class OrtBackend(Backend):
             raise OptionError(f"intra_op_num_threads must be a non-negative int (0 = "
                               f"onnxruntime's default), got {threads!r}")
         if threads is None:
-            threads = _default_threads()
+            threads = default_threads()
         so = ort.SessionOptions()
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                               _LEVELS[options.opt_level])
@@ -166,7 +165,7 @@ class OrtBackend(Backend):
             so.add_session_config_entry("session.disable_quant_qdq", "1")
             int8_note = ("QDQ evaluated in float (this x86 CPU has no VNNI: ORT's u8s8 integer "
                          "kernels saturate 16-bit pair sums with full-range int8 weights)")
-        expanded = _expand_hal_ops(model)
+        expanded = expand_hal_ops(model)
         proto = ir.to_proto(model)
         if options.precision == "fp16":
             proto = _to_fp16(proto, device)
@@ -208,16 +207,6 @@ class OrtBackend(Backend):
         return OrtBuffer.from_numpy(array, device)
 
 
-def _default_threads() -> int:
-    """0 (onnxruntime's own default, one per physical core) unless this process may use
-    fewer CPUs than the machine has (affinity, taskset): then exactly those."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        return 0
-    return usable if usable < (os.cpu_count() or usable) else 0
-
-
 def _upsamples(node) -> bool:
     """True when the Resize's constant scales are all >= 1."""
     scales = node.inputs[2] if len(node.inputs) > 2 else None
@@ -225,72 +214,6 @@ def _upsamples(node) -> bool:
         return False
     arr = scales.const_value.numpy()
     return arr.size > 0 and bool(np.all(arr >= 1))
-
-
-# -- ai.hal fused ops -> standard ONNX ------------------------------------------------
-#: the fused activations this backend rebuilds as standard ONNX ops
-_ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip")
-
-
-def _expandable(node) -> bool | str:
-    name = attribute(node, "activation")
-    if name not in _ACTIVATIONS:
-        return f"ort cannot expand ai.hal {node.op_type} with activation {name!r}"
-    return True
-
-
-def _expand_hal_ops(model) -> int:
-    """Rewrite FusedConv/FusedGemm as Conv/Gemm + the activation; returns how many."""
-    import onnx_ir as ir
-
-    g = model.graph
-    n = 0
-    for node in list(g):
-        if node.domain != HAL_DOMAIN:
-            continue
-        if _expandable(node) is not True:
-            raise BackendError(_expandable(node))
-        attrs = node.attributes
-        act = attrs["activation"].value
-        params = list(attrs["activation_params"].value) if "activation_params" in attrs else []
-        base = ir.Node("", node.op_type.removeprefix("Fused"), list(node.inputs),
-                       attributes=[a for k, a in attrs.items()
-                                   if k not in ("activation", "activation_params")],
-                       name=f"{node.name}.base")
-        old = node.outputs[0]
-        base.outputs[0].type, base.outputs[0].shape = old.type, old.shape
-        base.outputs[0].name = f"{node.name}.pre"
-        inputs = [base.outputs[0]]
-        act_attrs = []
-        if act == "LeakyRelu":
-            act_attrs = [ir.AttrFloat32("alpha", params[0] if params else 0.01)]
-        if act == "Clip":
-            dtype = (old.dtype or ir.DataType.FLOAT).numpy()
-            for i, bound in enumerate(params[:2] or [-np.inf, np.inf]):
-                if np.isfinite(bound):
-                    v = ir.Value(name=f"{node.name}.{('min', 'max')[i]}", shape=ir.Shape([]),
-                                 type=ir.TensorType(ir.DataType.from_numpy(dtype)),
-                                 const_value=ir.tensor(np.array(bound, dtype)))
-                    g.register_initializer(v)
-                    inputs.append(v)
-                else:
-                    inputs.append(None)
-            while inputs[-1] is None:
-                inputs.pop()
-        activation = ir.Node("", act, inputs, attributes=act_attrs, name=f"{node.name}.act")
-        g.insert_before(node, [base, activation])
-        out = activation.outputs[0]
-        out.type, out.shape = old.type, old.shape
-        name, was_output = old.name, old.is_graph_output()
-        old.replace_all_uses_with(out, replace_graph_outputs=True)
-        if was_output:
-            old.name = None
-        out.name = name
-        g.remove(node, safe=True)
-        n += 1
-    if n:
-        model.opset_imports.pop(HAL_DOMAIN, None)
-    return n
 
 
 def _to_fp16(proto, device: Device):
