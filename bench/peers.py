@@ -79,7 +79,8 @@ def ort_peer(name, path, x):
 
 def openvino_peer(name, path, x):
     try:
-        import openvino as ov
+        from hal.backends.common.frameworks import import_openvino
+        ov = import_openvino()
     except ImportError as exc:
         raise Skip("openvino is not installed: pip install openvino") from exc
     core = ov.Core()

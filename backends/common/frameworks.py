@@ -99,3 +99,25 @@ def lookup(root: Any, path: str) -> Any:
     for part in path.split("."):
         root = getattr(root, part)
     return root
+
+
+def import_openvino() -> Any:
+    """``openvino``, imported without its usage telemetry.
+
+    ``import openvino`` sends an event to Google Analytics from a forked process unless the
+    user opted out through ``openvino_telemetry``'s own tool. HAL sends nothing without
+    consent, and a fork next to JAX's or TensorFlow's threads can deadlock. With the telemetry
+    package hidden while openvino loads, openvino takes its own no-op stub. A user who
+    imported ``openvino_telemetry`` first keeps it.
+    """
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    hide = "openvino_telemetry" not in sys.modules
+    if hide:
+        sys.modules["openvino_telemetry"] = None  # an ImportError for whoever imports it
+    try:
+        import openvino
+    finally:
+        if hide and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
