@@ -324,21 +324,27 @@ def encode_response(model: str, version: str, request_id: str | None,
         doc["id"] = request_id
     entries, blobs = [], []
     for name, array, binary in outputs:
-        datatype = datatype_of(array.dtype)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
-            blob = _bytes_blob(array) if datatype == "BYTES" else \
-                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = _json_values(array, datatype)
-        entries.append(entry)
+        _add_tensor(entries, blobs, name, array, binary)
     doc["outputs"] = entries
     head = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
         return head, None
     return b"".join([head, *blobs]), len(head)
+
+
+def _add_tensor(entries: list, blobs: list, name: str, array: np.ndarray, binary: bool) -> None:
+    """One tensor of a request or response: its JSON entry, its data as a little-endian blob
+    after the JSON (``binary``, the binary tensor extension) or inline as a JSON list."""
+    datatype = datatype_of(array.dtype)
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if binary:
+        blob = _bytes_blob(array) if datatype == "BYTES" else \
+            np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        entry["parameters"] = {"binary_data_size": len(blob)}
+        blobs.append(blob)
+    else:
+        entry["data"] = _json_values(array, datatype)
+    entries.append(entry)
 
 
 def _json_values(array: np.ndarray, datatype: str) -> list:
@@ -369,17 +375,7 @@ def encode_request(inputs: dict[str, np.ndarray], outputs: list[str] | None = No
     params = dict(parameters or {})
     entries, blobs = [], []
     for name, array in inputs.items():
-        array = np.asarray(array)
-        datatype = datatype_of(array.dtype)
-        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
-        if binary:
-            blob = _bytes_blob(array) if datatype == "BYTES" else \
-                np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = _json_values(array, datatype)
-        entries.append(entry)
+        _add_tensor(entries, blobs, name, np.asarray(array), binary)
     doc["inputs"] = entries
     if outputs is not None:
         doc["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
