@@ -24,7 +24,11 @@ LIGHT = {c.model_name: c for c in collect_testcases() if c.kind == "real"
          and c.url.startswith("onnx/backend/test/data/light/")}
 
 #: (model, backend) pairs known to fail, with why; strict, so a fix turns them green
-KNOWN: dict[tuple[str, str], str] = {}
+KNOWN: dict[tuple[str, str], str] = {
+    ("squeezenet", "openvino"): "constant weights make the 1000 logits equal in exact arithmetic "
+    "(~9.5e9 each); OpenVINO's f32 convolutions round the channels apart (~4e-7 relative, "
+    "thousands absolute) and Softmax turns that into a peaked distribution, not 0.001 each",
+}
 #: the ten slowest cases (pytest --durations, shared 2-core machine: 4-17 s each, the file
 #: 2.5 min in all); the quick run (-m "not slow", 1 min) still has every model and device
 SLOW = {("bvlc_alexnet", "tf"), ("densenet121", "jax"), ("densenet121", "tf"),
