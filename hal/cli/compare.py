@@ -60,6 +60,7 @@ def cmd_compare(args) -> int:
                                TimeElapsedColumn, TimeRemainingColumn)
 
     from hal.comparison import Results, compare
+    from hal.comparison.interrupt import CompareInterrupted
     from hal.comparison.results import accelerator_text
 
     con = Console()
@@ -73,12 +74,17 @@ def cmd_compare(args) -> int:
 
         def progress(done, total, current, row):
             prog.update(task, completed=done, total=total, description=current)
+            if row is not None and not prog.console.is_terminal:  # a log: no bar, a line
+                prog.console.print(f"[{done}/{total}] {escape(row_line(row))}")
 
-        res = compare(args.models, args.devices, args.batch, args.precision,
-                      budget_s=args.budget, isolate=args.isolate, progress=progress,
-                      scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
-                      rounds=args.rounds, train=args.train, train_steps=args.steps,
-                      cluster=args.cluster)
+        try:
+            res = compare(args.models, args.devices, args.batch, args.precision,
+                          budget_s=args.budget, isolate=args.isolate, progress=progress,
+                          scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
+                          rounds=args.rounds, train=args.train, train_steps=args.steps,
+                          cluster=args.cluster)
+        except CompareInterrupted as stop:  # the rows so far are shown and written below
+            res = stop.results
     con.print(res.table())
     run = res.environment["run"]
     failed = sum(1 for r in res.rows if r.error)
@@ -109,9 +115,21 @@ def cmd_compare(args) -> int:
         if path:
             write(path)
             con.print(f"wrote {path}")
+    if res.interrupted:
+        con.print(f"[bold red]{escape(res.interrupted)}[/]"
+                  + ("; not checked against the baseline" if baseline is not None else ""))
+        return 130  # as a shell reports a command ended by SIGINT
     if baseline is not None:
         return print_regressions(con, baseline, res, args.baseline)
     return 0
+
+
+def row_line(row) -> str:
+    """One finished row in a line, for a log where no progress bar can be drawn."""
+    what = f"{row.model} b{row.batch} {row.precision} on {row.device}"
+    if row.error:
+        return f"{what}: error: {row.error[:200]}"
+    return f"{what}: p50 {row.p50_ms:.3f} ms" if row.p50_ms is not None else what
 
 
 def print_regressions(con, baseline, res, path: str) -> int:

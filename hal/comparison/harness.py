@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 from hal import compiler, registry
 from hal import models as zoo
 from hal.backend import CompileOptions
+from hal.comparison import interrupt
 from hal.comparison.policy import default_devices
 from hal.comparison.results import Results
 from hal.comparison.rounds import device_order, merge
@@ -102,6 +104,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
 
     Names and devices are checked before any work (a typo raises at once); after that a
     failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
+    Ctrl-C stops the run at once (an isolated worker too) and raises ``CompareInterrupted``
+    (``hal.comparison.interrupt``), whose ``results`` are the rows finished before it.
     """
     from hal.comparison.environment import environment
 
@@ -143,25 +147,30 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     total = len(models) * len(devices) * len(batch) * max(len(precision), 1)  # [] = one each
     tick = _Ticker(progress, total * rounds)
     started = time.time()
-    refs = {} if train else {name: _references(loaded[name], name, batch, tick)
-                             for name in models}
     worker_envs: dict[str, dict] = {}
     per_round: list[list[Row]] = []
-    for r in range(rounds):
-        round_rows: list[Row] = []
-        for dev in device_order(devices, r):
-            job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
-                      scenario, warmup, min_runs, max_runs, latency_bound_ms,
-                      "training" if train else "inference", train_steps if train else 0)
-            if isolate:
-                from hal.comparison.isolate import run_isolated
+    stopped = None
+    try:
+        refs = {} if train else {name: _references(loaded[name], name, batch, tick)
+                                 for name in models}
+        for r in range(rounds):
+            per_round.append([])
+            for dev in device_order(devices, r):
+                job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
+                          scenario, warmup, min_runs, max_runs, latency_bound_ms,
+                          "training" if train else "inference", train_steps if train else 0)
+                if isolate:
+                    from hal.comparison.isolate import run_isolated
 
-                it = run_isolated(job, refs, tick, worker_envs)
-            else:
-                it = run_job(job, loaded, refs, tick, mem_scope="in-process")
-            round_rows.extend(it)
-        per_round.append(round_rows)
-    rows = merge(per_round) if rounds > 1 else per_round[0]
+                    it = run_isolated(job, refs, tick, worker_envs)
+                else:
+                    it = run_job(job, loaded, refs, tick, mem_scope="in-process")
+                with closing(it):  # on Ctrl-C too: an isolated worker is stopped at once
+                    for row in it:
+                        per_round[-1].append(row)
+    except KeyboardInterrupt:  # keep what was finished; the row being measured is dropped
+        stopped = max(len(per_round), 1)
+    rows = merge(per_round) if rounds > 1 else (per_round or [[]])[0]
     rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch), devices.index(r.device)
                              if r.device in devices else len(devices),
                              CompileOptions.PRECISIONS.index(r.precision)))
@@ -177,6 +186,9 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     env["devices"] = _device_info(devices)
     if isolate:
         env["workers"] = worker_envs
+    if stopped is not None:
+        env["run"]["interrupted"] = interrupt.note(len(rows), total, stopped, rounds)
+        raise interrupt.CompareInterrupted(Results(rows, env))
     return Results(rows, env)
 
 

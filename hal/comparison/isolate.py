@@ -4,7 +4,9 @@ The parent computes the reference once and hands inputs and outputs over in .npz
 the worker (``python -m hal.comparison.worker``) compiles and measures, writing one JSON line
 per row on a private copy of stdout (the worker's own stdout goes to stderr, so a framework
 printing cannot corrupt the stream). A worker that crashes or stays silent too long leaves
-error rows for what it did not finish; the rows it did finish are kept.
+error rows for what it did not finish; the rows it did finish are kept. On Ctrl-C the
+worker ignores SIGINT and the parent stops it (SIGTERM, then SIGKILL), so none outlives the
+run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hal.comparison.row import Row
 MARK = "HALCMP "
 MEM_SCOPE = "isolated: one process per device"
 SILENCE_LIMIT_S = 600.0  # no row for this long: the worker is taken to hang
+STOP_GRACE_S = 5.0  # a worker stopped early gets this long to exit before SIGKILL
 
 
 def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
@@ -47,20 +50,24 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
             except BrokenPipeError:  # the worker died at start: its stderr says why, below
                 pass
             why = None
-            for kind, payload in _messages(proc):
-                if kind == "row":
-                    row = Row.from_dict(payload)
-                    seen.add((row.model, row.precision, row.batch))
-                    if tick:
-                        tick.done(row)
-                    yield row
-                elif kind == "start" and tick:
-                    tick.note(payload)
-                elif kind == "env" and envs is not None:
-                    envs[job.device] = payload
-                elif kind == "timeout":
-                    why = (f"the worker for {job.device} sent nothing for {SILENCE_LIMIT_S:.0f}"
-                           f" s and was killed")
+            try:
+                for kind, payload in _messages(proc):
+                    if kind == "row":
+                        row = Row.from_dict(payload)
+                        seen.add((row.model, row.precision, row.batch))
+                        if tick:
+                            tick.done(row)
+                        yield row
+                    elif kind == "start" and tick:
+                        tick.note(payload)
+                    elif kind == "env" and envs is not None:
+                        envs[job.device] = payload
+                    elif kind == "timeout":
+                        why = (f"the worker for {job.device} sent nothing for "
+                               f"{SILENCE_LIMIT_S:.0f} s and was killed")
+            except BaseException:  # Ctrl-C, or the caller closing this generator: no orphan
+                _stop(proc)
+                raise
             code = proc.wait()
             err.seek(0)
             tail = err.read()[-800:].strip()
@@ -75,6 +82,18 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
                 if tick:
                     tick.done(row)
                 yield row
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the worker: SIGTERM, then SIGKILL if it has not exited within a few seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.stdout.close()
 
 
 def _messages(proc: subprocess.Popen):

@@ -24,6 +24,7 @@ th{background:#f4f4f4;position:sticky;top:0}td.l,th.l{text-align:left}
 tr.best td{background:#e8f6e8;font-weight:600}tr.err td{color:#b00}
 tr.model td{background:#fafafa;font-weight:700;text-align:left;color:#035}
 .charts{display:flex;flex-wrap:wrap;gap:14px}.note{color:#666;font-size:12.5px}
+.warn{background:#fff4e0;border-left:4px solid #e69500;padding:6px 10px;font-weight:600}
 svg text{font:11px system-ui,Helvetica,Arial,sans-serif}pre{font-size:11.5px;background:#f7f7f7;
 padding:8px;overflow:auto}
 """
@@ -50,6 +51,8 @@ def html_report(results) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{title}</title><style>{CSS}</style></head><body>",
              f"<h1>{title}</h1>", _env_line(env, rows),
+             *([f"<p class='warn'>{escape(results.interrupted)}</p>"]
+               if results.interrupted else []),
              "<div class='legend'>" + "".join(
                  f"<span><i class='sw' style='background:{colors[d]}'></i>{escape(d)}"
                  f"{' <b>(simulated)</b>' if d in simulated else ''}</span>" for d in devices)

@@ -30,7 +30,15 @@ class Results:
 
     def __repr__(self) -> str:
         bad = sum(1 for r in self.rows if r.error)
-        return f"<hal.comparison.Results {len(self.rows)} rows, {bad} failed>"
+        stop = ", interrupted" if self.interrupted else ""
+        return f"<hal.comparison.Results {len(self.rows)} rows, {bad} failed{stop}>"
+
+    @property
+    def interrupted(self) -> str | None:
+        """How far a run stopped by Ctrl-C got (``CompareInterrupted``); None for a whole run.
+        Every writer shows it: a field of the JSON, a column of the CSV, a note in the HTML
+        and the table."""
+        return self.environment.get("run", {}).get("interrupted")
 
     # -- best rows ------------------------------------------------------------------------
     def best(self) -> dict[tuple, Row]:
@@ -43,7 +51,8 @@ class Results:
     # -- writers -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         best = {id(r) for r in self.best().values()}
-        return {"schema": SCHEMA, "environment": self.environment,
+        stop = {"interrupted": self.interrupted} if self.interrupted else {}
+        return {"schema": SCHEMA, **stop, "environment": self.environment,
                 "rows": [{**r.to_dict(), "best": id(r) in best} for r in self.rows]}
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -52,12 +61,14 @@ class Results:
         return text
 
     def to_csv(self, path: str | Path | None = None) -> str:
-        """One line per row; nested fields are flattened (transfers_count, placement as text)."""
+        """One line per row; nested fields are flattened (transfers_count, placement as text).
+        An interrupted run has one more column, ``interrupted``, its note on every row."""
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=_csv_fields(), lineterminator="\n")
+        stop = {"interrupted": self.interrupted} if self.interrupted else {}
+        w = csv.DictWriter(buf, fieldnames=_csv_fields() + list(stop), lineterminator="\n")
         w.writeheader()
         for r in self.rows:
-            w.writerow(_flat(r))
+            w.writerow({**_flat(r), **stop})
         _write(path, buf.getvalue())
         return buf.getvalue()
 

@@ -26,6 +26,12 @@ def _loss(v) -> str:
     return "-" if v is None else f"{v:.6f}"
 
 
+def _interrupted(results, title: str) -> Text | str:
+    if not results.interrupted:
+        return title
+    return Text.assemble(title, "\n", (results.interrupted, "bold red"))
+
+
 def rich_table(results, title: str | None = None) -> Table:
     rows = results.rows
     if rows and all(r.task == "training" for r in rows):
@@ -37,6 +43,7 @@ def rich_table(results, title: str | None = None) -> Table:
     rounds = max((r.rounds for r in rows), default=1)
     spread = (f"± half the range of the p50s of {rounds} rounds" if rounds > 1
               else "± median absolute deviation of the calls")
+    title = _interrupted(results, title)
     t = Table(title=title, caption="★ best device for the model and batch (simulated ones only where "
               "no real device ran); "
               f"(sim) simulated device; {spread}; error column shows why a row failed",
@@ -86,8 +93,9 @@ def training_table(results, title: str | None = None) -> Table:
     steps from the same initial weights, which devices should share."""
     rows = results.rows
     steps = max((r.train_steps for r in rows), default=0)
-    t = Table(title=title or "HAL training comparison: one step (forward, backward, AdamW "
-              "update) on one micro-batch of `batch` samples",
+    t = Table(title=_interrupted(results, title or "HAL training comparison: one step "
+                                 "(forward, backward, AdamW update) on one micro-batch of "
+                                 "`batch` samples"),
               caption=f"★ fastest step for the model and batch; ± median absolute deviation of "
               f"the steps; loss@1 is the initial weights' loss on the first batch, loss@{steps} "
               f"the loss after {steps - 1} updates on the same data on every device; mem MB: "

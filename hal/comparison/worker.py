@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 
 def main() -> int:
+    # Ctrl-C in a terminal reaches every process of the group: the parent keeps the rows
+    # finished so far and stops this one; dying here first would race it with error rows
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed to stdout goes to stderr
     sys.stdout = sys.stderr
