@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections import OrderedDict
 from typing import Iterator, Sequence
 
@@ -15,28 +16,36 @@ from hal.nn import functional as F
 from hal.nn.tracing import Tensor, scope, trace
 
 _rng = np.random.default_rng(0)
+#: the generator of a ``seed`` block, per thread: zoo models built in several threads at once
+#: (``hal.compile("lenet")`` from a thread pool) each draw their own seeded weights
+_block = threading.local()
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the generator every layer draws its initial weights from."""
+    """Seed the generator every layer draws its initial weights from (inside a ``seed``
+    block, that block's generator until it ends)."""
     global _rng
-    _rng = np.random.default_rng(seed)
+    if getattr(_block, "rng", None) is not None:
+        _block.rng = np.random.default_rng(seed)
+    else:
+        _rng = np.random.default_rng(seed)
 
 
 @contextlib.contextmanager
 def seed(value: int):
-    """Build layers with weights drawn from ``value``, then restore the previous generator."""
-    global _rng
-    prev = _rng
-    _rng = np.random.default_rng(value)
+    """Build layers with weights drawn from ``value`` in this thread, then restore the
+    previous generator."""
+    prev = getattr(_block, "rng", None)
+    _block.rng = np.random.default_rng(value)
     try:
         yield
     finally:
-        _rng = prev
+        _block.rng = prev
 
 
 def _uniform(shape: Sequence[int], bound: float) -> np.ndarray:
-    return _rng.uniform(-bound, bound, size=tuple(shape)).astype(np.float32)
+    rng = getattr(_block, "rng", None) or _rng
+    return rng.uniform(-bound, bound, size=tuple(shape)).astype(np.float32)
 
 
 class Module:
