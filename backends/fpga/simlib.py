@@ -4,7 +4,8 @@ run on the host, for checking against the spec and for the emulator.
 
 The library is built on first use into ``$HAL_CACHE_DIR/fpga`` (default
 ``~/.cache/hal/fpga``) under a name keyed by the hash of the sources, the flags and the
-compiler, so an edited kernel is rebuilt and an unchanged one never is.
+compiler, so an edited kernel is rebuilt and an unchanged one never is; ``hal.diskcache``
+checks its SHA-256 before it is loaded and locks it while it is built.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hal import diskcache
 from hal.errors import BackendError, InputError
 
 from . import spec
@@ -46,8 +48,8 @@ _I8, _I32, _I64 = (ctypes.POINTER(t) for t in (ctypes.c_int8, ctypes.c_int32, ct
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("HAL_CACHE_DIR") or os.path.join(Path.home(), ".cache", "hal")
-    return Path(root) / "fpga"
+    """``$HAL_CACHE_DIR/fpga`` or ``~/.cache/hal/fpga``, created private (hal.diskcache)."""
+    return diskcache.folder("fpga")
 
 
 def compiler() -> str:
@@ -71,21 +73,21 @@ def build(force: bool = False) -> Path:
     key = hashlib.sha256(cpp.read_bytes() + hdr.read_bytes() + params.read_bytes()
                          + " ".join((cxx,) + FLAGS).encode())
     lib = cache_dir() / f"libhal_int8_sim-{key.hexdigest()[:16]}.so"
-    if lib.is_file() and not force:
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
-    os.close(fd)
-    try:
-        res = subprocess.run([cxx, *FLAGS, f"-I{src}", str(cpp), "-o", tmp],
-                             check=False, capture_output=True, text=True)
-        if res.returncode:
-            raise BackendError(f"building the FPGA simulation library with {cxx} failed:\n"
-                               f"{res.stderr.strip()[-2000:]}")
-        os.replace(tmp, lib)  # atomic: a concurrent build never sees a half-written library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with diskcache.locked(lib):  # a second process building the same library waits for it
+        if not force and diskcache.verified(lib):
+            return lib
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+        os.close(fd)
+        try:
+            res = subprocess.run([cxx, *FLAGS, f"-I{src}", str(cpp), "-o", tmp],
+                                 check=False, capture_output=True, text=True)
+            if res.returncode:
+                raise BackendError(f"building the FPGA simulation library with {cxx} failed:\n"
+                                   f"{res.stderr.strip()[-2000:]}")
+            diskcache.commit(Path(tmp), lib)  # atomic, then its hash
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return lib
 
 

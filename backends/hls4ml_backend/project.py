@@ -2,8 +2,9 @@
 
 The project lives under ``$HAL_CACHE_DIR/hls4ml/<key>`` (default ``~/.cache/hal/hls4ml``),
 keyed by a hash of the segment and every option that changes the generated code. A
-``hal_project.json`` written after a successful build makes the next compile a cache hit
-that only loads the library. hls4ml's VivadoAccelerator backend writes the same project
+``hal_project.json`` written after a successful build, then the SHA-256 of every file
+(``hal.diskcache``), make the next compile a cache hit that only loads the library; a
+project whose files no longer match is built again. hls4ml's VivadoAccelerator backend writes the same project
 for C simulation and for a board (PYNQ driver, Vivado block design).
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from hal import diskcache
 from hal.errors import BackendError
 
 from .qdq import FloatScaleError, Port, Prepared, constant_value_infos, prepare
@@ -38,9 +40,8 @@ ROUNDING = {"half_up": "RND", "half_even": "RND_CONV"}
 
 
 def cache_root() -> Path:
-    base = os.environ.get("HAL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "hal")
-    return Path(base) / "hls4ml"
+    """``$HAL_CACHE_DIR/hls4ml`` or ``~/.cache/hal/hls4ml``, created private (hal.diskcache)."""
+    return diskcache.folder("hls4ml")
 
 
 @dataclass
@@ -110,12 +111,20 @@ def key(model: onnx.ModelProto, settings: Settings) -> str:
 
 def build(model: onnx.ModelProto, settings: Settings, requantized: list[str]) -> Project:
     """The project for ``model`` (a QDQ segment with power-of-two scales): cached or built."""
+    path = cache_root() / key(model, settings)
+    with diskcache.locked(path):  # a second process building the same project waits for it
+        cached = Project.load(path) if diskcache.verified(path) else None
+        if cached is not None:
+            return cached
+        proj = _build(model, settings, requantized, path)
+        diskcache.seal(path)  # the commit: an unsealed project is built again
+    return proj
+
+
+def _build(model: onnx.ModelProto, settings: Settings, requantized: list[str],
+           path: Path) -> Project:
     import hls4ml
 
-    path = cache_root() / key(model, settings)
-    cached = Project.load(path)
-    if cached is not None:
-        return cached
     prep = prepare(model)
     hls_model = _convert(prep, settings, path)
     _check_exact(hls_model)

@@ -3,7 +3,9 @@
 Every program gets the kernel codes of ``codes.defines()`` (activations, unary and binary
 ops) as ``-D`` defines. A binary is keyed by the hash of the source (includes expanded), the
 build options (defines included), the device name, its driver version and the platform
-version; it lives in ``$HAL_CACHE_DIR/opencl/binaries`` (default ``~/.cache/hal/opencl``).
+version; it lives in ``$HAL_CACHE_DIR/opencl/binaries`` (default ``~/.cache/hal/opencl``),
+written and verified through ``hal.diskcache``: a binary that does not match its hash is
+built again, and two processes building the same program build it once.
 A build failure raises ``KernelBuildError`` carrying the compiler's log.
 """
 
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
+from hal import diskcache
 from hal.backends.opencl import codes
 from hal.backends.opencl.runtime import ClDevice, cache_dir, cl
 from hal.errors import BackendError
@@ -82,14 +85,27 @@ def build(dev: ClDevice, name: str, defines: dict | None = None, extra: str = ""
 
 def _build(dev: ClDevice, name: str, source: str, opts: list[str], digest: str) -> Built:
     lib = cl()
-    path = cache_dir() / "binaries" / f"{digest}.bin"
     t0 = time.perf_counter()
-    if path.is_file():
-        try:
-            prg = lib.Program(dev.context, [dev.device], [path.read_bytes()]).build(options=opts)
-            return Built(prg, "warm", time.perf_counter() - t0, digest)
-        except Exception:  # a stale or truncated binary: rebuild from source
-            path.unlink(missing_ok=True)
+    try:
+        path = cache_dir() / "binaries" / f"{digest}.bin"
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+    except OSError:  # an unwritable cache only costs a rebuild
+        return _from_source(dev, name, source, opts, digest, None, t0)
+    # the lock: a second process building the same program waits, then loads this binary
+    with diskcache.locked(path):
+        binary = diskcache.read_bytes(path)
+        if binary is not None:
+            try:
+                prg = lib.Program(dev.context, [dev.device], [binary]).build(options=opts)
+                return Built(prg, "warm", time.perf_counter() - t0, digest)
+            except Exception:  # a binary the driver no longer takes: rebuild from source
+                diskcache.discard(path)
+        return _from_source(dev, name, source, opts, digest, path, t0)
+
+
+def _from_source(dev: ClDevice, name: str, source: str, opts: list[str], digest: str,
+                 path, t0: float) -> Built:
+    lib = cl()
     try:
         prg = lib.Program(dev.context, source).build(options=opts)
     except Exception as exc:
@@ -98,14 +114,11 @@ def _build(dev: ClDevice, name: str, source: str, opts: list[str], digest: str) 
             f"OpenCL program {name} failed to build for opencl:{dev.index} ({dev.name}) with "
             f"options {' '.join(opts) or '(none)'}:\n{log}\nCheck the `build_options` you passed "
             f"and whether the device supports what the kernel needs.", log) from None
-    try:
-        binary = prg.get_info(lib.program_info.BINARIES)[0]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(binary)
-        tmp.replace(path)
-    except OSError:
-        pass  # an unwritable cache only costs the next process a rebuild
+    if path is not None:
+        try:
+            diskcache.write_bytes(path, prg.get_info(lib.program_info.BINARIES)[0])
+        except OSError:
+            pass  # an unwritable cache only costs the next process a rebuild
     return Built(prg, "cold", time.perf_counter() - t0, digest)
 
 

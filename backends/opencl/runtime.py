@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from hal import diskcache
 from hal.backend import Buffer, Device
 
 SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
@@ -32,9 +33,8 @@ _cl = None
 
 
 def cache_dir() -> Path:
-    """``$HAL_CACHE_DIR/opencl`` or ``~/.cache/hal/opencl``."""
-    root = os.environ.get("HAL_CACHE_DIR") or os.path.join(Path.home(), ".cache", "hal")
-    return Path(root) / "opencl"
+    """``$HAL_CACHE_DIR/opencl`` or ``~/.cache/hal/opencl``, created private (hal.diskcache)."""
+    return diskcache.folder("opencl")
 
 
 def _tensorflow_may_load() -> bool:

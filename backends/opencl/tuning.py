@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hal import diskcache
 from hal.backends.opencl.runtime import ClDevice, cache_dir
 from hal.errors import OptionError
 
@@ -83,24 +84,41 @@ def tuned(dev: ClDevice, build_options: str = "", enabled: bool = True) -> tuple
     default = GemmConfig() if dev.type_kind == "cpu" else GPU_CANDIDATES[0]
     if not enabled:
         return default, {"source": "default (autotune off)"}
-    path = _path(dev)
     try:
-        saved = json.loads(path.read_text())
-        if saved.get("build_options", "") == build_options:
-            cfg = GemmConfig(**saved["config"])
-            info = {"source": "disk cache", "gflops": saved.get("gflops")}
-            dev.tuning[key] = (cfg, info)
-            return cfg, info
-    except (OSError, ValueError, TypeError, KeyError):
+        path = _path(dev)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+    except OSError:  # no cache: search every time
+        path = None
+    if path is None:
+        cfg, info = _search(dev, build_options, default)
+    else:
+        with diskcache.locked(path):  # a second process tuning the same device waits for it
+            cfg, info = _saved(path, build_options) or _search_and_store(dev, build_options,
+                                                                         default, path)
+    dev.tuning[key] = (cfg, info)
+    return cfg, info
+
+
+def _saved(path, build_options: str) -> tuple[GemmConfig, dict] | None:
+    try:
+        saved = json.loads(diskcache.read_bytes(path) or b"{}")
+        if saved and saved.get("build_options", "") == build_options:
+            return GemmConfig(**saved["config"]), {"source": "disk cache",
+                                                   "gflops": saved.get("gflops")}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass
+    return None
+
+
+def _search_and_store(dev: ClDevice, build_options: str, default: GemmConfig,
+                      path) -> tuple[GemmConfig, dict]:
     cfg, info = _search(dev, build_options, default)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"device": dev.identity, "config": cfg.to_dict(),
-                                    "build_options": build_options, **info}, indent=1))
+        diskcache.write_bytes(path, json.dumps({"device": dev.identity, "config": cfg.to_dict(),
+                                                "build_options": build_options, **info},
+                                               indent=1).encode())
     except OSError:
         pass
-    dev.tuning[key] = (cfg, info)
     return cfg, info
 
 

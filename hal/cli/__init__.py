@@ -1,9 +1,10 @@
-"""The ``hal`` command: devices, run, tune, train, compare, compress, fpga build.
+"""The ``hal`` command: devices, run, tune, train, compare, compress, fpga build, serve, cache.
 
-One module per command (``devices``, ``run``, ``tune``, ``train``, ``compare``, ``compress``, ``fpga``), each adding its parser
-and the function that runs it; this module parses the command line and turns a ``HalError``
-into one line on stderr and exit status 2, never a traceback. The command line sits above
-the library: nothing in ``hal`` imports it.
+One module per command (``devices``, ``run``, ``tune``, ``train``, ``compare``, ``compress``,
+``fpga``, ``serve``, ``cache``), each adding its parser and the function that runs it; this
+module parses the command line and turns a ``HalError`` into one line on stderr and exit
+status 2, never a traceback. The command line sits above the library: nothing in ``hal``
+imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hal.errors import HalError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hal.cli import compare, compress, devices, fpga, run, serve, train, tune
+    from hal.cli import cache, compare, compress, devices, fpga, run, serve, train, tune
 
     p = argparse.ArgumentParser(prog="hal", description="Run and compare neural networks on any "
                                 "device HAL can reach.")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "imports (TensorFlow, jax), which it otherwise keeps off stderr "
                         "(the same as HAL_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
-    for command in (devices, run, tune, train, compare, compress, fpga, serve):
+    for command in (devices, run, tune, train, compare, compress, fpga, serve, cache):
         command.add_parser(sub)
     return p
 

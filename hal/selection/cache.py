@@ -5,8 +5,9 @@ created private, 0o700), named by the hash of its key. The key holds everything 
 change the answer: the model's content, the input shapes and dtypes timed, the compile
 options, HAL's version, each candidate backend's runtime versions and the machine. A change
 to any of them is a miss, so the choice is measured again. Entries are written atomically
-(a temporary file, then ``os.replace``); one that cannot be read or does not match its key is
-ignored (and measured again), never trusted.
+(a temporary file, then ``os.replace``) with their SHA-256 (``hal.diskcache``); one that
+cannot be read, has been altered or does not match its key is ignored (and measured
+again), never trusted.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hal import diskcache
 from hal.backend import Backend
 from hal.version import __version__
 
@@ -33,12 +34,7 @@ FORMAT = 2
 
 def cache_dir() -> Path:
     """``$HAL_CACHE_DIR/selection``, or ``~/.cache/hal/selection``; created private."""
-    root = os.environ.get("HAL_CACHE_DIR") or os.path.join(Path.home(), ".cache", "hal")
-    path = Path(root) / "selection"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-    return path
+    return diskcache.folder("selection")
 
 
 def model_hash(proto_bytes: bytes) -> str:
@@ -105,17 +101,20 @@ def _path(key: dict) -> Path:
 
 
 def load(key: dict) -> dict | None:
-    """The stored decision for ``key``, or None (none yet, or an entry that is unreadable or
-    does not match: it is then measured again and overwritten)."""
+    """The stored decision for ``key``, or None (none yet, or an entry that is unreadable,
+    altered or does not match: it is then measured again and overwritten)."""
     try:
         path = _path(key)
-        entry = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+        with diskcache.locked(path):
+            data = diskcache.read_bytes(path)
     except OSError as exc:
         log.warning("cannot read the selection cache (%s); measuring", exc)
         return None
-    except (OSError, ValueError) as exc:
+    if data is None:
+        return None
+    try:
+        entry = json.loads(data)
+    except ValueError as exc:
         log.warning("ignoring the unreadable selection cache entry %s (%s); measuring again",
                     path.name, exc)
         return None
@@ -130,17 +129,9 @@ def load(key: dict) -> dict | None:
 
 
 def store(key: dict, decision: dict) -> Path:
-    """Write ``decision`` for ``key`` atomically; returns the entry's path."""
+    """Write ``decision`` for ``key`` atomically, with its hash; returns the entry's path."""
     path = _path(key)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".entry-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"key": key, **decision}, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    data = json.dumps({"key": key, **decision}, indent=1, default=str).encode()
+    with diskcache.locked(path):
+        diskcache.write_bytes(path, data)
     return path

