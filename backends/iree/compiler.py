@@ -7,7 +7,8 @@
   compiler crash is an error here, not the end of the caller), target ``llvm-cpu`` for the
   host's CPU (``--iree-llvmcpu-target-cpu=host``) on ``cpu@iree``; ``cuda`` / ``vulkan-spirv``
   on the GPU kinds.
-- Cache: each module (.vmfb) is kept in ``$HAL_CACHE_DIR/iree`` (default ``~/.cache/hal/iree``),
+- Cache: each module (.vmfb) is kept in ``$HAL_CACHE_DIR/iree`` (default ``~/.cache/hal/iree``,
+  through ``hal.diskcache``: hashed, verified before use, locked while compiled),
   named by the SHA-256 of the model's bytes (its input shapes made concrete), the compiler's
   version, the flags and, for ``target-cpu=host``, this CPU's model and feature flags. A hit
   loads the file (memory-mapped by the runtime) and skips both steps.
@@ -15,16 +16,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from hal import diskcache
 from hal.errors import BackendError
 
 #: the entry point's name in every module HAL compiles
@@ -43,9 +44,8 @@ _BUILDING: dict[str, threading.Lock] = {}
 
 
 def cache_dir() -> Path:
-    """``$HAL_CACHE_DIR/iree`` or ``~/.cache/hal/iree``."""
-    root = os.environ.get("HAL_CACHE_DIR") or os.path.join(Path.home(), ".cache", "hal")
-    return Path(root) / "iree"
+    """``$HAL_CACHE_DIR/iree`` or ``~/.cache/hal/iree``, created private (hal.diskcache)."""
+    return diskcache.folder("iree")
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,18 +108,28 @@ def build(proto: onnx.ModelProto, kind: str, extra: tuple[str, ...] = ()) -> Mod
         proto = _renamed(proto)
     data = proto.SerializeToString()
     k = key(data, kind, extra)
-    path = cache_dir() / f"{k}.vmfb"
     with _LOCK:
         lock = _BUILDING.setdefault(k, threading.Lock())
     with lock:  # two threads asking for the same module compile it once
-        if path.is_file():
-            return Module(path, k, "warm")
-        t0 = time.perf_counter()
-        vmfb = compile_mlir(import_onnx(proto), kind, extra)
-        seconds = time.perf_counter() - t0
-        if _store(path, vmfb):
-            return Module(path, k, "cold", seconds)
-        return Module(None, k, "cold", seconds, vmfb)
+        path = _entry(k)
+        # two processes too: the second waits, then finds the first one's module
+        with diskcache.locked(path) if path else contextlib.nullcontext():
+            if path is not None and diskcache.verified(path):  # checked: never a tampered one
+                return Module(path, k, "warm")
+            t0 = time.perf_counter()
+            vmfb = compile_mlir(import_onnx(proto), kind, extra)
+            seconds = time.perf_counter() - t0
+            if path is not None and _store(path, vmfb):
+                return Module(path, k, "cold", seconds)
+            return Module(None, k, "cold", seconds, vmfb)
+
+
+def _entry(k: str) -> Path | None:
+    """Where the module ``k`` is cached, or None where the cache cannot be created."""
+    try:
+        return cache_dir() / f"{k}.vmfb"
+    except OSError:
+        return None
 
 
 def _renamed(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -176,14 +186,10 @@ def _first_error(text: str) -> str:
 
 
 def _store(path: Path, data: bytes) -> bool:
-    """Write atomically (another process may be reading the same name); False when the cache
-    cannot be written (the module is then kept in memory only)."""
+    """Write atomically with its hash (another process may be reading the same name); False
+    when the cache cannot be written (the module is then kept in memory only)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        diskcache.write_bytes(path, data)
         return True
     except OSError:
         return False
