@@ -6,6 +6,7 @@ Built-in backends and plugins implement exactly the same interface.
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -135,6 +136,8 @@ class Device:
         self.backend = backend
         self.info = info
         self.transfers = Transfers()
+        #: held around each compile, put and call when the device is not thread-safe
+        self.serial = None if info.thread_safe else threading.RLock()
 
     @property
     def string(self) -> str:
@@ -149,7 +152,11 @@ class Device:
         if isinstance(array, Buffer):
             return array.to(self)
         arr = array if type(array) is np.ndarray else np.asarray(array)
-        buf = self.backend.put(arr, self)
+        if self.serial is None:
+            buf = self.backend.put(arr, self)
+        else:
+            with self.serial:
+                buf = self.backend.put(arr, self)
         if not self.info.host_memory:
             self.transfers.h2d_count += 1
             self.transfers.h2d_bytes += arr.nbytes
@@ -165,6 +172,26 @@ class Device:
 
     def __str__(self) -> str:
         return self.string
+
+
+class Serial:
+    """The locks of the devices among ``devices`` that are not thread-safe, held together
+    (taken in one order, so two threads holding some of the same never wait on each other)."""
+
+    def __init__(self, devices: Sequence[Device]):
+        self.locks = [d.serial for d in sorted(devices, key=lambda d: d.string)
+                      if d.serial is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.locks)
+
+    def __enter__(self) -> None:
+        for lock in self.locks:
+            lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 class Buffer:
@@ -307,6 +334,9 @@ class Backend(abc.ABC):
     variants: ClassVar[tuple[str, ...]] = ()
     #: The precision used when the caller gives none (an int8-only accelerator sets "int8").
     default_precision: ClassVar[str] = "fp32"
+    #: False when calls on one device must not overlap (HAL then runs its compiles, puts
+    #: and calls one at a time); its devices say so in ``DeviceInfo.thread_safe``.
+    thread_safe: ClassVar[bool] = True
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

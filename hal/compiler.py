@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from hal.backend import Buffer, CompileOptions, Device, Transfers, check_precision
+from hal.backend import Buffer, CompileOptions, Device, Serial, Transfers, check_precision
 from hal.errors import BackendError, HalError, InputError, OptionError
 from hal.ir.model import Model
 from hal.ir.validate import validate
@@ -85,7 +85,8 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
         seg_model = ir.from_proto(seg_proto)
         seg_opts = dev_opts if seg.device is dev else CompileOptions(opt_level=opts.opt_level)
         try:
-            exe = seg.device.backend.compile(seg_model, seg.device, seg_opts)
+            with Serial([seg.device]):
+                exe = seg.device.backend.compile(seg_model, seg.device, seg_opts)
         except HalError:
             raise
         except Exception as exc:
@@ -248,6 +249,8 @@ class CompiledModel:
     # -- running ------------------------------------------------------------
     def _prepare_calls(self) -> None:
         """Precompute what each call needs, so the per-call path stays a few microseconds."""
+        #: the locks of devices that are not thread-safe, held around each call (else None)
+        self._serial = Serial(self.devices) or None
         self._names = [s.name for s in self.inputs]
         self._expect = [(s.dtype, len(s.shape),
                          tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)))
@@ -352,6 +355,12 @@ class CompiledModel:
         self.transfers = self.transfers + delta
 
     def __call__(self, *arrays: Any) -> list[np.ndarray]:
+        if self._serial is None:
+            return self._call(arrays)
+        with self._serial:
+            return self._call(arrays)
+
+    def _call(self, arrays: Sequence[Any]) -> list[np.ndarray]:
         new = self._check(arrays)
         if new is None and self._direct is not None:
             device, exe, picks = self._direct
@@ -370,7 +379,12 @@ class CompiledModel:
 
     def run(self, buffers: Sequence[Any]) -> list[Buffer]:
         """Run on device buffers; outputs stay where they were computed (no host copy)."""
-        buffers = list(buffers)
+        if self._serial is None:
+            return self._run(list(buffers))
+        with self._serial:
+            return self._run(list(buffers))
+
+    def _run(self, buffers: list[Any]) -> list[Buffer]:
         new = self._check(buffers)
         if new is None and self._direct is not None:
             device, exe, picks = self._direct

@@ -50,7 +50,9 @@ class DeviceInfo:
     ``slow_simulation`` says why such a device takes far longer per call than the hardware
     it stands for (a cycle-accurate or C simulation: "about 0.4 s per LeNet image"), or is
     empty. The device states these facts; what to do with them (e.g. leave the device out
-    of a default comparison) is its user's decision.
+    of a default comparison) is its user's decision. ``thread_safe`` False says calls on the
+    device must not overlap (one accelerator's registers, say): HAL then runs its compiles
+    and calls one at a time, whichever threads they come from (``Backend.thread_safe``).
     """
 
     kind: str
@@ -66,6 +68,7 @@ class DeviceInfo:
     #: both strings resolve to one Device, sharing buffers and transfer counters.
     alias_of: str = ""
     slow_simulation: str = ""
+    thread_safe: bool = True
 
     @property
     def string(self) -> str:
@@ -82,4 +85,5 @@ class DeviceInfo:
             "host_memory": self.host_memory, **({"details": self.details} if self.details else {}),
             **({"alias_of": self.alias_of} if self.alias_of else {}),
             **({"slow_simulation": self.slow_simulation} if self.slow_simulation else {}),
+            **({"thread_safe": False} if not self.thread_safe else {}),
         }

@@ -127,6 +127,7 @@ class Registry:
                         raise TypeError(f"probe() returned {type(d).__name__}, not DeviceInfo")
                     if d.backend not in b.variants:
                         d.backend = b.name
+                    d.thread_safe = d.thread_safe and b.thread_safe
                 rec.devices = found
             except Exception as exc:
                 rec.error = f"probe failed: {type(exc).__name__}: {exc}"

@@ -41,6 +41,9 @@ class FpgaBackend(Backend):
     #: bitfile: (fpga@pynq) a .bit to program instead of the target's, or the .hwh of a design
     #: that is already programmed
     options = frozenset({"target", "bitfile"})
+    #: one accelerator per device, programmed through its registers a layer at a time: two
+    #: calls at once would overwrite each other's arguments (HAL takes turns for them)
+    thread_safe = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -61,21 +62,26 @@ class AddressSpace:
         self._next = base
         self._starts: list[int] = []
         self._mems: dict[int, ArrayMemory] = {}
+        # a buffer is freed when the last reference to it goes, in whichever thread that is
+        # (re-entrant: a collection while allocating may free one)
+        self._lock = threading.RLock()
 
     def allocate(self, nbytes: int) -> ArrayMemory:
         if nbytes < 1:
             raise BackendError(f"cannot allocate {nbytes} bytes")
-        mem = ArrayMemory(self._next, nbytes, self._free)
-        self._next += -(-nbytes // ALIGN) * ALIGN
-        bisect.insort(self._starts, mem.address)
-        self._mems[mem.address] = mem
+        with self._lock:
+            mem = ArrayMemory(self._next, nbytes, self._free)
+            self._next += -(-nbytes // ALIGN) * ALIGN
+            bisect.insort(self._starts, mem.address)
+            self._mems[mem.address] = mem
         return mem
 
     def _free(self, mem: ArrayMemory) -> None:
-        self._mems.pop(mem.address, None)
-        i = bisect.bisect_left(self._starts, mem.address)
-        if i < len(self._starts) and self._starts[i] == mem.address:
-            del self._starts[i]
+        with self._lock:
+            self._mems.pop(mem.address, None)
+            i = bisect.bisect_left(self._starts, mem.address)
+            if i < len(self._starts) and self._starts[i] == mem.address:
+                del self._starts[i]
 
     def view(self, address: int, nbytes: int) -> np.ndarray:
         i = bisect.bisect_right(self._starts, address) - 1
