@@ -26,7 +26,8 @@ from hal.ir import shapes as S
 from hal.ir.attributes import attribute
 from hal.ir.graph import const
 from hal.ir.model import Model
-from hal.passes.channels import ChannelGraph, analyze
+from hal.passes.channel_graph import ChannelGraph
+from hal.passes.channels import analyze
 from hal.passes.prune_channels import IMPORTANCE, PruneChannels, Selection, select
 
 __all__ = ["PruneReport", "prune"]

@@ -27,7 +27,7 @@ from onnx_ir.passes import PassResult
 
 from hal.ir.graph import add_initializer, const, set_input
 from hal.passes.base import HalPass
-from hal.passes.channels import PRODUCING, ChannelGraph, positions
+from hal.passes.channel_graph import PRODUCING, ChannelGraph, positions
 
 #: the importance criteria ``select`` knows
 IMPORTANCE = ("l1", "l2", "bn_gamma")
