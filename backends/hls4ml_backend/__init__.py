@@ -53,6 +53,9 @@ class Hls4mlBackend(Backend):
                          "rounding", "float_scales"})
     precisions = ("int8",)
     default_precision = "int8"
+    #: hls4ml's C simulation keeps state in statics (weights and tables loaded on the first
+    #: call, io_stream's line buffers and pooling counters), shared by every call of a project
+    thread_safe = False
 
     def probe(self) -> list[DeviceInfo]:
         import hls4ml
