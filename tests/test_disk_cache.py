@@ -138,15 +138,15 @@ def test_entry_names_must_be_plain(cache):
 OPENCL = "opencl:0@opencl"
 
 
-def _opencl_usable() -> bool:
+def _usable(device: str) -> bool:
     try:
-        hal.device(OPENCL)
+        hal.device(device)
         return True
-    except hal.HalError:  # no pyopencl, or no device: the reason is in `hal devices`
+    except hal.HalError:  # not installed, or no device: the reason is in `hal devices`
         return False
 
 
-needs_opencl = pytest.mark.skipif(not _opencl_usable(), reason="no usable OpenCL device")
+needs_opencl = pytest.mark.skipif(not _usable(OPENCL), reason="no usable OpenCL device")
 
 
 def _small_model():
@@ -188,6 +188,20 @@ def test_a_tampered_opencl_binary_is_rebuilt_not_loaded(cache, monkeypatch, capl
     assert sorted(built_from_source) == sorted([flipped.stem, truncated.stem])
     assert flipped.name in caplog.text and truncated.name in caplog.text
     assert all(_sha256sum_ok(b) for b in (flipped, truncated))  # rewritten whole
+
+
+@pytest.mark.skipif(not _usable("cpu@iree"), reason="cpu@iree is not usable here")
+def test_a_tampered_iree_module_is_compiled_again(cache, caplog):
+    model = _small_model()
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)  # one module
+    want = hal.compile(model, "cpu@iree", fallback=None)(x)[0]
+    (module,) = (cache / "iree").glob("*.vmfb")
+    _flip(module)
+    with caplog.at_level(logging.WARNING, logger="hal"):
+        again = hal.compile(model, "cpu@iree", fallback=None)
+        np.testing.assert_array_equal(again(x)[0], want)
+    assert [m["cache"] for m in again.executables[0].info["modules"]] == ["cold"]
+    assert module.name in caplog.text and _sha256sum_ok(module)
 
 
 def test_a_tampered_selection_entry_is_measured_again(cache, monkeypatch):
