@@ -75,7 +75,7 @@ def cmd_compare(args) -> int:
         def progress(done, total, current, row):
             prog.update(task, completed=done, total=total, description=current)
             if row is not None and not prog.console.is_terminal:  # a log: no bar, a line
-                prog.console.print(f"[{done}/{total}] {escape(row_line(row))}")
+                prog.console.print(escape(f"[{done}/{total}] {row_line(row)}"), soft_wrap=True)
 
         try:
             res = compare(args.models, args.devices, args.batch, args.precision,

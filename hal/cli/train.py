@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from hal.errors import InputError, OptionError
@@ -71,23 +75,42 @@ def cmd_train(args) -> int:
     import hal
     from hal.cli.run import backend_options
     from hal.frontends import to_model
+    from hal.training.interrupt import TrainingInterrupted
 
     model = to_model(args.model)
     (x, y), validation = load_data(args.data, model)
     if args.estimate_scaling:
         return estimate_scaling(args, model, x, y)
     options = dict(backend_options(args.option))
-    result = hal.train(model, (x, y), device=args.device, loss=args.loss,
-                       optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
-                       batch_size=args.batch, accumulate=args.accumulate,
-                       precision=args.precision, seed=args.seed, validation=validation,
-                       checkpoint_dir=args.checkpoint, resume=args.resume,
-                       progress=not args.no_progress, workers=args.workers,
-                       strategy=args.strategy, stages=args.stages, explain=args.explain,
-                       **({"cluster": args.cluster, "max_failures": args.max_failures}
-                          if args.cluster else {}),
-                       **({"quantize": args.quantize, "power_of_two": args.power_of_two}
-                          if args.quantize else {}), **options)
+    if args.resume and not args.checkpoint:
+        raise OptionError("--resume continues from the last checkpoint in --checkpoint DIR: "
+                          "pass --checkpoint DIR (the one an interrupted run named)")
+    scratch = None  # without --checkpoint, Ctrl-C still leaves a checkpoint: here
+    if not args.checkpoint and not args.cluster:
+        scratch = tempfile.mkdtemp(prefix="hal-train-")
+    try:
+        result = hal.train(model, (x, y), device=args.device, loss=args.loss,
+                           optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+                           batch_size=args.batch, accumulate=args.accumulate,
+                           precision=args.precision, seed=args.seed, validation=validation,
+                           checkpoint_dir=args.checkpoint or scratch, resume=args.resume,
+                           progress=not args.no_progress, workers=args.workers,
+                           strategy=args.strategy, stages=args.stages, explain=args.explain,
+                           **({"cluster": args.cluster, "max_failures": args.max_failures}
+                              if args.cluster else {}),
+                           **({"quantize": args.quantize, "power_of_two": args.power_of_two}
+                              if args.quantize else {}), **options)
+    except TrainingInterrupted as stop:
+        if scratch and stop.checkpoint is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return print_interrupted(stop, args.checkpoint)
+    except BaseException:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if scratch:  # the run finished: its checkpoints were only there for a Ctrl-C
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.best_checkpoint = result.last_checkpoint = None
     if args.out:
         hal.save(result.model, args.out)
     if args.save_calibration:
@@ -99,6 +122,24 @@ def cmd_train(args) -> int:
     else:
         print_result(report)
     return 0
+
+
+def print_interrupted(stop, checkpoint_dir: str | None) -> int:
+    """What Ctrl-C left and how to go on from it; 130, as a shell reports SIGINT."""
+    print(f"hal train: interrupted in epoch {stop.epoch + 1} after {stop.step} updates",
+          file=sys.stderr)
+    if stop.checkpoint is None:
+        print("hal train: stopped within a step (second Ctrl-C): no checkpoint was written"
+              + (f"; {checkpoint_dir} keeps the last epoch's, if any" if checkpoint_dir
+                 else ""), file=sys.stderr)
+    else:
+        folder = shlex.quote(str(stop.checkpoint.parent))
+        print(f"hal train: checkpoint {stop.checkpoint}\nhal train: to resume, run the same "
+              f"command with --checkpoint {folder} --resume"
+              if not checkpoint_dir else
+              f"hal train: checkpoint {stop.checkpoint}\nhal train: to resume, run the same "
+              f"command with --resume", file=sys.stderr)
+    return 130
 
 
 def estimate_scaling(args, model, x, y) -> int:

@@ -8,8 +8,10 @@
 
 from hal.comparison.baseline import Change, regressions
 from hal.comparison.harness import compare, measure
+from hal.comparison.interrupt import CompareInterrupted
 from hal.comparison.results import Results
 from hal.comparison.row import FIELDS, Row
 from hal.comparison.timing import Timing
 
-__all__ = ["FIELDS", "Change", "Results", "Row", "Timing", "compare", "measure", "regressions"]
+__all__ = ["FIELDS", "Change", "CompareInterrupted", "Results", "Row", "Timing", "compare",
+           "measure", "regressions"]

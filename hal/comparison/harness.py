@@ -170,6 +170,9 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
                         per_round[-1].append(row)
     except KeyboardInterrupt:  # keep what was finished; the row being measured is dropped
         stopped = max(len(per_round), 1)
+        if tick.last is not None and not any(r is tick.last for rows in per_round
+                                             for r in rows):
+            per_round[-1].append(tick.last)  # shown as done, stopped on its way here
     rows = merge(per_round) if rounds > 1 else (per_round or [[]])[0]
     rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch), devices.index(r.device)
                              if r.device in devices else len(devices),
@@ -444,6 +447,7 @@ class _Ticker:
         self.callback = callback
         self.total = total
         self.finished = 0
+        self.last: Row | None = None  # the row finished last
 
     def _call(self, current: str, row: Row | None) -> None:
         if self.callback is not None:
@@ -457,5 +461,6 @@ class _Ticker:
 
     def done(self, row: Row) -> None:
         self.finished += 1
+        self.last = row
         self._call(f"{row.model} b{row.batch} {row.precision} on {row.device}", row)
 

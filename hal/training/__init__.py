@@ -10,9 +10,10 @@
 from hal.training.callbacks import BestCheckpoint, Callback, EarlyStopping
 from hal.training.checkpoint import CheckpointError
 from hal.training.graph import LOSSES, build
+from hal.training.interrupt import TrainingInterrupted
 from hal.training.loop import train
 from hal.training.result import TrainResult
 from hal.training.settings import trainable_devices
 
 __all__ = ["LOSSES", "BestCheckpoint", "Callback", "CheckpointError", "EarlyStopping",
-           "TrainResult", "build", "train", "trainable_devices"]
+           "TrainResult", "TrainingInterrupted", "build", "train", "trainable_devices"]

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,7 @@ from hal.training import checkpoint, launcher, qat, ray_cluster
 from hal.training.batches import TARGET, ArrayData, BatchStream, Feed, grouped, source, weights
 from hal.training.callbacks import BestCheckpoint, Callback
 from hal.training.graph import build
+from hal.training.interrupt import StepBoundary, TrainingInterrupted
 from hal.training.metrics import Evaluation, check
 from hal.training.progress import Progress
 from hal.training.result import TrainResult, trained_model
@@ -51,7 +53,9 @@ def train(model: Any, data: Any, *, device: str | Device = "cpu", loss: str = "c
     betas, eps, schedule ("constant", "step", "cosine"), warmup_steps, step_size, gamma,
     clip_norm, total_steps; other keywords go to the backend (``TrainSpec.extra``).
     ``checkpoint_dir``: last.safetensors each epoch and best.safetensors at the best epoch;
-    ``resume=True`` continues from last.safetensors.
+    ``resume=True`` continues from last.safetensors. Ctrl-C lets the step under way finish,
+    writes last.safetensors there and raises ``TrainingInterrupted`` (a KeyboardInterrupt
+    naming the file; ``hal.training.interrupt``): resuming continues at that very step.
 
     ``workers``/``strategy``: several workers on the backend's own engine ("data": the
     global batch of ``batch_size`` split across them; "pipeline" with ``stages``; "tensor"),
@@ -243,6 +247,7 @@ class Run:
         self.rng_state: dict = {}
         self.losses: list[float] = []  # the last step's micro-batch losses
         self.stop = self.in_step = False
+        self.boundary: StepBoundary | nullcontext = nullcontext()
         self.best_checkpoint: Path | None = None
         self.last_checkpoint: Path | None = None
 
@@ -273,23 +278,26 @@ class Run:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         bar = Progress(progress and self.writes, self.epochs)
+        # several processes must stop at the same step: there Ctrl-C stops each at once
+        self.boundary = StepBoundary() if self.spec.parallel.world == 1 else nullcontext()
         try:
-            while self.epoch < self.epochs and not self.stop:
-                self._epoch(bar)
-                record = self._end_epoch()
-                bar.end_epoch(record)
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, record)
-                if self.checkpoint_dir is not None:
-                    self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
+            with self.boundary:
+                while self.epoch < self.epochs and not self.stop:
+                    self._epoch(bar)
+                    record = self._end_epoch()
+                    bar.end_epoch(record)
                     for cb in self.callbacks:
-                        cb.on_checkpoint(self, self.last_checkpoint)
+                        cb.on_epoch_end(self, record)
+                    if self.checkpoint_dir is not None:
+                        self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
+                        for cb in self.callbacks:
+                            cb.on_checkpoint(self, self.last_checkpoint)
+                    self._between_steps()
         except KeyboardInterrupt:
+            saved = None
             if self.checkpoint_dir is not None and not self.in_step:
-                self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
-                log.warning("interrupted at step %d; resume=True continues from %s", self.step,
-                            self.last_checkpoint)
-            raise
+                saved = self.last_checkpoint = self.save(self.checkpoint_dir / checkpoint.LAST)
+            raise TrainingInterrupted(saved, self.epoch, self.step) from None
         finally:
             bar.close()
         weights = _call(self.dev, "return the trained weights", self.trainer.weights)
@@ -325,6 +333,12 @@ class Run:
             bar.step(self.loss_sum / self.samples, self.samples / max(self.seconds, 1e-9))
             for cb in self.callbacks:
                 cb.on_step_end(self)
+            self._between_steps()
+
+    def _between_steps(self) -> None:
+        """Where a Ctrl-C held back during the step stops the run (``hal.training.interrupt``)."""
+        if isinstance(self.boundary, StepBoundary):
+            self.boundary.check()
 
     def _end_epoch(self) -> dict:
         if not self.samples:
