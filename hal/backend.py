@@ -121,6 +121,10 @@ class CompileOptions:
     calibration_percentile: float = 99.99
     #: int8 only: round every scale up to a power of two (shift-only hardware)
     power_of_two: bool = False
+    #: compile and run in a worker process, so a crash in the backend is a BackendError
+    #: (``hal.isolation``); None: ``HAL_ISOLATE`` decides. A backend sees False: it runs in
+    #: the process it was given, the worker when isolated.
+    isolate: bool | None = None
     extra: dict = field(default_factory=dict)
 
     PRECISIONS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16", "int8")

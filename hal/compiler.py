@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections import Counter
@@ -36,7 +37,10 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     hal.nn.Module (with ``input_shape=``) or a torch.nn.Module (with ``example_input=``).
     Options: ``precision`` ("fp32", "fp16", "bf16", "int8"; default the backend's
     ``default_precision``), ``opt_level`` (0-3), ``fallback`` (a device string, default
-    "cpu"; None is strict), plus options specific to the device's backend.
+    "cpu"; None is strict), ``isolate`` (True: the backend compiles and runs in a worker
+    process, so that a crash in it is a BackendError here, ``hal.isolation``; None, the
+    default: the ``HAL_ISOLATE`` environment variable decides, per backend), plus options
+    specific to the device's backend.
     int8 (``hal.passes.quantize``, the QDQ form): ``calibration`` (an array for the single
     input, a list of such batches, or dicts input name -> array; without it a model that
     brings its own, ``Model.calibration``, as zoo models do, calibrates on that),
@@ -50,8 +54,10 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     t0 = time.perf_counter()
     model_kw = {k: options.pop(k) for k in list(options) if k in _MODEL_OPTIONS}
     hal_model = to_model(model, **model_kw)
+    if _isolate(options.pop("isolate", None), device):
+        return _compile_isolated(hal_model, device, options, t0)
     dev = REGISTRY.resolve(device)
-    opts = _options(dev, options)
+    opts = _options(dev, {**options, "isolate": False})
     calibration = _calibration(hal_model, opts) if opts.precision == "int8" else None
     work = hal_model.copy()  # never touch the user's model
     validate(work, REGISTRY.known_ops())
@@ -73,7 +79,10 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
     work = Model(ir_model, hal_model.name)
 
     fb = REGISTRY.resolve(opts.fallback) if opts.fallback is not None else None
-    candidates = [REGISTRY.resolve(d.string) for d in REGISTRY.usable() if not d.alias_of]
+
+    def candidates() -> list[Device]:  # probing every backend is asked for only on an error
+        return [REGISTRY.resolve(d.string) for d in REGISTRY.usable() if not d.alias_of]
+
     where, fallbacks = place(work.graph, dev, fb, candidates)
     segs = segments(work.graph, where)
     proto = work.to_proto()
@@ -105,6 +114,25 @@ def compile(model: Any, device: str | Device = "cpu", **options: Any) -> Compile
                f"(ops {', '.join(ops)}); they run on the fallback {fb.string}")
         log.warning(msg)
         warnings.warn(msg, stacklevel=2)
+    return compiled
+
+
+def _isolate(isolate: Any, device: Any) -> bool:
+    from hal.isolation import wanted
+
+    return wanted(isolate, device)
+
+
+def _compile_isolated(hal_model: Model, device: Any, options: dict,
+                      t0: float) -> IsolatedModel:
+    """``compile`` run by a worker process (``hal.isolation``): this very function there."""
+    from hal.isolation import start, warning_category
+
+    worker, summary = start(f"{__name__}:compile", hal_model, device, options)
+    compiled = IsolatedModel(hal_model, worker, summary, options, time.perf_counter() - t0)
+    for module, name, message in summary["warnings"]:
+        log.warning(message)
+        warnings.warn(message, warning_category(module, name), stacklevel=3)
     return compiled
 
 
@@ -247,10 +275,8 @@ class CompiledModel:
         self._prepare_calls()
 
     # -- running ------------------------------------------------------------
-    def _prepare_calls(self) -> None:
-        """Precompute what each call needs, so the per-call path stays a few microseconds."""
-        #: the locks of devices that are not thread-safe, held around each call (else None)
-        self._serial = Serial(self.devices) or None
+    def _prepare_checks(self) -> None:
+        """What ``_check`` needs to check a call's inputs."""
         self._names = [s.name for s in self.inputs]
         self._expect = [(s.dtype, len(s.shape),
                          tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)))
@@ -261,6 +287,12 @@ class CompiledModel:
         #: the input signatures ((type, shape, dtype) per input) of recent calls that passed
         #: every check, their outputs' included: a call whose inputs are alike skips them
         self._accepted: list[list[tuple]] = []
+
+    def _prepare_calls(self) -> None:
+        """Precompute what each call needs, so the per-call path stays a few microseconds."""
+        self._prepare_checks()
+        #: the locks of devices that are not thread-safe, held around each call (else None)
+        self._serial = Serial(self.devices) or None
         # host-memory devices never copy, so there is nothing to count
         self._counting = any(not d.info.host_memory for d in self.devices)
         slots = {name: i for i, name in enumerate(self._names)}
@@ -459,6 +491,111 @@ class CompiledModel:
     def __repr__(self) -> str:
         where = ", ".join(f"{s.device.string}×{len(s.node_indices)}" for s in self.segments)
         return f"<hal.CompiledModel {self.source.name!r} on {self.device.string} [{where}]>"
+
+
+class IsolatedModel(CompiledModel):
+    """A CompiledModel whose backend compiled, and runs, in a worker process of its own
+    (``hal.compile(..., isolate=True)``, ``hal.isolation``).
+
+    Called as any compiled model: the inputs are checked here, sent to the worker, and its
+    outputs come back as numpy arrays. ``run(buffers)`` takes Buffers or arrays and returns
+    host Buffers (a device's memory cannot cross processes). A crash of the worker is a
+    BackendError naming the backend and the signal; the model is then gone, and every later
+    call says so (compile it again for a new worker). ``close()`` (or ``with``, or garbage
+    collection) ends the worker. Calls from several threads take turns.
+    """
+
+    def __init__(self, source: Model, worker: Any, summary: dict, options: dict,
+                 compile_s: float):
+        from hal.isolation import WorkerBackend
+
+        info = summary["device"]
+        self.source = source
+        self._worker = worker
+        self._model: Model | None = None
+        self.device = Device(WorkerBackend(summary["backend"], (info.kind,)), info)
+        self.options = replace(summary["options"], calibration=options.get("calibration"),
+                               isolate=True)
+        self.segments: list[Segment] = []
+        self.executables: list = []
+        self.fallbacks = summary["fallbacks"]
+        self.flow = summary["flow"]
+        self.compile_s = compile_s
+        self.worker_compile_s = summary["compile_s"]
+        self.inputs = source.inputs
+        self.outputs = summary["outputs"]
+        self.devices = [self.device]
+        self.transfers = Transfers()
+        self.last_transfers = Transfers()
+        self.calls = 0
+        self.selection = None
+        self.placement = summary["placement"]
+        self.pid = summary["pid"]
+        self._backends = summary["backends"]
+        self._turn = threading.Lock()
+        self._prepare_checks()
+
+    @property
+    def model(self) -> Model:  # type: ignore[override]
+        """The model as compiled (after the flow), fetched from the worker when first asked."""
+        if self._model is None:
+            import onnx
+
+            data = self._worker.ask("model", doing=f"sending {self.source.name!r} back")
+            self._model = Model(ir.from_proto(onnx.ModelProto.FromString(data)),
+                                self.source.name)
+        return self._model
+
+    def __call__(self, *arrays: Any) -> list[np.ndarray]:
+        with self._turn:  # one request at a time on the one connection
+            new = self._check(arrays)
+            outs = self._worker.ask("call", [a.numpy() if isinstance(a, Buffer) else a
+                                             for a in arrays],
+                                    doing=f"running call {self.calls + 1} of "
+                                          f"{self.source.name!r}")
+            self.calls += 1
+            if new is not None:
+                self._accepted = [new, *self._accepted[:_SIGNATURES - 1]]
+            return outs
+
+    def run(self, buffers: Sequence[Any]) -> list[Buffer]:
+        """Run on Buffers (or arrays); the outputs are host Buffers of this process."""
+        from hal.backend import HostBuffer
+
+        return [HostBuffer(y, self.device) for y in self(*buffers)]
+
+    def sync(self) -> None:
+        self._worker.ask("sync", doing=f"synchronizing {self.device.string}")
+
+    def report(self) -> dict:
+        rep = self._worker.ask("report", doing=f"reporting on {self.source.name!r}")
+        rep["compile_s"] = round(self.compile_s, 4)
+        rep["options"]["isolate"] = True
+        rep["isolated"] = {"pid": self.pid, "worker": "python -m hal.isolation.worker",
+                           "backends": self._backends,
+                           "compile_s_in_worker": round(self.worker_compile_s, 4)}
+        if self.selection is not None:
+            rep["selection"] = self.selection
+        return rep
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker is running (False once it crashed or was closed)."""
+        return self._worker.alive
+
+    def close(self) -> None:
+        """End the worker; calls after this raise a BackendError."""
+        self._worker.close()
+
+    def __enter__(self) -> IsolatedModel:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<hal.CompiledModel {self.source.name!r} on {self.device.string} "
+                f"[isolated: worker pid {self.pid}]>")
 
 
 def _verify_outputs(device: Device, seg: Segment, outs: Sequence[Any], out_slots: list[int],

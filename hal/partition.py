@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import onnx
 import onnx_ir as ir
@@ -107,9 +108,12 @@ def _node(n) -> str:
 
 
 def place(graph: ir.Graph, primary: Device, fallback: Device | None,
-          candidates: list[Device]) -> tuple[list[Device], list[Fallback]]:
+          candidates: list[Device] | Callable[[], list[Device]]) \
+        -> tuple[list[Device], list[Fallback]]:
     """The device of each node and the fallbacks taken. Moves the nodes of each claimed group
-    together in ``graph`` first, so the result follows the graph's new order."""
+    together in ``graph`` first, so the result follows the graph's new order. ``candidates``
+    (or a function returning them, called only then): the devices an UnsupportedOp names as
+    able to run a node no device here runs."""
     own = claims(primary, graph)
     other = None  # asked only when the device refuses something
     if fallback is not None and fallback is not primary and len(own.group) < len(graph):
@@ -131,8 +135,10 @@ def place(graph: ir.Graph, primary: Device, fallback: Device | None,
 
 
 def _unsupported(graph, node, own: Claims, other: Claims | None, fallback: Device | None,
-                 candidates: list[Device]) -> UnsupportedOp:
+                 candidates: list[Device] | Callable[[], list[Device]]) -> UnsupportedOp:
     primary = own.device
+    if callable(candidates):
+        candidates = candidates()
     able = [d.string for d in candidates if d is not primary and claims(d, graph).runs(node)]
     mode = ("strict fallback (fallback=None)" if fallback is None else
             f"the fallback {fallback.string} cannot run it either"

@@ -4,7 +4,8 @@ Layers, lowest first; a module may import its own layer and the ones below it, n
 above (imports inside functions count: they run too; ``if TYPE_CHECKING`` ones do not):
 
     errors < IR < hal.nn and the zoo < core (devices, Backend, registry, the oracle)
-           < passes and partitioning < backends < compiler and frontends
+           < passes and partitioning < backends < process isolation
+           < compiler and frontends
            < public API, comparison, testing kit < CLI
 
 Besides the direction: no cycle between subpackages; no module imports another's private
@@ -32,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "hal.diskcache")),
     ("passes and partitioning", ("hal.passes", "hal.partition")),
     ("backends", ("hal.backends",)),
+    ("process isolation", ("hal.isolation",)),
     ("compiler and training", ("hal.compiler", "hal.frontends", "hal.training")),
     ("public API and comparison", ("hal", "hal.comparison", "hal.compare", "hal.inputs",
                                    "hal.testing", "hal.compression")),

@@ -41,6 +41,72 @@ class CompileBoom(Backend):
         raise RuntimeError("kernel generator crashed")
 """
 
+#: plugins that take the process down: compiled with isolate=True they must end in a
+#: BackendError naming the signal, the caller going on (tests/test_isolate.py). Kind "npu",
+#: so that a bare "cpu" never picks one.
+CRASHING = """
+import ctypes
+import os
+import signal
+
+from hal.backends.reference import ReferenceBackend
+from hal.device import DeviceInfo
+
+
+def segfault():
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+class Crashing(ReferenceBackend):
+    kinds = ("npu",)
+    priority = -100
+    crash_in = "compile"
+
+    def crash(self):
+        raise NotImplementedError
+
+    def probe(self):
+        return [DeviceInfo("npu", 0, self.name, name=f"crashes in {self.crash_in}")]
+
+    def compile(self, model, device, options):
+        if self.crash_in == "compile":
+            self.crash()
+        exe = super().compile(model, device, options)
+        if self.crash_in == "call":
+            run = exe.run
+            def crashing_run(buffers):
+                if buffers[0].shape[0] == 3:  # a batch of 3 crashes it; others run
+                    self.crash()
+                return run(buffers)
+            exe.run = crashing_run
+        return exe
+
+
+class AbortBoom(Crashing):
+    name = "abortboom"
+    def crash(self):
+        os.abort()
+
+
+class SegvBoom(Crashing):
+    name = "segvboom"
+    def crash(self):
+        segfault()
+
+
+class KillBoom(Crashing):  # what the out-of-memory killer does
+    name = "killboom"
+    def crash(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CallBoom(Crashing):
+    name = "callboom"
+    crash_in = "call"
+    def crash(self):
+        segfault()
+"""
+
 
 def write_plugin(root: Path, dist: str, modules: dict[str, str], entries: dict[str, str]) -> None:
     info = root / f"{dist}-0.1.dist-info"
@@ -77,4 +143,11 @@ def broken_plugins(root: Path) -> Path:
     return root
 
 
-__all__ = ["broken_plugins", "hal", "installed", "write_plugin"]
+def crashing_plugins(root: Path) -> Path:
+    write_plugin(root, "hal_crashing_plugins", {"crashing_mod": CRASHING},
+                 {"abortboom": "crashing_mod:AbortBoom", "segvboom": "crashing_mod:SegvBoom",
+                  "killboom": "crashing_mod:KillBoom", "callboom": "crashing_mod:CallBoom"})
+    return root
+
+
+__all__ = ["broken_plugins", "crashing_plugins", "hal", "installed", "write_plugin"]

@@ -20,11 +20,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
 from hal.comparison.row import Row
+from hal.isolation.process import exit_text, worker_env
 
 MARK = "HALCMP "
 MEM_SCOPE = "isolated: one process per device"
@@ -43,7 +43,7 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
         with open(err_path, "w+") as err:
             proc = subprocess.Popen([python or sys.executable, "-m", "hal.comparison.worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                    text=True, env=_env())
+                                    text=True, env=worker_env())
             try:
                 proc.stdin.write(json.dumps(spec))
                 proc.stdin.close()
@@ -72,7 +72,7 @@ def run_isolated(job, refs: dict, tick=None, envs: dict | None = None,
             err.seek(0)
             tail = err.read()[-800:].strip()
         if why is None and code != 0:
-            why = f"the worker for {job.device} exited with code {code}"
+            why = f"the worker for {job.device} {exit_text(code)}"
         for m, p, b in expected:
             if (m, p, b) not in seen:
                 row = Row(model=m, device=job.device, batch=b, precision=p,
@@ -132,11 +132,3 @@ def _write_refs(refs: dict, job, tmp: str) -> dict:
             out[name][str(b)] = {"npz": path, "error": ref.error,
                                  "n_in": len(ref.inputs), "n_out": len(ref.outputs or [])}
     return out
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    # the worker must import the same hal as this process, wherever it was imported from
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return env
