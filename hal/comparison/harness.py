@@ -186,7 +186,10 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
                   "left_out": left_out}
     if train:
         env["run"]["train"] = settings(train_steps)
-    env["devices"] = _device_info(devices)
+    # probing every backend takes seconds: after Ctrl-C, the devices as their rows name them
+    env["devices"] = _device_info(devices) if stopped is None else {
+        r.device: {"name": r.device_name, "simulated": r.simulated, "backend": r.backend}
+        for r in rows if r.backend}
     if isolate:
         env["workers"] = worker_envs
     if stopped is not None:
