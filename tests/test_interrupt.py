@@ -102,6 +102,34 @@ def test_ctrl_c_during_compare_writes_the_rows_so_far(tmp_path, isolate):
     assert Results.from_json(files["json"]).interrupted == note
 
 
+def test_compare_keeps_a_row_finished_just_before_ctrl_c():
+    """Ctrl-C right after a row is reported done (in the progress callback, before the row
+    reaches the harness's list), in round 2 of 2: the row is kept, the rounds merge."""
+    from hal.comparison import CompareInterrupted, compare
+
+    def progress(done, total, current, row):
+        if row is not None and done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(CompareInterrupted) as stop:
+        compare("mlp", "cpu@reference", batch=(1, 2), budget_s=0, min_runs=2, warmup=1,
+                rounds=2, progress=progress)
+    res = stop.value.results
+    assert res.interrupted == ("interrupted (Ctrl-C) in round 2 of 2, after 3 of 4 row "
+                               "measurements; the rest were not made")
+    assert [(r.batch, r.rounds) for r in res.rows] == [(1, 2), (2, 1)]
+    assert all(r.error is None and r.p50_ms > 0 for r in res.rows)
+    assert "interrupted" in repr(res) and "interrupted" in Results.from_json(res.to_json()) \
+        .to_csv().splitlines()[0]
+
+
+def test_resume_without_a_checkpoint_folder_says_what_to_pass(capsys):
+    from hal.cli import main
+
+    assert main(["train", "lenet", "--device", "cpu", "--resume"]) == 2
+    assert "pass --checkpoint DIR" in capsys.readouterr().err
+
+
 def test_ctrl_c_during_train_leaves_a_checkpoint_that_resumes(tmp_path):
     torch_cpu()
     from hal.data import digits

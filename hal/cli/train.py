@@ -129,7 +129,7 @@ def print_interrupted(stop, checkpoint_dir: str | None) -> int:
     print(f"hal train: interrupted in epoch {stop.epoch + 1} after {stop.step} updates",
           file=sys.stderr)
     if stop.checkpoint is None:
-        print("hal train: stopped within a step (second Ctrl-C): no checkpoint was written"
+        print("hal train: stopped within an update: no checkpoint was written"
               + (f"; {checkpoint_dir} keeps the last epoch's, if any" if checkpoint_dir
                  else ""), file=sys.stderr)
     else:

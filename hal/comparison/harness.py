@@ -193,7 +193,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     if isolate:
         env["workers"] = worker_envs
     if stopped is not None:
-        env["run"]["interrupted"] = interrupt.note(len(rows), total, stopped, rounds)
+        env["run"]["interrupted"] = interrupt.note(sum(map(len, per_round)), total * rounds,
+                                                   stopped, rounds)
         raise interrupt.CompareInterrupted(Results(rows, env))
     return Results(rows, env)
 

@@ -17,8 +17,11 @@ class CompareInterrupted(KeyboardInterrupt):
         self.results = results
 
 
-def note(rows: int, planned: int, round_index: int, rounds: int) -> str:
-    """The line every writer shows for an interrupted run."""
-    where = f" in round {round_index} of {rounds}" if rounds > 1 else ""
-    return (f"interrupted (Ctrl-C){where} after {rows} of {planned} rows; the other rows were "
-            f"not measured")
+def note(measured: int, planned: int, round_index: int, rounds: int) -> str:
+    """The line every writer shows for an interrupted run; ``measured`` and ``planned`` count
+    rows over all rounds."""
+    if rounds > 1:
+        return (f"interrupted (Ctrl-C) in round {round_index} of {rounds}, after {measured} of "
+                f"{planned} row measurements; the rest were not made")
+    return f"interrupted (Ctrl-C) after {measured} of {planned} rows; the other rows were not " \
+           f"measured"
