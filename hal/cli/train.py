@@ -133,12 +133,10 @@ def print_interrupted(stop, checkpoint_dir: str | None) -> int:
               + (f"; {checkpoint_dir} keeps the last epoch's, if any" if checkpoint_dir
                  else ""), file=sys.stderr)
     else:
-        folder = shlex.quote(str(stop.checkpoint.parent))
+        how = "--resume" if checkpoint_dir else \
+            f"--checkpoint {shlex.quote(str(stop.checkpoint.parent))} --resume"
         print(f"hal train: checkpoint {stop.checkpoint}\nhal train: to resume, run the same "
-              f"command with --checkpoint {folder} --resume"
-              if not checkpoint_dir else
-              f"hal train: checkpoint {stop.checkpoint}\nhal train: to resume, run the same "
-              f"command with --resume", file=sys.stderr)
+              f"command with {how}", file=sys.stderr)
     return 130
 
 
