@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hal-installed
 EXTRAS ?= all,dev,docs
 
-.PHONY: demo test venv lint docs clean pynq-env bitstreams rtl-lint fuzz
+.PHONY: demo test venv lint docs clean pynq-env bitstreams rtl-lint fuzz soak
 
 demo: $(STAMP)
 	$(BIN)/hal compare
@@ -45,6 +45,13 @@ $(PYNQ_STAMP): pyproject.toml setup.py
 FUZZ_CASES ?= 20000
 fuzz: $(STAMP)
 	$(BIN)/python bench/fuzz.py --cases $(FUZZ_CASES)
+
+# The long run (bench/soak.py): SOAK_CYCLES compile -> call -> release cycles of lenet on every
+# usable CPU backend, each in its own process; fails on > 5% resident growth after cycle 100,
+# or a descriptor, temporary file or process left behind
+SOAK_CYCLES ?= 1000
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --cycles $(SOAK_CYCLES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hal backends models tests bench setup.py docs/hooks

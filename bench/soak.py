@@ -6,6 +6,8 @@ behind (``hal.testing.soak``). Exits 1 when memory grew more than ``--max-growth
 anything was left behind.
 
     python bench/soak.py [--cycles 1000] [--warmup 100] [--devices cpu@ort,cpu@tf] [--json out]
+
+A device may carry compile options after ``+``: ``--devices cpu@tf+xla=false``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ def cpu_devices() -> list[str]:
 
 
 def run_one(device: str, cycles: int, warmup: int, model: str) -> SoakResult | str:
-    """The soak of ``device`` in a fresh process, or why it ended without a result."""
+    """The soak of ``device`` (``DEVICE[+KEY=VALUE...]``) in a fresh process, or why it ended
+    without a result."""
+    device, *options = device.split("+")
     tmp = tempfile.mkdtemp(prefix="hal-soak-")
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "hal.testing.soak", device, "--cycles", str(cycles),
-             "--warmup", str(warmup), "--model", model, "--json"],
+             "--warmup", str(warmup), "--model", model, "--json",
+             *[f"--option={o}" for o in options]],
             capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -69,7 +74,7 @@ def main() -> int:
         r = run_one(device, args.cycles, args.warmup, args.model)
         if isinstance(r, str):
             failed += 1
-            print(f"{device:18} FAILED: {r}", flush=True)
+            print(f"{device:22} FAILED: {r}", flush=True)
             results.append({"device": device, "error": r})
             continue
         ok = r.ok(args.max_growth)
@@ -77,7 +82,7 @@ def main() -> int:
         print(r.line() + ("" if ok else "  <- FAIL"), flush=True)
         for what in (r.leaked_fds, r.leaked_tmp, r.leaked_children):
             for item in what[:5]:
-                print(f"{'':18} left behind: {item}")
+                print(f"{'':22} left behind: {item}")
         results.append(r.to_dict())
     if args.json:
         with open(args.json, "w") as f:

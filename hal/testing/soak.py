@@ -50,6 +50,7 @@ class Held:
 class SoakResult:
     device: str
     model: str
+    options: dict
     cycles: int
     warmup: int
     seconds: float
@@ -74,9 +75,14 @@ class SoakResult:
     def ok(self, max_growth_pct: float = MAX_GROWTH_PCT) -> bool:
         return not self.leaked and self.growth_pct <= max_growth_pct
 
+    @property
+    def label(self) -> str:
+        """The device and the compile options: ``cpu:0@tf xla=false``."""
+        return " ".join([self.device, *(f"{k}={json.dumps(v)}" for k, v in self.options.items())])
+
     def line(self) -> str:
         mib = 1 << 20
-        return (f"{self.device:18} {self.cycles:5} cycles {self.seconds:7.1f} s  "
+        return (f"{self.label:22} {self.cycles:5} cycles {self.seconds:7.1f} s  "
                 f"RSS {self.rss_warm / mib:7.1f} MiB at cycle {self.warmup} -> "
                 f"{self.rss_end / mib:7.1f} MiB ({self.growth_pct:+.1f}%)  "
                 f"leaked: {len(self.leaked_fds)} fds, {len(self.leaked_tmp)} tmp files, "
@@ -155,9 +161,10 @@ def held(cycle: int) -> Held:
 # -- the run --------------------------------------------------------------------------------
 
 def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
-         progress: Callable[[int, int], None] | None = None) -> SoakResult:
-    """``cycles`` compiles of the zoo ``model`` on ``device``, each called once and released;
-    what the process holds compared between the end of warm-up and the end."""
+         progress: Callable[[int, int], None] | None = None, **options) -> SoakResult:
+    """``cycles`` compiles of the zoo ``model`` on ``device`` (with compile ``options``), each
+    called once and released; what the process holds compared between the end of warm-up and
+    the end."""
     if not os.path.isdir("/proc/self/fd"):
         raise HalError("the soak test reads /proc/self (descriptors, memory, children): it "
                        "runs on Linux")
@@ -171,7 +178,7 @@ def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
     first, wrong, rss, warm = None, 0, [], None
     t0 = time.perf_counter()
     for cycle in range(1, cycles + 1):
-        compiled = hal.compile(source, dev, precision=precision)
+        compiled = hal.compile(source, dev, **{"precision": precision, **options})
         y = compiled(x)[0]
         del compiled
         if first is None:
@@ -195,7 +202,7 @@ def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
     curve = [(c, round(float(np.median([r for _, r in rss[max(i - window, 0):i + 1]])) / mib, 1))
              for i, (c, _) in enumerate(rss) if i % window == 0 or i == len(rss) - 1]
     return SoakResult(
-        dev.string, model, cycles, warmup, round(time.perf_counter() - t0, 2),
+        dev.string, model, options, cycles, warmup, round(time.perf_counter() - t0, 2),
         int(np.median([r for _, r in rss[:window]])), int(np.median([r for _, r in rss[-window:]])),
         leaked_fds=sorted(f"{fd} -> {target}" for fd, target in end.fds.items()
                           if warm.fds.get(fd) != target),
@@ -211,17 +218,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--model", default="lenet")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a compile option (VALUE read as JSON when it is: xla=false)")
     ap.add_argument("--json", action="store_true", help="the result as one line of JSON")
     args = ap.parse_args(argv)
+    options = dict(_option(o) for o in args.option)
 
     def progress(cycle: int, rss: int) -> None:
         print(f"{args.device}: cycle {cycle}, RSS {rss / (1 << 20):.1f} MiB", file=sys.stderr,
               flush=True)
 
     result = soak(args.device, args.cycles, args.warmup, args.model,
-                  None if args.json else progress)
+                  None if args.json else progress, **options)
     print(json.dumps(result.to_dict()) if args.json else result.line())
     return 0 if result.ok() else 1
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise HalError(f"--option takes KEY=VALUE (e.g. xla=false), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 if __name__ == "__main__":
