@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import inspect
 import os
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +35,8 @@ TIMEOUT_S = 600
 ENGINES = {"cpu": "gloo", "cuda": "nccl"}
 
 _owned = False  # this module initialized the default process group (close() destroys it)
+#: the DDP runs of this process, closed or not: close() releases their wrappers first
+_runs: weakref.WeakSet = weakref.WeakSet()
 
 
 def unused_parameters(module: torch.fx.GraphModule, loss_index: int) -> list[str]:
@@ -148,9 +152,17 @@ def join(parallel: Parallel, tdev: torch.device) -> None:
 
 
 def close() -> None:
-    """Leave (destroy) the process group this module joined; nothing when it joined none."""
+    """Leave (destroy) the process group this module joined; nothing when it joined none.
+
+    Every DDP wrapper of this process is released first, those of trainers never closed
+    included: each holds the process group, which would otherwise outlive its destruction and
+    be freed during interpreter shutdown, where gloo's threads ended in std::terminate (an
+    abort at exit, about one run in five on a loaded machine)."""
     global _owned
     if _owned and dist.is_initialized():
+        for run in list(_runs):
+            run.release()
+        gc.collect()  # DDP's wrapper sits in reference cycles
         dist.destroy_process_group()
     _owned = False
 
@@ -189,6 +201,11 @@ class DataParallelRun:
         except RuntimeError as exc:
             raise BackendError(f"rank {self.rank} of {self.world}: DistributedDataParallel "
                                f"could not wrap the training module: {exc}") from exc
+        _runs.add(self)
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (and its hold on the process group); no step after it."""
+        self.ddp = None
 
     def sync(self, last: bool):
         """The context of one micro-batch's forward and backward: gradients are all-reduced

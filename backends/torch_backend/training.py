@@ -126,9 +126,10 @@ class TorchTrainer(Trainer):
         if len(batches) == 0 or len(batches) != len(weights):
             raise InputError(f"step() takes one or more micro-batches and one weight each; got "
                              f"{len(batches)} batches and {len(weights)} weights")
-        if self.closed:
+        if self.closed or (self.run is not None and self.run.ddp is None):
             raise BackendError("this data-parallel trainer was closed (it left its process "
-                               "group); compile a new one to train again")
+                               "group, or another trainer of this process closed it); "
+                               "compile a new one to train again")
         seed = draw_seed(self.spec.seed, self.steps)
         if self.run is not None:
             self.run.check_micro_batches(len(batches))
