@@ -24,8 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hal.ir.schemas import FUSED_OPS, HAL_DOMAIN
-from hal.backends.common.unfuse import default_threads, expand_hal_ops, expandable
+from hal.backends.common.unfuse import RunsOnnxFiles, default_threads, expand_hal_ops
 from hal.backend import Backend, Buffer, CompileOptions, Device, Executable, HostBuffer
 from hal.device import DeviceInfo
 from hal.errors import BackendError, OptionError
@@ -69,7 +68,7 @@ _NARROW_INTS = {"Max": {"INT16", "UINT16"}, "Min": {"INT16", "UINT16"},
                 "Pow": {"UINT64", "UINT32", "UINT16", "UINT8"}, "TopK": {"UINT64"}}
 
 
-class OrtBackend(Backend):
+class OrtBackend(RunsOnnxFiles, Backend):
     name = "ort"
     kinds = ("cpu", "cuda")
     priority = 60
@@ -78,7 +77,6 @@ class OrtBackend(Backend):
     options = frozenset({"intra_op_num_threads"})
     precisions = ("fp32", "fp16", "int8")
     ops = frozenset(_OPS)
-    hal_ops = FUSED_OPS  # expanded back to standard ONNX in compile
 
     def probe(self) -> list[DeviceInfo]:
         import onnxruntime as ort
@@ -102,12 +100,7 @@ class OrtBackend(Backend):
                                                f"{type(exc).__name__}: {exc}"))
         return out
 
-    def supports(self, node, device: DeviceInfo) -> bool | str:
-        ok = super().supports(node, device)
-        if ok is not True:
-            return ok
-        if node.domain == HAL_DOMAIN:
-            return expandable(node, "ort")
+    def refusal(self, node) -> str | None:
         op = node.op_type
         dtypes = {v.dtype.name for v in list(node.inputs) + list(node.outputs)
                   if v is not None and v.dtype is not None}
@@ -136,7 +129,7 @@ class OrtBackend(Backend):
                 and attr.get("mode", "nearest") != "nearest" and not _upsamples(node):
             return "ort's linear/cubic Resize with align_corners differs from ONNX when it " \
                    "may downsample"
-        return True
+        return None
 
     def compile(self, model, device: Device, options: CompileOptions) -> Executable:
         import onnx_ir as ir

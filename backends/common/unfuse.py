@@ -1,5 +1,6 @@
 """HAL's fused ops as standard ONNX, for backends that run ONNX files (onnxruntime,
-OpenVINO, IREE), and the thread count such a runtime should take."""
+OpenVINO, IREE): the ``supports`` they share, the rewrite, and the thread count such a
+runtime should take."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from hal.errors import BackendError
 from hal.ir.attributes import attribute
-from hal.ir.schemas import HAL_DOMAIN
+from hal.ir.schemas import FUSED_OPS, HAL_DOMAIN
 
 
 def default_threads() -> int:
@@ -20,6 +21,27 @@ def default_threads() -> int:
     except AttributeError:
         return 0
     return usable if usable < (os.cpu_count() or usable) else 0
+
+
+class RunsOnnxFiles:
+    """Mixed into a ``Backend`` whose runtime reads standard ONNX: it takes HAL's fused ops
+    where ``expand_hal_ops`` (called in its ``compile``) can rebuild them, and refuses a
+    standard op for the reason its ``refusal`` gives."""
+
+    hal_ops = FUSED_OPS
+
+    def supports(self, node, device) -> bool | str:
+        ok = super().supports(node, device)
+        if ok is not True:
+            return ok
+        if node.domain == HAL_DOMAIN:
+            return expandable(node, self.name)
+        why = self.refusal(node)
+        return True if why is None else why
+
+    def refusal(self, node) -> str | None:
+        """Why this runtime cannot run standard ``node`` here, or None."""
+        return None
 
 
 #: the fused activations rebuilt as standard ONNX ops

@@ -34,14 +34,14 @@ from typing import Any
 
 from hal.backend import Backend, CompileOptions, Device, Executable, check_precision
 from hal.backends.iree.ops import OPS, refusal
+from hal.backends.common.unfuse import RunsOnnxFiles
 from hal.device import DeviceInfo
 from hal.errors import BackendError, OptionError
-from hal.ir.schemas import FUSED_OPS, HAL_DOMAIN
 
 _SHAPES = ("static", "dynamic")
 
 
-class IreeBackend(Backend):
+class IreeBackend(RunsOnnxFiles, Backend):
     name = "iree"
     kinds = ("cpu", "cuda", "vulkan")
     priority = 20  # below ONNX Runtime (60), torch, jax and tf: compiles take seconds
@@ -50,7 +50,7 @@ class IreeBackend(Backend):
     options = frozenset({"shapes", "channels_last"})
     precisions = ("fp32",)
     ops = frozenset(OPS)
-    hal_ops = FUSED_OPS  # expanded back to standard ONNX in compile
+    refusal = staticmethod(refusal)  # ops.refusal: the standard ops declined, and why
 
     def __init__(self) -> None:
         self._runtimes: dict[str, Any] = {}
@@ -105,17 +105,6 @@ class IreeBackend(Backend):
                                   host_memory=host,
                                   details={"driver": driver, "target": target}))
         return out
-
-    def supports(self, node, device: DeviceInfo) -> bool | str:
-        ok = super().supports(node, device)
-        if ok is not True:
-            return ok
-        if node.domain == HAL_DOMAIN:
-            from hal.backends.common.unfuse import expandable
-
-            return expandable(node, "iree")
-        why = refusal(node)
-        return True if why is None else why
 
     # -- compiling -----------------------------------------------------------------
     def compile(self, model, device: Device, options: CompileOptions) -> Executable:

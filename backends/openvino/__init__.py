@@ -35,9 +35,9 @@ from typing import Any
 from hal.backend import Backend, CompileOptions, Device, Executable, check_precision
 from hal.backends.common.frameworks import import_openvino
 from hal.backends.openvino.ops import OPS, refusal
+from hal.backends.common.unfuse import RunsOnnxFiles
 from hal.device import DeviceInfo
 from hal.errors import BackendError, OptionError
-from hal.ir.schemas import FUSED_OPS, HAL_DOMAIN
 
 #: HAL precision -> OpenVINO's INFERENCE_PRECISION_HINT, and the capability the device lists
 _HINTS = {"fp32": ("f32", "FP32"), "int8": ("f32", "FP32"), "bf16": ("bf16", "BF16"),
@@ -46,7 +46,7 @@ _PERFORMANCE = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 _OV_KIND = {"cpu": "CPU", "gpu": "GPU"}
 
 
-class OpenVINOBackend(Backend):
+class OpenVINOBackend(RunsOnnxFiles, Backend):
     name = "openvino"
     kinds = ("cpu", "gpu")
     priority = 55  # below ONNX Runtime (60): a bare "cpu" keeps its default
@@ -55,7 +55,7 @@ class OpenVINOBackend(Backend):
     options = frozenset({"performance_hint", "num_threads", "num_streams"})
     precisions = ("fp32", "fp16", "bf16", "int8")
     ops = frozenset(OPS)
-    hal_ops = FUSED_OPS  # expanded back to standard ONNX in compile
+    refusal = staticmethod(refusal)  # ops.refusal: the standard ops declined, and why
 
     def __init__(self) -> None:
         self._core: Any = None
@@ -100,17 +100,6 @@ class OpenVINOBackend(Backend):
                                       details={"openvino_device": ov_name,
                                                "optimization_capabilities": caps}))
         return out
-
-    def supports(self, node, device: DeviceInfo) -> bool | str:
-        ok = super().supports(node, device)
-        if ok is not True:
-            return ok
-        if node.domain == HAL_DOMAIN:
-            from hal.backends.common.unfuse import expandable
-
-            return expandable(node, "openvino")
-        why = refusal(node)
-        return True if why is None else why
 
     # -- compiling -----------------------------------------------------------------
     def compile(self, model, device: Device, options: CompileOptions) -> Executable:
