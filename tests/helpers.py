@@ -19,6 +19,19 @@ def make_model(nodes, inputs, outputs, inits=(), opset=21, name="g") -> onnx.Mod
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def graph_model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
+    """A model of opset 21 (IR version 10) from value infos and initializer TensorProtos."""
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def usable(device: str) -> bool:
+    """Whether ``device`` (a full string, e.g. "cpu:0@iree") is listed usable here."""
+    import hal
+
+    return any(d.string == device and d.usable for d in hal.devices())
+
+
 def rand(*shape, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 

@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hal
+from helpers import graph_model, usable
 
 pytest.importorskip("iree.runtime")
 pytest.importorskip("iree.compiler")
@@ -19,16 +20,7 @@ pytest.importorskip("iree.compiler")
 DEV = "cpu@iree"
 
 
-def _usable() -> bool:
-    return any(d.string == "cpu:0@iree" and d.usable for d in hal.devices())
-
-
-pytestmark = pytest.mark.skipif(not _usable(), reason="cpu@iree is not usable here")
-
-
-def _model(nodes, inputs, outputs, inits=()):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+pytestmark = pytest.mark.skipif(not usable("cpu:0@iree"), reason="cpu@iree is not usable here")
 
 
 def _dense(n_in=8, n_out=4, seed=0):
@@ -36,7 +28,7 @@ def _dense(n_in=8, n_out=4, seed=0):
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.standard_normal((n_out, n_in)).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "b")
-    return _model([helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1),
+    return graph_model([helper.make_node("Gemm", ["x", "w", "b"], ["h"], transB=1),
                    helper.make_node("Tanh", ["h"], ["y"])],
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])], [w, b])
@@ -128,7 +120,7 @@ def test_outputs_belong_to_the_caller_and_threads_share_modules():
 def test_unsigned_results_keep_their_type():
     """IREE's ABI has no unsigned types (uint8 comes back as int8): the executable gives the
     graph's type back."""
-    m = _model([helper.make_node("Add", ["a", "b"], ["c"])],
+    m = graph_model([helper.make_node("Add", ["a", "b"], ["c"])],
                [helper.make_tensor_value_info(n, TensorProto.UINT8, [4]) for n in "ab"],
                [helper.make_tensor_value_info("c", TensorProto.UINT8, [4])])
     a = np.array([250, 1, 128, 7], np.uint8)
@@ -142,7 +134,7 @@ def test_refused_cases_fall_back_visibly():
     compile time): it runs on the fallback, and the placement says why."""
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("Slice", ["r", "s", "e"], ["y"])]
-    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
+    m = graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6]),
                        helper.make_tensor_value_info("s", TensorProto.INT64, [1]),
                        helper.make_tensor_value_info("e", TensorProto.INT64, [1])],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["k"])])
@@ -174,7 +166,7 @@ def test_hal_fused_ops_are_expanded():
 def test_channels_last_option():
     rng = np.random.default_rng(5)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    m = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+    m = graph_model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
                 helper.make_node("Relu", ["c"], ["y"])],
                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], [w])

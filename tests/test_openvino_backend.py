@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hal
+from helpers import graph_model, usable
 from hal.backends.common.frameworks import import_openvino
 
 if importlib.util.find_spec("openvino") is None:
@@ -20,16 +21,7 @@ if importlib.util.find_spec("openvino") is None:
 DEV = "cpu@openvino"
 
 
-def _usable() -> bool:
-    return any(d.string == "cpu:0@openvino" and d.usable for d in hal.devices())
-
-
-pytestmark = pytest.mark.skipif(not _usable(), reason="cpu@openvino is not usable here")
-
-
-def _model(nodes, inputs, outputs, inits=()):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+pytestmark = pytest.mark.skipif(not usable("cpu:0@openvino"), reason="cpu@openvino is not usable here")
 
 
 def _ref(model, *x):
@@ -155,7 +147,7 @@ def test_refused_cases_fall_back_visibly():
     pads = numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "pads")
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("Pad", ["r", "pads"], ["y"], mode="wrap")]
-    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+    m = graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], [pads])
     with pytest.warns(UserWarning, match="fallback"):
         c = hal.compile(m, DEV)
@@ -171,11 +163,11 @@ def test_reduce_max_of_a_masked_row_is_minus_inf():
     fully masked attention row is detected as ONNX's own Attention function does."""
     nodes = [helper.make_node("ReduceMax", ["x"], ["mx"], keepdims=0),
              helper.make_node("ReduceMin", ["x"], ["mn"], keepdims=0)]
-    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+    m = graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
                [helper.make_tensor_value_info("mx", TensorProto.FLOAT, []),
                 helper.make_tensor_value_info("mn", TensorProto.FLOAT, [])])
     axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
-    rows = _model([helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=0)],
+    rows = graph_model([helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=0)],
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [axes])
     c, r = hal.compile(m, DEV, fallback=None), hal.compile(rows, DEV, fallback=None)
@@ -191,7 +183,7 @@ def test_reduce_max_of_a_masked_row_is_minus_inf():
 
 def test_int64_arithmetic_is_refused():
     """OpenVINO's CPU plugin holds int64 as int32: 2**40 + 1 would come back as 1."""
-    m = _model([helper.make_node("Add", ["a", "b"], ["c"])],
+    m = graph_model([helper.make_node("Add", ["a", "b"], ["c"])],
                [helper.make_tensor_value_info("a", TensorProto.INT64, [2]),
                 helper.make_tensor_value_info("b", TensorProto.INT64, [2])],
                [helper.make_tensor_value_info("c", TensorProto.INT64, [2])])
@@ -209,12 +201,12 @@ def test_ops_without_runnable_onnx_cases(op, dtype):
     """Declared ops whose ONNX cases are all at opsets HAL cannot convert from: checked here."""
     rng = np.random.default_rng(0)
     if op == "Xor":
-        m = _model([helper.make_node(op, ["a", "b"], ["y"])],
+        m = graph_model([helper.make_node(op, ["a", "b"], ["y"])],
                    [helper.make_tensor_value_info(n, dtype, [3, 4]) for n in "ab"],
                    [helper.make_tensor_value_info("y", dtype, [3, 4])])
         args = [rng.random((3, 4)) > 0.5, rng.random((3, 4)) > 0.5]
     else:
-        m = _model([helper.make_node(op, ["x"], ["y"])],
+        m = graph_model([helper.make_node(op, ["x"], ["y"])],
                    [helper.make_tensor_value_info("x", dtype, [2, 3, 4, 5])],
                    [helper.make_tensor_value_info("y", dtype, [2, 3, 1, 1])])
         args = [rng.standard_normal((2, 3, 4, 5)).astype(np.float32)]
@@ -226,7 +218,7 @@ def test_ops_without_runnable_onnx_cases(op, dtype):
 def test_stable_topk():
     """Ties keep their input order, as ONNX specifies (OpenVINO's TopK is made stable)."""
     k = numpy_helper.from_array(np.array([3], np.int64), "k")
-    m = _model([helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)],
+    m = graph_model([helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)],
                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
                [helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 3]),
                 helper.make_tensor_value_info("i", TensorProto.INT64, [2, 3])], [k])
@@ -244,7 +236,7 @@ def test_hal_fused_ops_are_expanded():
     rng = np.random.default_rng(3)
     w = numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
-    plain = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+    plain = graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w])
     ir_model = from_proto(plain)
     assert ActivationFusion()(ir_model).modified
