@@ -8,6 +8,8 @@ a result back.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,9 @@ class Plan:
     output_tensors: list[T]
     per_call: dict[int, tuple[int, Any]]  # slot -> (nbytes, dtype) allocated on every call
     temps: dict[int, Any] = field(default_factory=dict)
+    #: a call sets its buffers as the kernels' arguments, then queues them: another thread's
+    #: call must not set its own in between (nor share the plan's temporaries meanwhile)
+    lock: Any = field(default_factory=threading.Lock)
 
     def run(self, cldev: ClDevice, inputs: list[Any]) -> list[Any]:
         lib = cl()
@@ -61,11 +66,34 @@ class Plan:
                 bufs[slot] = allocate(cldev, nbytes)
         q = cldev.queue
         enqueue = lib.enqueue_nd_range_kernel
-        for ln in self.launches:
-            for idx, slot in ln.dyn:
-                ln.kernel.set_arg(idx, bufs[slot])
-            enqueue(q, ln.kernel, ln.gsize, ln.lsize)
+        with self.lock:
+            for ln in self.launches:
+                for idx, slot in ln.dyn:
+                    ln.kernel.set_arg(idx, bufs[slot])
+                enqueue(q, ln.kernel, ln.gsize, ln.lsize)
         return [bufs[t.slot] for t in self.output_tensors]
+
+
+#: the kernels of plans that are gone, by (program, kernel name), for the next plans to take:
+#: pyopencl writes each new Kernel's argument-setting code anew and keeps its source in
+#: ``linecache`` for good (about 2 KB a kernel), so a process compiling over and over would
+#: grow without end (18 KB per LeNet compile)
+_spare: dict[tuple[Any, str], list] = {}
+_spare_lock = threading.RLock()  # re-entrant: a collection may give kernels back meanwhile
+
+
+def _kernel(program: Any, name: str) -> Any:
+    with _spare_lock:
+        spare = _spare.get((program, name))
+        if spare:
+            return spare.pop()
+    return cl().Kernel(program, name)
+
+
+def _give_back(kernels: list[tuple[tuple[Any, str], Any]]) -> None:
+    with _spare_lock:
+        for key, kernel in kernels:
+            _spare.setdefault(key, []).append(kernel)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -148,10 +176,11 @@ class Builder:
             if slot not in per_call and slot not in self.slot_buffers:
                 self.slot_buffers[slot] = allocate(self.cldev, nbytes)
         dynamic = set(input_slots) | set(per_call)
-        lib = cl()
-        launches = []
+        launches, taken = [], []
         for file, name, defines, gsize, lsize, args in self.launches:
-            kernel = lib.Kernel(self.program(file, defines), name)
+            program = self.program(file, defines)
+            kernel = _kernel(program, name)
+            taken.append(((program, name), kernel))
             dyn = []
             for i, a in enumerate(args):
                 if isinstance(a, T):
@@ -161,4 +190,6 @@ class Builder:
                     a = self.slot_buffers[a.slot]
                 kernel.set_arg(i, a)
             launches.append(Launch(kernel, gsize, lsize, dyn))
-        return Plan(launches, input_slots, outputs, per_call, self.slot_buffers)
+        plan = Plan(launches, input_slots, outputs, per_call, self.slot_buffers)
+        weakref.finalize(plan, _give_back, taken)
+        return plan
