@@ -7,7 +7,9 @@ anything was left behind.
 
     python bench/soak.py [--cycles 1000] [--warmup 100] [--devices cpu@ort,cpu@tf] [--json out]
 
-A device may carry compile options after ``+``: ``--devices cpu@tf+xla=false``.
+A device may carry compile options after ``+``: ``--devices cpu@tf+xla=false``. Workers run
+with glibc's mmap threshold fixed (``hal.testing.soak.STEADY_MALLOC``) unless
+``--glibc-dynamic``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import tempfile
 
 import hal
-from hal.testing.soak import MAX_GROWTH_PCT, SoakResult
+from hal.testing.soak import MAX_GROWTH_PCT, STEADY_MALLOC, SoakResult
 
 
 def cpu_devices() -> list[str]:
@@ -36,7 +38,8 @@ def cpu_devices() -> list[str]:
     return out
 
 
-def run_one(device: str, cycles: int, warmup: int, model: str) -> SoakResult | str:
+def run_one(device: str, cycles: int, warmup: int, model: str,
+            env: dict[str, str]) -> SoakResult | str:
     """The soak of ``device`` (``DEVICE[+KEY=VALUE...]``) in a fresh process, or why it ended
     without a result."""
     device, *options = device.split("+")
@@ -46,7 +49,7 @@ def run_one(device: str, cycles: int, warmup: int, model: str) -> SoakResult | s
             [sys.executable, "-m", "hal.testing.soak", device, "--cycles", str(cycles),
              "--warmup", str(warmup), "--model", model, "--json",
              *[f"--option={o}" for o in options]],
-            capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp})
+            capture_output=True, text=True, env={**os.environ, **env, "TMPDIR": tmp})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = proc.stdout.strip().splitlines()
@@ -64,14 +67,17 @@ def main() -> int:
     ap.add_argument("--devices", help="comma-separated; default every usable CPU backend")
     ap.add_argument("--max-growth", type=float, default=MAX_GROWTH_PCT,
                     help="percent of resident memory growth after warm-up that passes")
+    ap.add_argument("--glibc-dynamic", action="store_true",
+                    help="leave glibc's mmap threshold dynamic (its default) in the workers")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args()
+    env = {} if args.glibc_dynamic else {k: os.environ.get(k, v) for k, v in STEADY_MALLOC.items()}
     devices = args.devices.split(",") if args.devices else cpu_devices()
     print(f"soak: {args.cycles} cycles of {args.model} (compile, call, release) per backend, "
           f"memory compared from cycle {args.warmup}", flush=True)
     results, failed = [], 0
     for device in devices:
-        r = run_one(device, args.cycles, args.warmup, args.model)
+        r = run_one(device, args.cycles, args.warmup, args.model, env)
         if isinstance(r, str):
             failed += 1
             print(f"{device:22} FAILED: {r}", flush=True)
@@ -87,6 +93,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cycles": args.cycles, "warmup": args.warmup, "model": args.model,
+                       "environment": env,
                        "max_growth_pct": args.max_growth, "results": results}, f, indent=2)
     print(f"soak: {len(devices) - failed} of {len(devices)} backends within "
           f"{args.max_growth:g}% growth and nothing left behind")

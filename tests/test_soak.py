@@ -44,7 +44,8 @@ def test_short_soak_leaves_nothing_behind(where, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "hal.testing.soak", where, "--cycles", str(CYCLES),
          "--warmup", str(WARMUP), "--json"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, **soak.STEADY_MALLOC, "TMPDIR": str(tmp_path)})
     assert proc.stdout.strip(), proc.stderr[-2000:]
     r = soak.SoakResult.from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert (r.leaked_fds, r.leaked_tmp, r.leaked_children) == ([], [], []), r.line()
