@@ -94,5 +94,5 @@ def test_soak_sees_what_is_left_behind(tmp_path, monkeypatch):
 
 
 def test_soak_refuses_a_warmup_outside_the_run():
-    with pytest.raises(hal.HalError, match="warmup"):
+    with pytest.raises(hal.OptionError, match="warmup"):
         soak.soak("cpu@reference", cycles=10, warmup=10)

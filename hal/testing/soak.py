@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 import hal
-from hal.errors import HalError
+from hal.errors import OptionError
 
 #: growth of resident memory from the end of warm-up to the last cycle that ``make soak``
 #: accepts, in percent
@@ -172,10 +172,10 @@ def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
     called once and released; what the process holds compared between the end of warm-up and
     the end."""
     if not os.path.isdir("/proc/self/fd"):
-        raise HalError("the soak test reads /proc/self (descriptors, memory, children): it "
-                       "runs on Linux")
+        raise OptionError("the soak test reads /proc/self (descriptors, memory, children): "
+                          "run it on Linux")
     if not 0 < warmup < cycles:
-        raise HalError(f"warmup ({warmup}) must be at least 1 and below cycles ({cycles})")
+        raise OptionError(f"warmup ({warmup}) must be at least 1 and below cycles ({cycles})")
     dev = hal.device(device)
     precision = "fp32" if "fp32" in dev.backend.precisions else "int8"
     source = hal.models.get(model)
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _option(text: str) -> tuple[str, object]:
     key, eq, value = text.partition("=")
     if not eq or not key:
-        raise HalError(f"--option takes KEY=VALUE (e.g. xla=false), got {text!r}")
+        raise OptionError(f"--option takes KEY=VALUE (e.g. xla=false), got {text!r}")
     try:
         return key, json.loads(value)
     except ValueError:
