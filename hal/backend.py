@@ -409,7 +409,13 @@ class Backend(abc.ABC):
     def missing_requirements(self) -> list[str]:
         import importlib.util
 
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+        def missing(module: str) -> bool:
+            try:  # a dotted name imports its parent, which raises when the parent is missing
+                return importlib.util.find_spec(module) is None
+            except ModuleNotFoundError:
+                return True
+
+        return [m for m in self.requires if missing(m)]
 
     def unusable(self, kind: str, reason: str, index: int = 0, **kw: Any) -> DeviceInfo:
         """A DeviceInfo saying this backend's ``kind`` device cannot be used, and why."""

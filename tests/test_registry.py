@@ -196,3 +196,16 @@ def test_alias_resolves_to_one_device():
         assert hal.device("cpu@aliastest") is hal.device("widget@aliastest")
     finally:
         REGISTRY.unregister("aliastest")
+
+
+def test_a_requirement_whose_parent_package_is_missing_is_missing():
+    """``requires = ("iree.compiler",)`` without iree installed: find_spec imports the parent
+    and raises; the backend must say what is missing, not fail the probe."""
+    from hal.backend import Backend
+
+    class Needy(Backend):
+        name = "needy"
+        requires = ("no_such_package_for_hal.sub", "numpy")
+        probe = compile = None
+
+    assert Needy().missing_requirements() == ["no_such_package_for_hal.sub"]
