@@ -74,7 +74,7 @@ class OrtBackend(RunsOnnxFiles, Backend):
     priority = 60
     requires = ("onnxruntime",)
     install_hint = "pip install hal-accel[ort]"
-    options = frozenset({"intra_op_num_threads"})
+    options = frozenset({"intra_op_num_threads", "allow_spinning"})
     precisions = ("fp32", "fp16", "int8")
     ops = frozenset(_OPS)
 
@@ -142,7 +142,15 @@ class OrtBackend(RunsOnnxFiles, Backend):
                               f"onnxruntime's default), got {threads!r}")
         if threads is None:
             threads = default_threads()
+        spinning = options.extra.get("allow_spinning", True)
+        if not isinstance(spinning, bool):
+            raise OptionError(f"allow_spinning must be True or False, got {spinning!r}")
         so = ort.SessionOptions()
+        if not spinning:
+            # onnxruntime's pool threads otherwise spin for a while after each run: the
+            # fastest for back-to-back calls, CPU taken from everything else in the process
+            # (a server's request handling) between them
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                               _LEVELS[options.opt_level])
         if threads:
@@ -176,7 +184,8 @@ class OrtBackend(RunsOnnxFiles, Backend):
                                    f"{text[:500]}") from None
         info = {"graph_optimization_level": _LEVELS[options.opt_level],
                 "providers": ", ".join(session.get_providers()),
-                "intra_op_num_threads": threads or "onnxruntime default"}
+                "intra_op_num_threads": threads or "onnxruntime default",
+                "allow_spinning": spinning}
         if disabled:
             info["disabled_optimizers"] = (
                 f"{_QDQ_PROPAGATION}: with it onnxruntime {ort.__version__} builds a "

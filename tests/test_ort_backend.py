@@ -39,6 +39,16 @@ def test_threads_option():
         hal.compile(hal.models.get("mlp"), "cpu@ort", intra_op_num_threads=-2)
 
 
+def test_allow_spinning_option():
+    x = np.random.default_rng(0).standard_normal((3, 784)).astype(np.float32)
+    quiet = hal.compile(hal.models.get("mlp"), "cpu@ort", allow_spinning=False)
+    assert quiet.executables[0].info["allow_spinning"] is False
+    assert hal.compile("mlp", "cpu@ort").executables[0].info["allow_spinning"] is True
+    np.testing.assert_array_equal(quiet(x)[0], hal.compile("mlp", "cpu@ort")(x)[0])
+    with pytest.raises(hal.OptionError, match="allow_spinning"):
+        hal.compile(hal.models.get("mlp"), "cpu@ort", allow_spinning="no")
+
+
 def test_run_buffers_stays_on_host_device():
     c = hal.compile(hal.models.get("mlp"), "cpu@ort")
     dev = hal.device("cpu@ort")
