@@ -190,16 +190,26 @@ class TfBackend(TracingBackend):
         return TfTrainer(device, graph, spec, xla, nhwc)
 
     def compile(self, model, device: Device, options: CompileOptions):
+        """The segment as ``tf.function``s; an identical segment compiled before (same graph,
+        weights and choices, on the same device) is reused, and so is XLA's executable
+        (``reuse``: TensorFlow never frees one)."""
         tf = import_tf()
         from hal.backends.common.lowering import lower
         from hal.backends.tf_backend.context import TfContext
-        from hal.backends.tf_backend.executable import TfExecutable
+        from hal.backends.tf_backend.executable import TfExecutable, TracedSegment
+        from hal.backends.tf_backend.reuse import SEGMENTS, segment_key
 
         check_precision(self, options, device.string)
         xla, nhwc = self.choices(options)
-        low = {"fp32": None, "bf16": tf.bfloat16, "fp16": tf.float16}[options.precision]
-        plan = lower(model, TABLE, self.name, params=False)
-        return TfExecutable(device, plan, TfContext(TABLE, low), self.tf_device(device), xla, nhwc)
+        tf_device = self.tf_device(device)
+
+        def trace() -> TracedSegment:
+            low = {"fp32": None, "bf16": tf.bfloat16, "fp16": tf.float16}[options.precision]
+            plan = lower(model, TABLE, self.name, params=False)
+            return TracedSegment(plan, TfContext(TABLE, low), tf_device, xla, nhwc)
+
+        key = segment_key(model, xla, nhwc, options.precision, tf_device)
+        return TfExecutable(device, SEGMENTS.get(key, trace))
 
     # -- buffers -----------------------------------------------------------------
     def put(self, array: np.ndarray, device: Device):

@@ -42,26 +42,28 @@ class TfBuffer(FrameworkBuffer):
             return TfBuffer(tf.identity(self.tensor), device)
 
 
-class TfExecutable(Executable):
-    def __init__(self, device: Device, plan: Plan, cx: TfContext, tf_device: str, xla: bool,
-                 nhwc: bool):
-        super().__init__(device, plan.input_names, plan.output_names)
+class TracedSegment:
+    """A lowered segment as ``tf.function``s on one device: one for the input signature,
+    whose batch dims are None so that one trace serves every batch size (XLA still compiles
+    once per distinct shape, on first use), and one per value of the inputs that decide
+    shapes. Nothing in it changes once traced, so executables compiled from an identical
+    segment share one, and with it TensorFlow's XLA executables (``reuse``)."""
+
+    def __init__(self, plan: Plan, cx: TfContext, tf_device: str, xla: bool, nhwc: bool):
         self.plan = plan
         self.cx = cx
         self.tf_device = tf_device
         self.xla = xla
         self.nhwc = nhwc
-        self._static = plan.static_inputs
-        self._dynamic = plan.dynamic_inputs
+        self.static = plan.static_inputs
+        self.dynamic = plan.dynamic_inputs
         self._fns: dict[tuple, Any] = {}
-        # a concrete function for the input signature: batch dims are None, so one trace
-        # serves every batch size (XLA still compiles once per distinct shape, on first use)
-        self._plain = self._make({}) if not self._static else None
-        self.info.update({
-            "native": "tf.function(jit_compile=True) (XLA)" if xla else "tf.function (graph)",
-            "layout": "NHWC inside the segment" if nhwc else "NCHW, transposes around each conv",
-            "tf_device": tf_device, "precision": cx.low.name if cx.low is not None else "fp32",
-            "static_inputs": [plan.input_names[i] for i in self._static]})
+        self.plain = self._make({}) if not self.static else None
+
+    @property
+    def weight_bytes(self) -> int:
+        """The bytes of the weights baked into the functions as constants."""
+        return sum(a.nbytes for a in self.plan.consts.values())
 
     def _make(self, static_values: dict):
         f = traced_function(self.plan, self.cx, static_values,
@@ -73,25 +75,49 @@ class TfExecutable(Executable):
 
         signature = [tf.TensorSpec(self.plan.input_specs[i][0],
                                    tf.as_dtype(self.plan.input_specs[i][1]), name=f"input_{i}")
-                     for i in self._dynamic]
+                     for i in self.dynamic]
         fn = tf.function(on_device, input_signature=signature, jit_compile=self.xla,
                          autograph=False)
         self.concrete = fn.get_concrete_function()  # the public tf.function, for inspection
         return _fast_caller(self.concrete)
 
-    @property
-    def traces(self) -> int:
-        """How many times the segment was traced (once per compile, plus static-input values)."""
-        return self.plan.traces
-
-    def _fn(self, tensors: list):
+    def fn_for(self, tensors: list):
+        """The function for these values of the static inputs, and the dynamic tensors."""
         key = tuple((tuple(t.shape), t.dtype.name, t.numpy().tobytes())
-                    for t in (tensors[i] for i in self._static))
+                    for t in (tensors[i] for i in self.static))
         fn = self._fns.get(key)
         if fn is None:
-            values = {self.input_names[i]: tensors[i].numpy() for i in self._static}
+            values = {self.plan.input_names[i]: tensors[i].numpy() for i in self.static}
             fn = self._fns[key] = self._make(values)
-        return fn, [tensors[i] for i in self._dynamic]
+        return fn, [tensors[i] for i in self.dynamic]
+
+
+class TfExecutable(Executable):
+    def __init__(self, device: Device, segment: TracedSegment):
+        plan = segment.plan
+        super().__init__(device, plan.input_names, plan.output_names)
+        self.segment = segment
+        self.plan = plan
+        self._plain = segment.plain
+        low = segment.cx.low
+        self.info.update({
+            "native": "tf.function(jit_compile=True) (XLA)" if segment.xla
+            else "tf.function (graph)",
+            "layout": "NHWC inside the segment" if segment.nhwc
+            else "NCHW, transposes around each conv",
+            "tf_device": segment.tf_device, "precision": low.name if low is not None else "fp32",
+            "static_inputs": [plan.input_names[i] for i in segment.static]})
+
+    @property
+    def concrete(self):
+        """The public ``tf.function`` traced last for this segment, for inspection."""
+        return self.segment.concrete
+
+    @property
+    def traces(self) -> int:
+        """How many times the segment was traced: once for the input signature, plus once
+        per value of the static inputs; a compile of an identical segment adds none."""
+        return self.plan.traces
 
     def run(self, buffers: Sequence[Buffer]) -> list[Buffer]:
         dev = self.device
@@ -100,7 +126,7 @@ class TfExecutable(Executable):
         if self._plain is not None:
             out = self._plain(*tensors)
         else:
-            fn, tensors = self._fn(tensors)
+            fn, tensors = self.segment.fn_for(tensors)
             out = fn(*tensors)
         return [TfBuffer(t, dev) for t in out]
 
