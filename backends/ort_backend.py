@@ -75,6 +75,7 @@ class OrtBackend(RunsOnnxFiles, Backend):
     requires = ("onnxruntime",)
     install_hint = "pip install hal-accel[ort]"
     options = frozenset({"intra_op_num_threads", "allow_spinning"})
+    threads_option = "intra_op_num_threads"
     precisions = ("fp32", "fp16", "int8")
     ops = frozenset(_OPS)
 

@@ -172,13 +172,14 @@ def offline(models: list[str], identity: Path, device: str, batch: int,
 
 
 def run_load(models, clients, seconds, device, max_batch, max_delay_ms, queue, folder,
-             rounds=1, options=()):
+             rounds=1, options=(), instances="auto"):
     """Both servers (batching on and off) up at once; each row's on and off runs back to
     back, ``rounds`` times, so that both see the same machine; the median round is kept."""
     identity = identity_model(folder)
     specs = [f"{identity}={device}" if m == "identity" else f"{m}={device}" for m in models]
     common = ["--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--queue",
-              str(queue), *[a for o in options for a in ("--option", o)]]
+              str(queue), "--instances", str(instances),
+              *[a for o in options for a in ("--option", o)]]
     servers = {}
     try:
         for batching in (True, False):
@@ -277,6 +278,8 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=0.0)
     p.add_argument("--queue", type=int, default=1024)
+    p.add_argument("--instances", default="auto", help="copies of each model, each running "
+                   "its own batches (hal serve --instances; default auto)")
     p.add_argument("--rounds", type=int, default=1, help="runs of each row (the median "
                    "kept), batching on and off interleaved")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -284,31 +287,34 @@ def main() -> None:
     p.add_argument("--overload-clients", type=int, default=None)
     p.add_argument("--overload-queue", type=int, default=32)
     p.add_argument("--overload-only", action="store_true")
+    p.add_argument("--no-overload", action="store_true", help="skip the overload check")
     p.add_argument("--json", default=None, help="write every figure here")
     a = p.parse_args()
     models = [m for m in a.models.split(",") if m]
     clients = [int(c) for c in a.clients.split(",") if c]
     out: dict = {"cores": os.cpu_count(), "device": a.device, "seconds": a.seconds,
-                 "rounds": a.rounds, "options": a.option,
+                 "rounds": a.rounds, "options": a.option, "instances": a.instances,
                  "max_batch": a.max_batch, "max_delay_ms": a.max_delay_ms,
                  "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as tmp:
         if not a.overload_only:
             rows, identity = run_load(models, clients, a.seconds, a.device, a.max_batch,
-                                      a.max_delay_ms, a.queue, Path(tmp), a.rounds, a.option)
+                                      a.max_delay_ms, a.queue, Path(tmp), a.rounds, a.option,
+                                      a.instances)
             offline_tp = offline(models, identity, a.device, a.max_batch, budget_s=1.0)
             out["rows"], out["offline"] = rows, offline_tp
             print()
             print(table(rows, offline_tp, a.max_batch))
-        ov = overload(a.device, a.seconds, a.overload_clients, a.overload_queue, a.max_batch,
-                      a.option)
-        out["overload"] = ov
-        print()
-        print(f"overload: {ov['clients']} clients on lenet (queue {ov['queue']}, max_batch "
-              f"{ov['max_batch']}): answers {ov['codes']}, {ov['throughput']:.0f} answered/s; "
-              f"only 200/503: {ov['only_200_503']}; server RSS {ov['rss_before_mb']} -> "
-              f"{ov['rss_after_mb']} MB; after the load: {ov['after']['codes']} at p50 "
-              f"{ov['after']['p50_ms']:.2f} ms (recovered: {ov['recovered']})")
+        if not a.no_overload:
+            ov = overload(a.device, a.seconds, a.overload_clients, a.overload_queue, a.max_batch,
+                          a.option)
+            out["overload"] = ov
+            print()
+            print(f"overload: {ov['clients']} clients on lenet (queue {ov['queue']}, max_batch "
+                  f"{ov['max_batch']}): answers {ov['codes']}, {ov['throughput']:.0f} answered/s; "
+                  f"only 200/503: {ov['only_200_503']}; server RSS {ov['rss_before_mb']} -> "
+                  f"{ov['rss_after_mb']} MB; after the load: {ov['after']['codes']} at p50 "
+                  f"{ov['after']['p50_ms']:.2f} ms (recovered: {ov['recovered']})")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2, default=str))
 

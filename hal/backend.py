@@ -341,6 +341,10 @@ class Backend(abc.ABC):
     #: False when calls on one device must not overlap (HAL then runs its compiles, puts
     #: and calls one at a time); its devices say so in ``DeviceInfo.thread_safe``.
     thread_safe: ClassVar[bool] = True
+    #: The compile option that sets how many CPU threads one compiled model uses, if the
+    #: backend has one. A server then runs one single-threaded copy per core instead of one
+    #: copy whose threads synchronize on every op (``hal serve --instances auto``).
+    threads_option: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

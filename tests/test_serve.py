@@ -361,8 +361,8 @@ def test_repository_load_unload_and_config(tmp_path):
         r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",
                        json={"parameters": {"config": {"model": "/etc/passwd"}}})
         assert r.status_code == 400 and "it may set device" in r.json()["error"]
-        r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",
-                       json={"parameters": {"config": {"device": "cpu@nothing"}}})
+        r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",  # its error lists devices
+                       json={"parameters": {"config": {"device": "cpu@nothing"}}}, timeout=120)
         assert r.status_code == 400 and "failed to load" in r.json()["error"]
         np.testing.assert_array_equal(outputs(post(s.url, "mlp", {"input": x}))["output"],
                                       expected)  # a failed reload keeps the model serving
@@ -507,3 +507,38 @@ def test_thread_safety_of_stop():
     t.start()
     t.join(30)
     assert not t.is_alive()
+
+
+def test_auto_instances_run_one_single_threaded_copy_per_core(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from hal.serving.repository import auto_instances, compile_instances
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)))
+    copies = compile_instances(ModelConfig("lenet", device="cpu@ort").check())
+    assert len(copies) == 3
+    assert {c.report()["options"]["intra_op_num_threads"] for c in copies} == {1}
+    x = hal.models.example_input("lenet", 4)
+    expected = hal.compile("lenet", "cpu@reference")(x)[0]
+    for c in copies:
+        np.testing.assert_allclose(c(x)[0], expected, rtol=1e-4, atol=1e-5)
+    # a thread count the caller chose is kept, as one copy; a backend without one: one copy
+    mine = compile_instances(ModelConfig("lenet", device="cpu@ort",
+                                         options={"intra_op_num_threads": 2}).check())
+    assert len(mine) == 1 and mine[0].report()["options"]["intra_op_num_threads"] == 2
+    assert len(compile_instances(ModelConfig("lenet", device="cpu@reference").check())) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert auto_instances(copies[0].device, {}) == (8, 2)  # at most 8 copies, cores shared
+    with pytest.raises(OptionError, match=r"instances \(or \"auto\"\) must be a whole number"):
+        ModelConfig("lenet", instances="many").check()
+
+
+def test_served_config_counts_the_auto_instances(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with Server(["lenet=cpu@ort"], port=0) as s:
+        cfg = httpx.get(f"{s.url}/v2/models/lenet/config").json()
+        assert cfg["instance_group"][0]["count"] == 2 and cfg["hal"]["instances"] == "auto"
+        x = hal.models.example_input("lenet", 1)
+        np.testing.assert_allclose(outputs(post(s.url, "lenet", {"input": x}))["output"],
+                                   hal.compile("lenet", "cpu@reference")(x)[0],
+                                   rtol=1e-4, atol=1e-5)

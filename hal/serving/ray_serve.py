@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,6 @@ APP_NAME = "hal"
 
 def _portable(cfg: ModelConfig) -> ModelConfig:
     """``cfg`` with a model every node can load: a zoo name as is, a file as its bytes."""
-    from dataclasses import replace
-
     from hal.frontends import is_zoo_name
     from hal.ir.model import Model
 
@@ -149,7 +148,10 @@ def serve_on_ray(models: Any, *, cluster: str, replicas: int = 1,
     if not configs:
         raise OptionError("nothing to serve: name models (e.g. lenet=cpu) or a repository "
                           "folder")
-    configs = [_portable(c) for c in configs]
+    # replicas are the copies on a cluster: "auto" (one copy per core) would make each
+    # replica take every core of its node, whatever Ray reserved for it
+    configs = [_portable(replace(c, instances=1) if c.instances == "auto" else c)
+               for c in configs]
     token = token if token is not None else os.environ.get("HAL_SERVE_TOKEN") or None
     address = address_of(cluster)
     try:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -54,7 +55,8 @@ class ModelConfig:
     ``max_delay_ms``: how long the oldest queued request may wait for others to join its
     batch. ``batching``: False runs every request alone. ``queue``: requests waiting at
     most, past which the server answers 503. ``instances``: copies of the compiled model
-    running batches side by side. ``timeout_s``: how long a request may wait for its answer
+    running batches side by side; "auto" runs one single-threaded copy per core (at most 8)
+    on a CPU backend with a thread-count option (``Backend.threads_option``), else one. ``timeout_s``: how long a request may wait for its answer
     (None: no limit; a request's own ``timeout`` parameter, in microseconds, may shorten it).
     """
 
@@ -66,7 +68,7 @@ class ModelConfig:
     max_delay_ms: float = 0.0
     batching: bool = True
     queue: int = 256
-    instances: int = 1
+    instances: int | str = "auto"
     timeout_s: float | None = None
     options: dict = field(default_factory=dict)
 
@@ -85,7 +87,8 @@ class ModelConfig:
             raise OptionError(f"{where}: device must be a device string, got {self.device!r}")
         _int(self.max_batch, "max_batch", 0, where)
         _int(self.queue, "queue", 1, where)
-        _int(self.instances, "instances", 1, where)
+        if self.instances != "auto":
+            _int(self.instances, "instances (or \"auto\")", 1, where)
         if isinstance(self.max_delay_ms, bool) or not isinstance(self.max_delay_ms, (int, float)) \
                 or not 0 <= self.max_delay_ms <= 60_000:
             raise OptionError(f"{where}: max_delay_ms must be a number of milliseconds from 0 "
@@ -266,7 +269,7 @@ def _device_of(obj: Any) -> str:
 def compile_instances(cfg: ModelConfig) -> list[Any]:
     """``cfg.instances`` compiled copies of the model (or the compiled model it was given)."""
     if compiled_specs(cfg.model) is not None:
-        if cfg.instances != 1:
+        if cfg.instances not in (1, "auto"):
             raise OptionError(f"model {cfg.name!r} was given compiled; serve it with "
                               f"instances=1, or give its source to compile several copies")
         return [cfg.model]
@@ -283,9 +286,37 @@ def compile_instances(cfg: ModelConfig) -> list[Any]:
             and "batch" not in options:
         first_opts["batch"] = cfg.max_batch  # measured selection times the served batch
     first = compile(source, cfg.device, **first_opts)
+    count = cfg.instances
+    if count == "auto":
+        count, threads = auto_instances(first.device, options)
+        if count > 1:  # single-threaded copies replace the first, which used every core
+            options[first.device.backend.threads_option] = threads
+            first = compile(source, first.device.string, **options)
     # the other copies take the device the first one resolved to: nothing measured again
     return [first] + [compile(source, first.device.string, **options)
-                      for _ in range(cfg.instances - 1)]
+                      for _ in range(count - 1)]
+
+
+#: ``instances="auto"`` runs at most this many copies of a model
+AUTO_INSTANCES = 8
+
+
+def auto_instances(device: Any, options: dict) -> tuple[int, int]:
+    """(copies, threads per copy) for ``instances="auto"`` on ``device``: one copy per core,
+    single-threaded (past AUTO_INSTANCES copies, the cores shared among them), where the
+    device is a CPU whose backend has a thread-count option the caller did not set; else
+    one copy as compiled. Copies that each run a whole batch on one core spend nothing on
+    synchronizing threads inside every op, which at the small batches a server forms costs
+    more than the op (docs/serving.md has the figures)."""
+    backend = getattr(device, "backend", None)
+    option = getattr(backend, "threads_option", None)
+    kind = getattr(getattr(device, "info", None), "kind", None)
+    if option is None or kind != "cpu" or option in options:
+        return 1, 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    count = min(cores, AUTO_INSTANCES)
+    return count, max(1, cores // count)
 
 
 class Served:
