@@ -3,6 +3,7 @@ removed with hal.prune, fine-tuned, and measured against the unpruned model.
 
     python bench/prune.py                    # train 15 epochs, prune 0.5, fine-tune 10 epochs
     python bench/prune.py --importance l1 --seed 1 --rounds 3 --budget 2
+    python bench/prune.py --finetune-optimizer adamw --finetune-lr 5e-3   # the earlier recipe
 
 Two pruned models come from the same trained baseline: ``hal.prune(ratio=0.5)``, half of the
 channels of every group (the residual streams included), and ``hal.prune(ratio=0.5,
@@ -12,8 +13,9 @@ and parameters (hal.compression.cost, batch 1), and the p50 latency of the three
 batch 64 on cpu@ort from one hal.compare run (measured ``--rounds`` times in rotated order).
 
 Training runs on cpu@torch: the baseline for 15 epochs (AdamW, lr 2e-3, cosine), each pruned
-model for 10 (lr 5e-3 after 40 warm-up updates, cosine: pruning half of a network this small
-costs most of its accuracy at first, see docs/pruning.md), all with ``--seed``.
+model for 10 (SGD with Nesterov momentum 0.9, lr 0.05 after 40 warm-up updates, cosine,
+weight decay 5e-4: pruning half of a network this small costs most of its accuracy at first,
+so fine-tuning retrains more than it repairs; see docs/pruning.md), all with ``--seed``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ import numpy as np
 import hal
 from hal.compression import cost
 
-#: the pruned models: name -> hal.prune's options besides ratio and importance
+#: the pruned models: name -> hal.prune's options besides ratio, importance and allocation
 VARIANTS = {"pruned": {}, "pruned_keep_residual": {"keep_residual": True}}
+#: hal.train's optimizer options of the fine-tuning, by optimizer
+FINETUNE_OPTIONS = {"sgd": {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+                    "adamw": {}}
 
 
 def accuracy(model: hal.Model, x: np.ndarray, y: np.ndarray) -> float:
@@ -37,8 +42,9 @@ def accuracy(model: hal.Model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def run_pipeline(epochs: int = 15, finetune_epochs: int = 10, ratio: float = 0.5,
-                 lr: float = 2e-3, finetune_lr: float = 5e-3, warmup_steps: int = 40,
-                 batch_size: int = 32, seed: int = 0, importance: str = "bn_gamma",
+                 lr: float = 2e-3, finetune_lr: float = 0.05, warmup_steps: int = 40,
+                 finetune_optimizer: str = "sgd", batch_size: int = 32, seed: int = 0,
+                 importance: str = "bn_gamma", allocation: str = "uniform",
                  variants: dict | None = None, measure: bool = True, device: str = "cpu@ort",
                  batch: int = 64, budget_s: float = 2.0, rounds: int = 3, log=None) -> dict:
     """Train, prune each variant, fine-tune it, and (``measure``) time the baseline and every
@@ -52,17 +58,21 @@ def run_pipeline(epochs: int = 15, finetune_epochs: int = 10, ratio: float = 0.5
     base = hal.train("resnet_lite", (x, y), epochs=epochs, lr=lr, **train_kw).model
     say(f"trained resnet_lite for {epochs} epochs in {time.perf_counter() - t0:.0f} s")
     models = {"baseline": base}
-    out: dict = {"settings": {"ratio": ratio, "importance": importance, "epochs": epochs,
+    out: dict = {"settings": {"ratio": ratio, "importance": importance,
+                              "allocation": allocation, "epochs": epochs,
                               "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
+                              "finetune_optimizer": finetune_optimizer,
                               "warmup_steps": warmup_steps, "seed": seed,
                               "test_samples": int(len(yt))},
                  "baseline": {"accuracy": accuracy(base, xt, yt), "flops": cost.flops(base),
                               "params": cost.params(base)}}
     for name, options in (VARIANTS if variants is None else variants).items():
-        pruned = hal.prune(base, ratio=ratio, importance=importance, **options)
+        pruned = hal.prune(base, ratio=ratio, importance=importance, allocation=allocation,
+                           **options)
         t0 = time.perf_counter()
         tuned = hal.train(pruned, (x, y), epochs=finetune_epochs, lr=finetune_lr,
-                          warmup_steps=warmup_steps, **train_kw).model
+                          optimizer=finetune_optimizer, warmup_steps=warmup_steps,
+                          **FINETUNE_OPTIONS[finetune_optimizer], **train_kw).model
         say(f"{name}: fine-tuned for {finetune_epochs} epochs in {time.perf_counter() - t0:.0f} s")
         models[name] = tuned
         r = {"options": options, "report": pruned.compression,
@@ -99,16 +109,27 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--importance", default="bn_gamma", choices=("l1", "l2", "bn_gamma"))
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--allocation", default="uniform", choices=("uniform", "global"))
     ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--finetune-optimizer", default="sgd", choices=sorted(FINETUNE_OPTIONS))
+    ap.add_argument("--finetune-lr", type=float, default=0.05)
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated pruned models among {', '.join(VARIANTS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per row")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu@ort")
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args(argv)
-    r = run_pipeline(args.epochs, args.finetune_epochs, args.ratio, importance=args.importance,
-                     seed=args.seed, device=args.device, batch=args.batch, budget_s=args.budget,
-                     rounds=args.rounds, log=print)
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        ap.error(f"--variants takes names among {', '.join(VARIANTS)}; got {args.variants!r}")
+    r = run_pipeline(args.epochs, args.finetune_epochs, args.ratio,
+                     finetune_lr=args.finetune_lr, finetune_optimizer=args.finetune_optimizer,
+                     importance=args.importance, allocation=args.allocation, seed=args.seed,
+                     variants={n: VARIANTS[n] for n in names}, device=args.device,
+                     batch=args.batch, budget_s=args.budget, rounds=args.rounds, log=print)
     s, b = r["settings"], r["baseline"]
     for name in r:
         if name not in ("settings", "baseline"):
@@ -116,22 +137,27 @@ def main(argv=None) -> int:
             print(r[name]["report"])
     print()
     print(f"resnet_lite on digits 3x32x32 ({s['test_samples']} test images), ratio {s['ratio']}, "
-          f"importance {s['importance']}, seed {s['seed']}; p50 at batch {s['batch']} on "
+          f"importance {s['importance']}, allocation {s['allocation']}, fine-tuned "
+          f"{s['finetune_epochs']} epochs ({s['finetune_optimizer']}, lr {s['finetune_lr']}), "
+          f"seed {s['seed']}; p50 at batch {s['batch']} on "
           f"{s['device']} ({s['device_name']}), one hal.compare run, median of {s['rounds']} "
           f"rounds")
-    print(f"  {'model':<22} {'test accuracy':>22} {'FLOPs (batch 1)':>24} {'params':>20} "
+    print(f"  {'model':<22} {'test accuracy':>30} {'FLOPs (batch 1)':>24} {'params':>20} "
           f"{'p50':>22}")
-    print(f"  {'baseline':<22} {b['accuracy']:>22.2%} {b['flops']:>24,} {b['params']:>20,} "
+    base_acc = f"{b['accuracy']:.2%} ({round(b['accuracy'] * s['test_samples'])}/" \
+               f"{s['test_samples']})"
+    print(f"  {'baseline':<22} {base_acc:>30} {b['flops']:>24,} {b['params']:>20,} "
           f"{b['p50_ms']:>13.2f} ms +-{b['p50_spread_ms'] or 0:.2f}")
     for name in r:
         if name in ("settings", "baseline"):
             continue
         v = r[name]
-        acc = f"{v['accuracy']:.2%} ({-v['drop_points']:+.2f})"
+        right = round(v["accuracy"] * s["test_samples"])
+        acc = f"{v['accuracy']:.2%} ({-v['drop_points']:+.2f}; {right}/{s['test_samples']})"
         flops = f"{v['flops']:,} ({v['flops_ratio']:.2f}x fewer)"
         params = f"{v['params']:,} ({v['params_ratio']:.2f}x)"
         p50 = f"{v['p50_ms']:.2f} ms ({v['p50_ratio']:.2f}x lower)"
-        print(f"  {name:<22} {acc:>22} {flops:>24} {params:>20} {p50:>22}")
+        print(f"  {name:<22} {acc:>30} {flops:>24} {params:>20} {p50:>22}")
         print(f"  {'':<22} ({v['accuracy_pruned']:.2%} right after pruning, before fine-tuning)")
     return 0
 

@@ -15,7 +15,8 @@ import hal
 from hal.compression import cost
 from hal.errors import OptionError
 from hal.passes.channels import analyze
-from hal.passes.prune_channels import select, zero_channels
+from hal.compression.structured import ALLOCATIONS
+from hal.passes.prune_channels import zero_channels
 
 ORACLE_TOL = 1e-5
 DEVICE_TOL = 1e-4  # fp32 max abs error against the reference, as tests/test_zoo.py
@@ -35,8 +36,9 @@ def oracle_gap(model: hal.Model, x: np.ndarray, **options) -> tuple[float, hal.M
     pruned = hal.prune(model, **options)
     zeroed = model.copy()
     cg = analyze(zeroed.ir, options.get("exclude", ()))
-    sel = select(cg, options.get("ratio", 0.5), options.get("importance", "l1"),
-                 options.get("round_to"), options.get("keep_residual", False))
+    sel = ALLOCATIONS[options.get("allocation", "uniform")](
+        cg, options.get("ratio", 0.5), options.get("importance", "l1"), options.get("round_to"),
+        options.get("keep_residual", False))
     zero_channels(zeroed.ir, cg, sel.kept)
     return float(np.abs(run(pruned, x) - run(zeroed, x)).max()), pruned
 
@@ -303,6 +305,52 @@ def test_keep_residual_prunes_only_inside_the_blocks():
     assert 1.8 <= rep.totals["flops_ratio"] < hal.prune(model).compression.totals["flops_ratio"]
 
 
+def chain_model(rng) -> hal.Model:
+    """conv1 (8 channels, all alike) -> Relu -> conv2 (8 channels, 2 strong, 6 weak) -> Relu
+    -> conv3 (4 channels, the output)."""
+    w1 = np.abs(rand(rng, 8, 3, 3, 3)) * 0.1 + 1.0
+    w2 = rand(rng, 8, 8, 3, 3) * 0.01
+    w2[[2, 5]] *= 100
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["ra"]),
+             helper.make_node("Conv", ["ra", "w2"], ["b"], name="conv2", pads=[1] * 4),
+             helper.make_node("Relu", ["b"], ["rb"]),
+             helper.make_node("Conv", ["rb", "w3"], ["y"], name="conv3", pads=[1] * 4)]
+    return build(nodes, [("x", [None, 3, 8, 8])], [("y", [None, 4, 8, 8])],
+                 {"w1": w1, "w2": w2, "w3": rand(rng, 4, 8, 3, 3)})
+
+
+def test_global_allocation_removes_the_ratio_of_all_channels_where_they_matter_least():
+    rng = np.random.default_rng(3)
+    model = chain_model(rng)
+    x = rand(rng, 2, 3, 8, 8)
+    gap, pruned = oracle_gap(model, x, ratio=0.5, allocation="global")
+    assert gap <= ORACLE_TOL
+    rep = pruned.compression
+    # 8 of the 16 channels go: conv2's six weak ones (relative to their group's mean) first,
+    # then the two weakest of conv1, whose channels matter about equally
+    assert group_of(rep, "conv2")["kept"] == [2, 5]
+    assert len(group_of(rep, "conv1")["kept"]) == 6
+    assert rep.totals["prunable_channels"] == [8, 16]
+    assert rep.settings["allocation"] == "global" and "allocation global" in str(rep)
+    uniform = hal.prune(model, ratio=0.5).compression
+    assert [len(group_of(uniform, c)["kept"]) for c in ("conv1", "conv2")] == [4, 4]
+
+
+def test_global_allocation_keeps_a_quarter_of_every_group_and_half_of_resnet_lite():
+    model = hal.models.get("resnet_lite")
+    x = hal.models.example_input("resnet_lite", 2)
+    gap, pruned = oracle_gap(model, x, ratio=0.5, allocation="global", importance="bn_gamma")
+    assert gap <= ORACLE_TOL
+    rep = pruned.compression
+    assert rep.totals["prunable_channels"] == [72, 144]
+    assert all(g["channels"][0] >= g["channels"][1] // 4 for g in rep.groups)
+    rng = np.random.default_rng(0)
+    weights = chain_model(rng)
+    very = hal.prune(weights, ratio=0.9, allocation="global").compression
+    assert [len(group_of(very, c)["kept"]) for c in ("conv1", "conv2")] == [2, 2]
+
+
 # -- options --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, match", [
@@ -318,6 +366,7 @@ def test_keep_residual_prunes_only_inside_the_blocks():
     ({"round_to": 0}, "round_to must be a positive int"),
     ({"exclude": [3]}, "fnmatch patterns"),
     ({"keep_residual": "yes"}, "keep_residual must be True or False"),
+    ({"allocation": "layer"}, "allocation='uniform'"),
 ])
 def test_bad_options_are_option_errors_naming_the_fix(kw, match):
     with pytest.raises(OptionError, match=match):

@@ -26,17 +26,21 @@ from hal.ir import shapes as S
 from hal.ir.attributes import attribute
 from hal.ir.graph import const
 from hal.ir.model import Model
+from hal.passes.channel_allocation import select_global
 from hal.passes.channel_graph import ChannelGraph
 from hal.passes.channels import analyze
 from hal.passes.prune_channels import IMPORTANCE, PruneChannels, Selection, select
 
 __all__ = ["PruneReport", "prune"]
 
+#: how ``ratio`` is spread over the channel groups
+ALLOCATIONS = {"uniform": select, "global": select_global}
+
 
 def prune(model: Any, ratio: float = 0.5, structured: bool = True, importance: str = "l1",
           exclude: Sequence[str] | str = (), round_to: int | None = None,
-          keep_residual: bool = False, *, input_shape: Any = None,
-          example_input: Any = None) -> Model:
+          keep_residual: bool = False, allocation: str = "uniform", *,
+          input_shape: Any = None, example_input: Any = None) -> Model:
     """A copy of ``model`` (anything ``hal.compile`` takes) with ``ratio`` of the channels of
     every prunable group removed; ``model`` itself is not modified.
 
@@ -47,6 +51,9 @@ def prune(model: Any, ratio: float = 0.5, structured: bool = True, importance: s
     patterns of node or initializer names whose tensors keep their shape. ``round_to``: round
     every kept channel count up to a multiple of this (8 for hardware-friendly widths).
     ``structured`` must be True (zeros inside tensors are ``hal.sparsify``).
+    ``allocation``: "uniform", ``ratio`` of every group; or "global", ``ratio`` of all the
+    prunable channels together, each group keeping those whose importance relative to its
+    group's mean ranks high across the network (``hal.passes.channel_allocation``).
 
     The model's inputs and outputs keep their shapes. The result's ``compression`` is a
     ``PruneReport``: FLOPs, parameters and channels per layer before and after, and why each
@@ -56,16 +63,20 @@ def prune(model: Any, ratio: float = 0.5, structured: bool = True, importance: s
                                                   round_to)
     if not isinstance(keep_residual, bool):
         raise OptionError(f"keep_residual must be True or False, got {keep_residual!r}")
+    if allocation not in ALLOCATIONS:
+        raise OptionError(f"allocation={allocation!r} is not one HAL knows; use "
+                          f"allocation='uniform' (ratio of every group) or 'global' (ratio of "
+                          f"all channels together, importance deciding per group)")
     src = to_model(model, input_shape=input_shape, example_input=example_input)
     out = src.copy()
     cg = analyze(out.ir, exclude)
-    sel = select(cg, ratio, importance, round_to, keep_residual)
+    sel = ALLOCATIONS[allocation](cg, ratio, importance, round_to, keep_residual)
     before = _counts(src)
     PruneChannels(cg, sel.kept)(out.ir)
     _check_result(src, out)
     out.compression = PruneReport.build(src, out, cg, sel, before, dict(
         ratio=ratio, importance=importance, exclude=list(exclude), round_to=round_to,
-        keep_residual=keep_residual))
+        keep_residual=keep_residual, allocation=allocation))
     return out
 
 
@@ -261,6 +272,8 @@ class PruneReport:
             opts += f", exclude {s['exclude']}"
         if s.get("keep_residual"):
             opts += ", keep_residual"
+        if s.get("allocation", "uniform") != "uniform":
+            opts += f", allocation {s['allocation']}"
         head = ["layer", "op", "out ch", "in ch", "FLOPs (batch 1)", "params", "status"]
         body = []
         for r in self.rows:
