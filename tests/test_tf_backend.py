@@ -103,13 +103,84 @@ def test_flows_agree_with_reference(name, options, flow):
 
 
 def test_one_trace_serves_every_batch_size():
+    from hal.backends.tf_backend.reuse import SEGMENTS
+
+    SEGMENTS.clear()  # a segment traced by an earlier test would count its traces too
     compiled = hal.compile(hal.models.get("lenet"), "cpu@tf")
     ref = hal.compile(hal.models.get("lenet"), "cpu@reference")
     exe = compiled.executables[0]
+    assert exe.traces == 1  # the input signature, traced at compile time
     for batch in (1, 7, 2):
         x = hal.models.example_input("lenet", batch)
         assert float(np.max(np.abs(compiled(x)[0] - ref(x)[0]))) <= TOL
     assert exe.traces == 1
+
+
+# -- reuse: TensorFlow never frees an XLA executable, so an identical segment takes its own ----
+def test_compiling_the_same_model_again_reuses_its_function():
+    import gc
+
+    from hal.backends.tf_backend.reuse import SEGMENTS
+
+    SEGMENTS.clear()
+    x = hal.models.example_input("lenet", 2)
+    first = hal.compile(hal.models.get("lenet"), "cpu@tf")
+    y = first(x)[0]
+    exe = first.executables[0]
+    segment, concrete, traces = exe.segment, exe.concrete, exe.traces
+    del first, exe
+    gc.collect()  # released, as a server reloading the model releases the old one
+    again = hal.compile(hal.models.get("lenet"), "cpu@tf")  # a new hal.Model, same content
+    assert again.executables[0].segment is segment
+    assert again.executables[0].concrete is concrete and segment.plan.traces == traces
+    np.testing.assert_array_equal(again(x)[0], y)
+
+
+def test_other_weights_or_choices_get_their_own_function():
+    from hal.backends.tf_backend.reuse import SEGMENTS
+
+    SEGMENTS.clear()
+    x = hal.models.example_input("lenet", 2)
+    compiled = {seed: hal.compile(hal.models.get("lenet", seed=seed), "cpu@tf")
+                for seed in (0, 1)}
+    assert compiled[0].executables[0].segment is not compiled[1].executables[0].segment
+    outs = {seed: c(x)[0] for seed, c in compiled.items()}
+    assert float(np.max(np.abs(outs[0] - outs[1]))) > 100 * TOL
+    for seed, y in outs.items():  # each computes its own model
+        ref = hal.compile(hal.models.get("lenet", seed=seed), "cpu@reference")(x)[0]
+        assert float(np.max(np.abs(y - ref))) <= TOL
+    segments = {compiled[0].executables[0].segment}
+    for options in ({"xla": False}, {"layout": "nchw"}, {"precision": "bf16"}):
+        c = hal.compile(hal.models.get("lenet"), "cpu@tf", **options)
+        assert c.executables[0].segment not in segments, options
+        segments.add(c.executables[0].segment)
+    assert len(SEGMENTS) == 5
+
+
+def test_kept_segments_are_bounded():
+    from hal.backends.tf_backend.reuse import MAX_SEGMENTS, SEGMENTS, SegmentCache
+
+    cache = SegmentCache(max_segments=3, max_bytes=100, size=lambda segment: segment[1])
+    for key in "abcd":
+        cache.get(key, lambda key=key: (key, 10))
+    assert len(cache) == 3 and "a" not in cache
+    assert cache.get("b", lambda: ("b again", 10)) == ("b", 10)  # kept, and now the newest
+    cache.get("e", lambda: ("e", 10))
+    assert "c" not in cache and "b" in cache
+    cache.get("big", lambda: ("big", 95))  # 95 + 10 + 10 > 100: the older ones go
+    assert len(cache) == 1 and "big" in cache
+    cache.get("huge", lambda: ("huge", 500))  # over the bound alone: the newest stays
+    assert len(cache) == 1 and "huge" in cache
+
+    SEGMENTS.clear()
+    x = hal.models.example_input("mlp", 2)
+    first = hal.compile(hal.models.get("mlp"), "cpu@tf", xla=False)
+    y = first(x)[0]
+    for seed in range(1, MAX_SEGMENTS + 2):
+        hal.compile(hal.models.get("mlp", seed=seed), "cpu@tf", xla=False)
+        assert len(SEGMENTS) <= MAX_SEGMENTS
+    assert first.executables[0].segment not in SEGMENTS.segments()
+    np.testing.assert_array_equal(first(x)[0], y)  # dropped from the cache, still usable
 
 
 @pytest.mark.parametrize("name", MODELS)
