@@ -269,6 +269,22 @@ def table(rows: list[dict], offline_tp: dict[str, float], max_batch: int) -> str
     return "\n".join(lines)
 
 
+def efficiency(rows: list[dict], offline_tp: dict[str, float]) -> list[str]:
+    """Each model's throughput with batching on as a share of the smaller of its offline
+    throughput and the server's ceiling (identity's throughput at the same load)."""
+    on = {(r["model"], r["clients"]): r["throughput"] for r in rows if r["batching"]}
+    lines = []
+    for (model, n), tp in on.items():
+        ceiling = on.get(("identity", n))
+        if model == "identity" or ceiling is None:
+            continue
+        bound = min(offline_tp.get(model, float("nan")), ceiling)
+        lines.append(f"{model} at {n} clients: {tp:,.0f} requests/s = {tp / bound:.0%} of "
+                     f"min(offline {offline_tp.get(model, float('nan')):,.0f}, ceiling "
+                     f"{ceiling:,.0f})")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
@@ -305,6 +321,8 @@ def main() -> None:
             out["rows"], out["offline"] = rows, offline_tp
             print()
             print(table(rows, offline_tp, a.max_batch))
+            out["efficiency"] = efficiency(rows, offline_tp)
+            print("\n".join(["", *out["efficiency"]]))
         if not a.no_overload:
             ov = overload(a.device, a.seconds, a.overload_clients, a.overload_queue, a.max_batch,
                           a.option)
