@@ -453,3 +453,32 @@ def test_accelerator_figures_are_typed():
     assert "cycles for batch 1" in res.to_csv()
     again = Results.from_json(res.to_json()).rows[0]
     assert again.accelerator == row.accelerator
+
+
+def test_int8_rows_with_dynamic_calibration(capsys):
+    res = compare(["mlp"], ["cpu@reference"], batch=[1], precision=["fp32", "int8"],
+                  budget_s=0, calibration="dynamic")
+    fp32, int8 = res.rows
+    assert (fp32.calibration, int8.calibration) == (None, "dynamic") and not int8.error
+    assert res.environment["run"]["calibration"] == "dynamic"
+    static = compare(["mlp"], ["cpu@reference"], batch=[1], precision="int8", budget_s=0)
+    assert static.rows[0].calibration is None  # static scales: other numbers
+    assert static.rows[0].max_abs_err != int8.max_abs_err
+    assert int8.max_abs_err > 0 and "int8 dynamic" in str(_rendered(res))
+    for kwargs, fix in [({"calibration": "static"}, "must be 'dynamic'"),
+                        ({"calibration": "dynamic"}, "add precision='int8'")]:
+        with pytest.raises(hal.errors.OptionError, match=fix):
+            compare(["mlp"], ["cpu@reference"], batch=[1], budget_s=0, **kwargs)
+    from hal.cli import main
+
+    assert main(["compare", "--models", "mlp", "--devices", "cpu@reference", "--batch", "1",
+                 "--budget", "0", "--precision", "int8", "--calibration", "dynamic"]) == 0
+    assert "int8 dynamic" in capsys.readouterr().out
+
+
+def _rendered(res) -> str:
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(res.table())
+    return console.export_text()

@@ -20,6 +20,10 @@ def add_parser(sub) -> None:
     c.add_argument("--precision", default=None,
                    help="comma-separated: fp32,fp16,bf16,int8 (default: each device's own, "
                         "fp32 except on int8-only accelerators)")
+    c.add_argument("--calibration", choices=["dynamic"], default=None,
+                   help="dynamic: the int8 rows quantize activations at run time (no "
+                        "calibration data) instead of static scales from each model's own "
+                        "example inputs")
     c.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                    help="seconds of timed calls per row after warm-up (at least 5 calls; "
                    f"default {DEFAULT_BUDGET_S})")
@@ -82,7 +86,7 @@ def cmd_compare(args) -> int:
                           budget_s=args.budget, isolate=args.isolate, progress=progress,
                           scenario=args.scenario, latency_bound_ms=args.latency_bound_ms,
                           rounds=args.rounds, train=args.train, train_steps=args.steps,
-                          cluster=args.cluster)
+                          cluster=args.cluster, calibration=args.calibration)
         except CompareInterrupted as stop:  # the rows so far are shown and written below
             res = stop.results
     con.print(res.table())

@@ -58,6 +58,7 @@ class Job:
     latency_bound_ms: float | None = None  # MLPerf Server only
     task: str = "inference"  # or "training" (hal.comparison.train)
     train_steps: int = 0  # training: updates behind each row's losses
+    calibration: str | None = None  # "dynamic": int8 rows quantize activations at run time
 
 
 Progress = Callable[..., Any]
@@ -69,7 +70,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             progress: Progress | None = None, scenario: str | None = None,
             warmup: int = 3, min_runs: int = 5, max_runs: int = 1000,
             latency_bound_ms: float | None = None, rounds: int = 1, train: bool = False,
-            train_steps: int = TRAIN_STEPS, cluster: str | None = None) -> Results:
+            train_steps: int = TRAIN_STEPS, cluster: str | None = None,
+            calibration: str | None = None) -> Results:
     """Measure every model on every device at every batch size and precision.
 
     ``models``: zoo names or .onnx paths (default: the whole zoo). ``devices``: device
@@ -102,6 +104,10 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     device at a time per node, in a Ray worker process of the node (``isolate``: a fresh one
     per device) (``hal.comparison.fleet``).
 
+    ``calibration``: "dynamic" compiles the int8 rows with ``calibration="dynamic"`` (int8
+    weights, activations quantized at run time, ``hal.passes.dynamic_quantize``) instead of
+    static scales calibrated on each model's own example inputs; their rows say so.
+
     Names and devices are checked before any work (a typo raises at once); after that a
     failure -- reference, compile, a call, a whole worker -- becomes an ``error`` row.
     Ctrl-C stops the run at once (an isolated worker too) and raises ``CompareInterrupted``
@@ -112,6 +118,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     models = _as_list(models) or zoo.list()
     batch = _batches(batch)
     precision = _precisions(precision)
+    _check_calibration(calibration, precision, train)
     if train:
         precision = check_precisions(precision)
         check_steps(train_steps)
@@ -133,7 +140,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             raise OptionError("--cluster measures inference; run --train without --cluster")
         return _compare_on_cluster(cluster, models, devices, batch, precision, budget_s,
                                    isolate, progress, scenario, warmup, min_runs, max_runs,
-                                   latency_bound_ms, rounds)
+                                   latency_bound_ms, rounds, calibration)
     if devices is None:
         devices, left_out = default_devices(registry.devices())
     elif train:
@@ -158,7 +165,8 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
             for dev in device_order(devices, r):
                 job = Job(dev, models, batch, precision or [_default_precision(dev)], budget_s,
                           scenario, warmup, min_runs, max_runs, latency_bound_ms,
-                          "training" if train else "inference", train_steps if train else 0)
+                          "training" if train else "inference", train_steps if train else 0,
+                          calibration)
                 if isolate:
                     from hal.comparison.isolate import run_isolated
 
@@ -182,6 +190,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
                   "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
                   "rounds": rounds,
                   "isolate": bool(isolate), "scenario": scenario, "reference": REFERENCE,
+                  "calibration": calibration,
                   "memory": PeakMemory().method,
                   "left_out": left_out}
     if train:
@@ -201,7 +210,7 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
 
 def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, isolate,
                         progress, scenario, warmup, min_runs, max_runs, latency_bound_ms,
-                        rounds) -> Results:
+                        rounds, calibration=None) -> Results:
     """``compare`` on the nodes of a Ray cluster (``hal.comparison.fleet``)."""
     from hal.comparison.environment import environment
     from hal.comparison.fleet import Fleet
@@ -218,7 +227,8 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
 
         def job_for(device: str, default_precision: str) -> Job:
             return Job(device, models, batch, precision or [default_precision], budget_s,
-                       scenario, warmup, min_runs, max_runs, latency_bound_ms)
+                       scenario, warmup, min_runs, max_runs, latency_bound_ms,
+                       calibration=calibration)
 
         per_round = [fleet.run(job_for, loaded, refs, tick, r) for r in range(rounds)]
     finally:
@@ -233,7 +243,7 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
     env["run"] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                   "wall_s": round(time.time() - started, 2), "budget_s": budget_s,
                   "rounds": rounds, "isolate": bool(isolate), "scenario": scenario,
-                  "reference": REFERENCE, "memory": PeakMemory().method,
+                  "calibration": calibration, "reference": REFERENCE, "memory": PeakMemory().method,
                   "left_out": fleet.left_out}
     env["fleet"] = fleet.environment()
     return Results(rows, env)
@@ -248,10 +258,13 @@ def run_job(job: Job, models: dict[str, Model], refs: dict[str, dict[int, Refere
         return
     for name in job.models:
         for prec in job.precision:
+            calibration = job.calibration if prec == "int8" else None
             rows = [Row(model=name, device=job.device, batch=b, precision=prec,
-                        scenario=_scenario_name(job.scenario), mem_scope=mem_scope)
+                        calibration=calibration, scenario=_scenario_name(job.scenario),
+                        mem_scope=mem_scope)
                     for b in job.batch]
-            compiled, err, base_mb, compile_s = _compile(models[name], job.device, prec, rows)
+            compiled, err, base_mb, compile_s = _compile(models[name], job.device, prec, rows,
+                                                         calibration)
             for row in rows:
                 if tick:
                     tick.start(row)
@@ -275,14 +288,15 @@ def _default_precision(device: str) -> str:
         return "fp32"
 
 
-def _compile(model, device: str, prec: str, rows: list[Row]):
+def _compile(model, device: str, prec: str, rows: list[Row], calibration: str | None = None):
     gc.collect()
     mem = PeakMemory()
     with mem:
         base = mem.start_mb
         t0 = time.perf_counter()
         try:
-            compiled = compiler.compile(model, device, precision=prec)  # int8: the model's own
+            more = {"calibration": calibration} if calibration else {}  # else the model's own
+            compiled = compiler.compile(model, device, precision=prec, **more)
         except Exception as exc:  # a broken backend must not abort the comparison
             return None, failure(exc, f"compile on {device}"), base, None
         compile_s = time.perf_counter() - t0
@@ -407,6 +421,21 @@ def _batches(batch: Any) -> list[int]:
     if not out or any(b < 1 for b in out):
         raise OptionError(f"batch must be positive integers, e.g. (1, 64); got {batch!r}")
     return list(dict.fromkeys(out))
+
+
+def _check_calibration(calibration: Any, precision: list[str], train: bool) -> None:
+    if calibration is None:
+        return
+    if calibration != "dynamic":
+        raise OptionError(f"calibration must be 'dynamic' (activations quantized at run time) "
+                          f"or None (static int8 scales from each model's example inputs); got "
+                          f"{calibration!r}")
+    if train:
+        raise OptionError("calibration='dynamic' applies to int8 inference; leave it out with "
+                          "train=True")
+    if "int8" not in precision:
+        raise OptionError("calibration='dynamic' applies to int8 rows: add precision='int8' "
+                          "(e.g. precision=['fp32', 'int8'])")
 
 
 def _precisions(precision: Any) -> list[str]:

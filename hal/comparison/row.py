@@ -28,6 +28,8 @@ class Row:
     device_name: str = ""
     batch: int = 1
     precision: str = "fp32"
+    #: "dynamic": an int8 row whose activations were quantized at run time (else static scales)
+    calibration: str | None = None
     scenario: str | None = None  # None: HAL's own timing loop; else the MLPerf scenario
     task: str = "inference"  # or "training"
     compile_s: float | None = None
@@ -94,3 +96,8 @@ def failure(exc: BaseException, what: str) -> str:
     if isinstance(exc, HalError):
         return f"{type(exc).__name__}: {exc}"
     return f"{what} failed: {type(exc).__name__}: {exc}"
+
+
+def precision_label(row: Row) -> str:
+    """The row's precision as tables show it: "int8 dynamic" for run-time activation scales."""
+    return row.precision + (" dynamic" if row.calibration == "dynamic" else "")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from hal.comparison.row import precision_label
+
 
 def _ms(v) -> str:
     if v is None:
@@ -70,13 +72,15 @@ def rich_table(results, title: str | None = None) -> Table:
             dev.append(" (sim)", style="yellow")
         host = [r.host] if hosts else []
         if r.error:
-            t.add_row(label, str(r.batch), *host, dev, r.precision, Text("error", style="red"),
+            t.add_row(label, str(r.batch), *host, dev, precision_label(r),
+                      Text("error", style="red"),
                       *[""] * (len(cols) - 6 - len(host)), Text(r.error[:300], style="red"))
             continue
         star = id(r) in best
         style = "bold green" if star else ""
         p50 = Text(_ms(r.p50_ms) + (" ★" if star else ""), style=style)
-        t.add_row(label, str(r.batch), *host, Text.assemble(dev, style=style), r.precision, p50,
+        t.add_row(label, str(r.batch), *host, Text.assemble(dev, style=style),
+                  precision_label(r), p50,
                   _ms(r.p90_ms), _ms(r.p99_ms),
                   _ms(r.p50_spread_ms if r.p50_spread_ms is not None else r.mad_ms),
                   f"{r.throughput_per_s:,.0f}" if r.throughput_per_s else "-",
@@ -117,11 +121,11 @@ def training_table(results, title: str | None = None) -> Table:
         label = r.model if first else ""
         dev = Text(r.device + (" (sim)" if r.simulated else ""))
         if r.error:
-            t.add_row(label, str(r.batch), dev, r.precision, Text("error", style="red"),
+            t.add_row(label, str(r.batch), dev, precision_label(r), Text("error", style="red"),
                       *[""] * (len(cols) - 6), Text(r.error[:300], style="red"))
             continue
         style = "bold green" if id(r) in best else ""
-        t.add_row(label, str(r.batch), Text.assemble(dev, style=style), r.precision,
+        t.add_row(label, str(r.batch), Text.assemble(dev, style=style), precision_label(r),
                   Text(_ms(r.p50_ms) + (" ★" if style else ""), style=style), _ms(r.p90_ms),
                   _ms(r.p50_spread_ms if r.p50_spread_ms is not None else r.mad_ms),
                   f"{r.throughput_per_s:,.0f}" if r.throughput_per_s else "-",
