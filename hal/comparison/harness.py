@@ -21,6 +21,8 @@ from hal.comparison.results import Results
 from hal.comparison.rounds import device_order, merge
 from hal.comparison.row import Row, failure
 from hal.comparison.timing import PeakMemory, Timing, measure
+from hal.comparison.arguments import (as_list, batches, check_calibration, device_strings,
+                                      precisions)
 from hal.comparison.train import (TRAIN_STEPS, check_precisions, check_steps, run_training,
                                   settings, training_devices)
 from hal.errors import HalError, OptionError
@@ -115,10 +117,10 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     """
     from hal.comparison.environment import environment
 
-    models = _as_list(models) or zoo.list()
-    batch = _batches(batch)
-    precision = _precisions(precision)
-    _check_calibration(calibration, precision, train)
+    models = as_list(models) or zoo.list()
+    batch = batches(batch)
+    precision = precisions(precision)
+    check_calibration(calibration, precision, train)
     if train:
         precision = check_precisions(precision)
         check_steps(train_steps)
@@ -144,9 +146,9 @@ def compare(models: Sequence[str] | str | None = None, devices: Sequence[str] | 
     if devices is None:
         devices, left_out = default_devices(registry.devices())
     elif train:
-        devices, left_out = _as_list(devices), {}
+        devices, left_out = as_list(devices), {}
     else:
-        devices, left_out = _devices(devices), {}
+        devices, left_out = device_strings(devices), {}
     if train:
         devices, left_out = training_devices(devices, left_out)
     loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
@@ -218,7 +220,7 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
     loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
     fleet = Fleet(cluster, isolate)  # checks the address and connects, or says how to start one
     try:
-        fleet.plan(_as_list(devices))
+        fleet.plan(as_list(devices))
         total = sum(len(models) * len(batch) * max(len(precision), 1)
                     for entries in fleet.entries.values() for _ in entries)
         tick = _Ticker(progress, total * rounds)
@@ -401,60 +403,6 @@ def _references(model, name: str, batch: list[int], tick: _Ticker) -> dict[int, 
             refs[b] = Reference(x, error=f"no reference for {name!r} at batch {b}: "
                                          f"{failure(exc, 'run on ' + REFERENCE)}")
     return refs
-
-
-# -- argument checks ------------------------------------------------------------------------
-def _as_list(v: Any) -> list | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return list(v)
-
-
-def _batches(batch: Any) -> list[int]:
-    items = [batch] if isinstance(batch, int) else _as_list(batch)
-    try:
-        out = [int(b) for b in items]
-    except (TypeError, ValueError):
-        out = []
-    if not out or any(b < 1 for b in out):
-        raise OptionError(f"batch must be positive integers, e.g. (1, 64); got {batch!r}")
-    return list(dict.fromkeys(out))
-
-
-def _check_calibration(calibration: Any, precision: list[str], train: bool) -> None:
-    if calibration is None:
-        return
-    if calibration != "dynamic":
-        raise OptionError(f"calibration must be 'dynamic' (activations quantized at run time) "
-                          f"or None (static int8 scales from each model's example inputs); got "
-                          f"{calibration!r}")
-    if train:
-        raise OptionError("calibration='dynamic' applies to int8 inference; leave it out with "
-                          "train=True")
-    if "int8" not in precision:
-        raise OptionError("calibration='dynamic' applies to int8 rows: add precision='int8' "
-                          "(e.g. precision=['fp32', 'int8'])")
-
-
-def _precisions(precision: Any) -> list[str]:
-    """The precisions asked for; [] means each device's default."""
-    if precision is None:
-        return []
-    out = _as_list(precision) or []
-    bad = [p for p in out if p not in CompileOptions.PRECISIONS]
-    if not out or bad:
-        raise OptionError(f"precision must be among {list(CompileOptions.PRECISIONS)}; got "
-                          f"{precision!r}")
-    return list(dict.fromkeys(out))
-
-
-def _devices(devices: Any) -> list[str]:
-    out = [registry.device(d).string for d in _as_list(devices)]  # DeviceNotFound says why
-    if not out:
-        raise OptionError("devices is empty; leave it out to use every usable device")
-    return list(dict.fromkeys(out))
 
 
 def _device_info(devices: Iterable[str]) -> dict:
