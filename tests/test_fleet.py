@@ -178,3 +178,21 @@ def test_a_node_that_leaves_mid_run_gives_error_rows(cluster):
     assert "died or left" in by_host[lost[0]][0].error or "Died" in by_host[lost[0]][0].error
     kept = [r for h, rows in by_host.items() if h != lost[0] for r in rows]
     assert len(kept) == 2 and all(r.ok for r in kept), [r.error for r in kept]
+
+
+def test_ctrl_c_keeps_the_rows_the_nodes_sent_back(cluster):
+    from hal.comparison import CompareInterrupted, compare
+
+    def progress(done, total, current, row):
+        if row is not None and row.ok:  # the first row back from a node, then Ctrl-C
+            raise KeyboardInterrupt
+
+    with env(RAY_AUTH_MODE="disabled"), time_limit(150):
+        with pytest.raises(CompareInterrupted) as stop:
+            compare(["mlp"], batch=1, budget_s=0.05, cluster=cluster.address,
+                    progress=progress)
+    res = stop.value.results
+    assert not ray.is_initialized()  # disconnected on the way out
+    assert len(res.rows) == 1 and res.rows[0].ok and res.rows[0].host
+    assert res.interrupted == ("interrupted (Ctrl-C) after 1 of 2 rows; the other rows were "
+                               "not measured")

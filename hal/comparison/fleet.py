@@ -320,30 +320,44 @@ class Fleet:
                 inflight[ref] = (node, job)
                 return
 
-        for node in self.nodes:
-            submit(node)
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            for ref in ready:
-                node, job = inflight.pop(ref)
-                got: list[Row] = []
-                why = None
-                try:
-                    out = ray.get(ref)
-                    got = [Row.from_dict(d) for d in out["rows"]]
-                    self.workers[f"{node.host}: {job.device}"] = out["environment"]
-                except Exception as exc:  # the task failed or its node died or left
-                    why = failure(exc, f"the Ray task for {job.device} on {node.host}")
-                    if not self._alive(node):
-                        why = f"the node {node.host} died or left the cluster: {why}"
-                for r in got:
-                    r.host = node.host
-                    tick.done(r)
-                rows.extend(got)
-                rows.extend(_missing(job, got, node.host, why or "the task returned no row",
-                                     tick, self.isolate))
+        try:
+            for node in self.nodes:
                 submit(node)
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in ready:
+                    node, job = inflight.pop(ref)
+                    self._collect(ref, node, job, rows, tick)
+                    submit(node)
+        except KeyboardInterrupt:
+            for ref in inflight:  # the nodes stop measuring what nobody will read
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - finished or gone already
+                    pass
+            raise RoundInterrupted(rows) from None
         return rows
+
+    def _collect(self, ref, node: Node, job, rows: list[Row], tick) -> None:
+        """A finished task's rows into ``rows`` (before progress is told: Ctrl-C in the
+        progress callback keeps them), error rows for what it lacks."""
+        got: list[Row] = []
+        why = None
+        try:
+            out = self.ray.get(ref)
+            got = [Row.from_dict(d) for d in out["rows"]]
+            self.workers[f"{node.host}: {job.device}"] = out["environment"]
+        except Exception as exc:  # the task failed or its node died or left
+            why = failure(exc, f"the Ray task for {job.device} on {node.host}")
+            if not self._alive(node):
+                why = f"the node {node.host} died or left the cluster: {why}"
+        for r in got:
+            r.host = node.host
+        rows.extend(got)
+        for r in got:
+            tick.done(r)
+        rows.extend(_missing(job, got, node.host, why or "the task returned no row", tick,
+                             self.isolate))
 
     def _alive(self, node: Node) -> bool:
         try:
@@ -370,6 +384,14 @@ class Fleet:
             for e in self.entries.get(n.node_id, []):
                 seen.setdefault(e.device)
         return list(seen)
+
+
+class RoundInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``Fleet.run``: ``rows`` are those of the round finished before it."""
+
+    def __init__(self, rows: list[Row]):
+        super().__init__()
+        self.rows = rows
 
 
 def _missing(job, got: list[Row], host: str, why: str, tick, isolate: bool) -> list[Row]:

@@ -215,7 +215,7 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
                         rounds, calibration=None) -> Results:
     """``compare`` on the nodes of a Ray cluster (``hal.comparison.fleet``)."""
     from hal.comparison.environment import environment
-    from hal.comparison.fleet import Fleet
+    from hal.comparison.fleet import Fleet, RoundInterrupted
 
     loaded = {name: to_model(name) for name in models}  # ModelError names the zoo on a typo
     fleet = Fleet(cluster, isolate)  # checks the address and connects, or says how to start one
@@ -232,10 +232,19 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
                        scenario, warmup, min_runs, max_runs, latency_bound_ms,
                        calibration=calibration)
 
-        per_round = [fleet.run(job_for, loaded, refs, tick, r) for r in range(rounds)]
+        per_round: list[list[Row]] = []
+        stopped = None
+        try:
+            for r in range(rounds):
+                per_round.append(fleet.run(job_for, loaded, refs, tick, r))
+        except RoundInterrupted as stop:  # keep the rows the nodes had sent back
+            per_round.append(stop.rows)
+            stopped = len(per_round)
+        except KeyboardInterrupt:
+            stopped = max(len(per_round), 1)
     finally:
         fleet.close()
-    rows = merge(per_round) if rounds > 1 else per_round[0]
+    rows = merge(per_round) if rounds > 1 else (per_round or [[]])[0]
     hosts, devs = fleet.host_order(), fleet.device_order()
     rows.sort(key=lambda r: (models.index(r.model), batch.index(r.batch),
                              hosts.index(r.host) if r.host in hosts else len(hosts),
@@ -248,6 +257,10 @@ def _compare_on_cluster(cluster, models, devices, batch, precision, budget_s, is
                   "calibration": calibration, "reference": REFERENCE, "memory": PeakMemory().method,
                   "left_out": fleet.left_out}
     env["fleet"] = fleet.environment()
+    if stopped is not None:
+        env["run"]["interrupted"] = interrupt.note(sum(map(len, per_round)), total * rounds,
+                                                   stopped, rounds)
+        raise interrupt.CompareInterrupted(Results(rows, env))
     return Results(rows, env)
 
 
