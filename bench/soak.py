@@ -5,11 +5,13 @@ warm-up and at the end, its growth, and the descriptors, temporary files and pro
 behind (``hal.testing.soak``). Exits 1 when memory grew more than ``--max-growth`` percent or
 anything was left behind.
 
-    python bench/soak.py [--cycles 1000] [--warmup 100] [--devices cpu@ort,cpu@tf] [--json out]
+    python bench/soak.py [--cycles 1000] [--warmup 100] [--devices cpu@ort,cpu@tf]
+        [--new-weights] [--json out]
 
 A device may carry compile options after ``+``: ``--devices cpu@tf+xla=false``. Workers run
 with glibc's mmap threshold fixed (``hal.testing.soak.STEADY_MALLOC``) unless
-``--glibc-dynamic``.
+``--glibc-dynamic``. ``--new-weights``: each cycle compiles the model with other weights, so
+what a runtime keeps of every distinct model shows (``hal.testing.soak``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def cpu_devices() -> list[str]:
 
 
 def run_one(device: str, cycles: int, warmup: int, model: str,
-            env: dict[str, str]) -> SoakResult | str:
+            env: dict[str, str], new_weights: bool = False) -> SoakResult | str:
     """The soak of ``device`` (``DEVICE[+KEY=VALUE...]``) in a fresh process, or why it ended
     without a result."""
     device, *options = device.split("+")
@@ -48,7 +50,7 @@ def run_one(device: str, cycles: int, warmup: int, model: str,
         proc = subprocess.run(
             [sys.executable, "-m", "hal.testing.soak", device, "--cycles", str(cycles),
              "--warmup", str(warmup), "--model", model, "--json",
-             *[f"--option={o}" for o in options]],
+             *[f"--option={o}" for o in options], *(["--new-weights"] if new_weights else [])],
             capture_output=True, text=True, env={**os.environ, **env, "TMPDIR": tmp})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -69,15 +71,18 @@ def main() -> int:
                     help="percent of resident memory growth after warm-up that passes")
     ap.add_argument("--glibc-dynamic", action="store_true",
                     help="leave glibc's mmap threshold dynamic (its default) in the workers")
+    ap.add_argument("--new-weights", action="store_true",
+                    help="compile the model with other weights each cycle (seed = cycle)")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args()
     env = {} if args.glibc_dynamic else {k: os.environ.get(k, v) for k, v in STEADY_MALLOC.items()}
     devices = args.devices.split(",") if args.devices else cpu_devices()
-    print(f"soak: {args.cycles} cycles of {args.model} (compile, call, release) per backend, "
+    what = f"{args.model}, new weights each cycle" if args.new_weights else args.model
+    print(f"soak: {args.cycles} cycles of {what} (compile, call, release) per backend, "
           f"memory compared from cycle {args.warmup}", flush=True)
     results, failed = [], 0
     for device in devices:
-        r = run_one(device, args.cycles, args.warmup, args.model, env)
+        r = run_one(device, args.cycles, args.warmup, args.model, env, args.new_weights)
         if isinstance(r, str):
             failed += 1
             print(f"{device:22} FAILED: {r}", flush=True)
@@ -93,7 +98,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cycles": args.cycles, "warmup": args.warmup, "model": args.model,
-                       "environment": env,
+                       "new_weights": args.new_weights, "environment": env,
                        "max_growth_pct": args.max_growth, "results": results}, f, indent=2)
     print(f"soak: {len(devices) - failed} of {len(devices)} backends within "
           f"{args.max_growth:g}% growth and nothing left behind")

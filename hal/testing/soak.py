@@ -6,7 +6,12 @@ grow for good: resident memory stays within a few percent of its warm-up figure,
 descriptor, temporary file and child process that appeared since is gone again. Each call's
 output must equal the first cycle's.
 
-    python -m hal.testing.soak cpu@ort --cycles 1000 [--warmup 100] [--model lenet] [--json]
+With ``new_weights`` (``--new-weights``) each cycle compiles the model with other weights
+(the zoo's seed is the cycle): what a runtime keeps of every distinct model it compiled
+shows as growth, and outputs are not compared.
+
+    python -m hal.testing.soak cpu@ort --cycles 1000 [--warmup 100] [--model lenet]
+        [--new-weights] [--json]
 
 ``bench/soak.py`` (``make soak``) runs it for every usable CPU backend, each in a process of
 its own with a temporary folder of its own; ``tests/test_soak.py`` runs a short one.
@@ -68,6 +73,7 @@ class SoakResult:
     wrong_outputs: int = 0
     #: (cycle, resident MiB: the median of the cycles before it) along the run
     curve: list[tuple[int, float]] = field(default_factory=list)
+    new_weights: bool = False  # each cycle compiled the model with other weights
 
     @property
     def growth_pct(self) -> float:
@@ -84,7 +90,8 @@ class SoakResult:
     @property
     def label(self) -> str:
         """The device and the compile options: ``cpu:0@tf xla=false``."""
-        return " ".join([self.device, *(f"{k}={json.dumps(v)}" for k, v in self.options.items())])
+        return " ".join([self.device, *(f"{k}={json.dumps(v)}" for k, v in self.options.items()),
+                         *(["new-weights"] if self.new_weights else [])])
 
     def line(self) -> str:
         mib = 1 << 20
@@ -167,10 +174,11 @@ def held(cycle: int) -> Held:
 # -- the run --------------------------------------------------------------------------------
 
 def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
-         progress: Callable[[int, int], None] | None = None, **options) -> SoakResult:
+         progress: Callable[[int, int], None] | None = None, new_weights: bool = False,
+         **options) -> SoakResult:
     """``cycles`` compiles of the zoo ``model`` on ``device`` (with compile ``options``), each
     called once and released; what the process holds compared between the end of warm-up and
-    the end."""
+    the end. ``new_weights``: the model with the cycle's seed each time."""
     if not os.path.isdir("/proc/self/fd"):
         raise OptionError("the soak test reads /proc/self (descriptors, memory, children): "
                           "run it on Linux")
@@ -184,12 +192,14 @@ def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
     first, wrong, rss, warm = None, 0, [], None
     t0 = time.perf_counter()
     for cycle in range(1, cycles + 1):
+        if new_weights:
+            source = hal.models.get(model, seed=cycle)
         compiled = hal.compile(source, dev, **{"precision": precision, **options})
         y = compiled(x)[0]
         del compiled
         if first is None:
             first = y
-        elif not np.array_equal(y, first):
+        elif not new_weights and not np.array_equal(y, first):
             wrong += 1
         if cycle == warmup:
             warm = held(cycle)
@@ -214,7 +224,7 @@ def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
                           if warm.fds.get(fd) != target),
         leaked_tmp=sorted(end.tmp - warm.tmp),
         leaked_children=sorted(end.children - warm.children),
-        wrong_outputs=wrong, curve=curve)
+        wrong_outputs=wrong, curve=curve, new_weights=new_weights)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default="lenet")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a compile option (VALUE read as JSON when it is: xla=false)")
+    ap.add_argument("--new-weights", action="store_true",
+                    help="compile the model with other weights each cycle (seed = cycle)")
     ap.add_argument("--json", action="store_true", help="the result as one line of JSON")
     args = ap.parse_args(argv)
     options = dict(_option(o) for o in args.option)
@@ -235,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
 
     result = soak(args.device, args.cycles, args.warmup, args.model,
-                  None if args.json else progress, **options)
+                  None if args.json else progress, args.new_weights, **options)
     print(json.dumps(result.to_dict()) if args.json else result.line())
     return 0 if result.ok() else 1
 
