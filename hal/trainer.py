@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 
+from hal.errors import InputError
+
 if TYPE_CHECKING:
     import onnx_ir as ir
 
@@ -241,3 +243,14 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def weights(self) -> dict[str, np.ndarray]:
         """The trained initializers (parameters and running statistics) by name, float32."""
+
+    def set_params(self, arrays: dict[str, np.ndarray]) -> None:
+        """Give the named parameters these values, the optimizer's state as it is (a pruning
+        mask applied between updates). This default goes through ``state()`` and
+        ``load_state()``; a backend writes only the parameters named."""
+        state = self.state()
+        unknown = [n for n in arrays if f"param/{n}" not in state]
+        if unknown:
+            raise InputError(f"no trainable parameter(s) {unknown} in this model")
+        state.update((f"param/{n}", np.asarray(a)) for n, a in arrays.items())
+        self.load_state(state)

@@ -296,3 +296,28 @@ def test_80_percent_sparse_lenet_is_about_as_accurate_as_dense(lenet, digits, tr
     dense_acc, sparse_acc = accuracy(dense.model, xt, yt), accuracy(sparse.model, xt, yt)
     assert dense_acc > 0.9
     assert sparse_acc >= dense_acc - 0.02, (dense_acc, sparse_acc)
+
+
+@pytest.mark.parametrize("trainer", ["cpu@torch", "cpu@jax", "cpu@tf"])
+def test_set_params_writes_only_the_parameters_named(lenet, digits, trainer):
+    (x, y), _ = digits
+    seen = {}
+
+    class Probe(Callback):
+        def on_step_end(self, run):
+            if run.step != 1:
+                return
+            t = run.trainer
+            before = t.state()
+            zeros = np.zeros_like(t.weights()["2.weight"])
+            t.set_params({"2.weight": zeros})
+            after = t.state()
+            seen["written"] = after["param/2.weight"]
+            seen["others"] = all(np.array_equal(before[k], after[k]) for k in before
+                                 if k != "param/2.weight")
+            with pytest.raises(hal.errors.InputError, match="no trainable parameter"):
+                t.set_params({"nothing": zeros})
+
+    hal.train(lenet, (x[:64], y[:64]), device=trainer, epochs=1, batch_size=32,
+              progress=False, callbacks=[Probe()])
+    assert not seen["written"].any() and seen["others"]  # optimizer state and step as they were

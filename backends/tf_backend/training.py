@@ -307,6 +307,14 @@ class TfTrainer(Trainer):
         return {n: v.numpy().astype(np.float32)
                 for n, v in {**self.params, **self.running}.items()}
 
+    def set_params(self, arrays: dict[str, np.ndarray]) -> None:
+        unknown = [n for n in arrays if n not in self.params]
+        if unknown:
+            raise InputError(f"no trainable parameter(s) {unknown} in this model")
+        for name, a in arrays.items():
+            v = self.params[name]
+            v.assign(np.asarray(a, v.dtype.as_numpy_dtype))
+
     def _state_variables(self) -> dict[str, Any]:
         out: dict[str, Any] = {f"param/{n}": v for n, v in self.params.items()}
         out.update((f"update/{n}", v) for n, v in self.running.items())

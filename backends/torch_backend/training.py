@@ -242,6 +242,15 @@ class TorchTrainer(Trainer):
     def weights(self) -> dict[str, np.ndarray]:
         return {name: _host(t) for name, t in {**self.params, **self.stats}.items()}
 
+    def set_params(self, arrays: dict[str, np.ndarray]) -> None:
+        unknown = [n for n in arrays if n not in self.params]
+        if unknown:
+            raise InputError(f"no trainable parameter(s) {unknown} in this model")
+        with torch.no_grad():
+            for name, a in arrays.items():
+                p = self.params[name]
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(p.device, p.dtype))
+
     def state(self) -> dict[str, np.ndarray]:
         out = {f"param/{n}": _host(p) for n, p in self.params.items()}
         out.update((f"update/{n}", _host(t)) for n, t in self.stats.items())

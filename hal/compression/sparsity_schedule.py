@@ -11,8 +11,9 @@ zero; a weight once pruned stays pruned. ``schedule="constant"`` (TF-MOT's
 ``ConstantSparsity``) prunes to ``target`` from ``begin_step`` on. ``keep=True`` fixes the
 masks to the zeros the model already has (fine-tuning a ``hal.sparsify`` model).
 
-The callback speaks to the trainer only through ``Trainer.state()``/``load_state()`` (the
-``param/NAME`` entries), so it is the same on cpu@torch, cpu@jax and cpu@tf. A resumed run
+The callback speaks to the trainer only through ``Trainer.weights()`` and
+``set_params()`` (and ``state()`` once, when it begins), so it is the same on cpu@torch,
+cpu@jax and cpu@tf. A resumed run
 rebuilds its masks from the checkpoint's zeros (a kept weight that is exactly 0.0 then counts
 as pruned, which float training all but never produces).
 """
@@ -130,17 +131,15 @@ class Sparsity(Callback):
             (step - self.begin_step) % self.frequency == 0 or step == self.end)
         if not update and not self.masks:
             return
-        state = run.trainer.state()
-        arrays = {w.name: self._masked(w.name, state[f"param/{w.name}"]) for w in self.weights}
+        params = run.trainer.weights()  # only the parameters: the optimizer's state stays
+        arrays = {w.name: self._masked(w.name, params[w.name]) for w in self.weights}
         if update:
             self.sparsity_now = self._scheduled(step)
             self.masks = compute_masks(arrays, self._fitting(), self.sparsity_now, self.scope,
                                        self.nm)
             arrays = {n: self._masked(n, a) for n, a in arrays.items()}
             self._update_report()
-        for name in self.masks:
-            state[f"param/{name}"] = arrays[name]
-        run.trainer.load_state(state)
+        run.trainer.set_params({name: arrays[name] for name in self.masks})
         self.seconds += time.perf_counter() - start
 
     def state(self) -> dict:
