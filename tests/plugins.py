@@ -48,6 +48,7 @@ CRASHING = """
 import ctypes
 import os
 import signal
+import time
 
 from hal.backends.reference import ReferenceBackend
 from hal.device import DeviceInfo
@@ -100,6 +101,12 @@ class KillBoom(Crashing):  # what the out-of-memory killer does
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class HangBoom(Crashing):  # a driver stuck waiting for its device
+    name = "hangboom"
+    def crash(self):
+        time.sleep(3600)
+
+
 class CallBoom(Crashing):
     name = "callboom"
     crash_in = "call"
@@ -146,7 +153,8 @@ def broken_plugins(root: Path) -> Path:
 def crashing_plugins(root: Path) -> Path:
     write_plugin(root, "hal_crashing_plugins", {"crashing_mod": CRASHING},
                  {"abortboom": "crashing_mod:AbortBoom", "segvboom": "crashing_mod:SegvBoom",
-                  "killboom": "crashing_mod:KillBoom", "callboom": "crashing_mod:CallBoom"})
+                  "killboom": "crashing_mod:KillBoom", "callboom": "crashing_mod:CallBoom",
+                  "hangboom": "crashing_mod:HangBoom"})
     return root
 
 

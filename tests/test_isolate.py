@@ -126,6 +126,26 @@ def test_abort_in_compile_is_a_backend_error_and_the_process_goes_on(lenet, tmp_
         assert np.abs(fast(x1)[0] - ref1[0]).max() < 1e-4
 
 
+def test_a_hung_plugin_is_killed_past_the_timeout(lenet, tmp_path, monkeypatch):
+    model, x1, _, ref1, _ = lenet
+    monkeypatch.setenv("HAL_ISOLATE_TIMEOUT", "20")  # the worker's start counts too
+    with installed(crashing_plugins(tmp_path)):
+        t0 = time.monotonic()
+        with pytest.raises(hal.BackendError) as err:
+            hal.compile(model, "npu@hangboom", isolate=True)
+        assert time.monotonic() - t0 < 60
+        msg = str(err.value)
+        assert "did not answer within 20 s and was killed while compiling 'lenet'" in msg
+        assert "'hangboom'" in msg
+    monkeypatch.delenv("HAL_ISOLATE_TIMEOUT")
+    with hal.compile(model, "cpu@reference", isolate=True) as iso:  # this process goes on
+        assert same(iso(x1), ref1)
+    for bad in ("0", "soon"):
+        monkeypatch.setenv("HAL_ISOLATE_TIMEOUT", bad)
+        with pytest.raises(hal.errors.OptionError, match="HAL_ISOLATE_TIMEOUT"):
+            hal.compile(model, "cpu@reference", isolate=True)
+
+
 def test_segfault_in_compile_is_a_backend_error(lenet, tmp_path):
     model, x1, _, ref1, _ = lenet
     with installed(crashing_plugins(tmp_path)):

@@ -18,6 +18,10 @@ else a comma-separated list of backend names (``HAL_ISOLATE=vendorx,tf``) isolat
 compiles on those backends: a device string naming one (``npu@vendorx``), or a bare kind
 one of them may serve (``npu``; the parent does not probe to find out which would). The
 ``isolate=`` argument, when given, wins over it.
+
+``HAL_ISOLATE_TIMEOUT`` (seconds; unset: no limit) bounds each request to a worker: a
+plugin that hangs in a compile (the worker's start included) or a call has its worker
+killed, and the request is a ``BackendError`` saying so ("did not answer within 30 s").
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from hal.isolation.process import Worker, WorkerGone, exit_text, tail, worker_en
 from hal.registry import REGISTRY
 
 ENV = "HAL_ISOLATE"
+#: seconds each request to a worker (its compile, worker start included, or a call) may take
+TIMEOUT_ENV = "HAL_ISOLATE_TIMEOUT"
 WORKER = "hal.isolation.worker"
 _YES = {"1", "true", "yes", "on", "all"}
 _NO = {"", "0", "false", "no", "off"}
@@ -61,6 +67,22 @@ def wanted(isolate: Any, device: Any) -> bool:
                           f"called: give 1 (isolate every compile), 0 (none), or backend "
                           f"names from {sorted(known)}")
     return bool(names & may_serve(device))
+
+
+def timeout_s() -> float | None:
+    """``HAL_ISOLATE_TIMEOUT`` in seconds (unset or empty: no limit); a worker that takes
+    longer over one request is killed, and the request is a BackendError saying so."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise OptionError(f"{TIMEOUT_ENV}={text!r} must be a number of seconds > 0 (or unset: "
+                          f"no limit)")
+    return value
 
 
 def may_serve(device: Any) -> set[str]:
@@ -126,7 +148,7 @@ class ModelWorker(Worker):
             raise BackendError(f"{self.model!r} on {self.device} cannot run: its isolated "
                                f"worker {self.dead}; compile the model again to run it")
         try:
-            kind, value = self.request((op, *args))
+            kind, value = self.request((op, *args), timeout_s())
         except WorkerGone as gone:
             self.crash = f"{self.who()} {gone.how} while {doing}"
             said = f"\nThe worker's last output:\n{gone.output}" if gone.output else ""

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -153,28 +154,42 @@ class Worker:
         self._finalizer = weakref.finalize(self, _shutdown, self.proc, self._conn, life_w,
                                            self._err)
 
-    def request(self, message: Any) -> Any:
+    def request(self, message: Any, timeout_s: float | None = None) -> Any:
         """Send ``message`` and return the reply; WorkerGone if the worker ends first (it is
-        then gone for good: ``dead`` says how it ended). Interrupted (Ctrl-C), the worker is
-        ended too, as its reply would answer the next request."""
+        then gone for good: ``dead`` says how it ended), or when ``timeout_s`` pass without
+        a reply (it is then killed). Interrupted (Ctrl-C), the worker is ended too, as its
+        reply would answer the next request."""
         with self._lock:
             if self.dead is not None:
                 raise WorkerGone(self.dead)
             frames = encode(message)  # what cannot be sent fails here, the worker untouched
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
             try:
                 send(self._conn, message, frames)
-                reply = recv(self._conn)
+                reply = self._reply(deadline, timeout_s)
                 while isinstance(reply, tuple) and reply and reply[0] == "note":
                     self.on_note(reply[1])
-                    reply = recv(self._conn)
+                    reply = self._reply(deadline, timeout_s)
                 return reply
             except (EOFError, OSError) as exc:
                 self.dead, output = self._ended(exc)
                 raise WorkerGone(self.dead, output) from None
+            except WorkerGone:
+                raise
             except BaseException:
                 self.dead = "was ended when a request to it was interrupted"
                 self.close()
                 raise
+
+    def _reply(self, deadline: float | None, timeout_s: float | None) -> Any:
+        if deadline is not None and not self._conn.poll(max(0.0, deadline - time.monotonic())):
+            self.proc.kill()  # hung: a reply arriving later would answer the next request
+            self.proc.wait()
+            self.dead = f"did not answer within {timeout_s:g} s and was killed"
+            said = tail(self._err)
+            self._finalizer()
+            raise WorkerGone(self.dead, said)
+        return recv(self._conn)
 
     def on_note(self, note: Any) -> None:
         """A message the worker sends before its reply (``hal.isolation``: which device it
