@@ -58,6 +58,7 @@ class TracedSegment:
         self.static = plan.static_inputs
         self.dynamic = plan.dynamic_inputs
         self._fns: dict[tuple, Any] = {}
+        self.concrete: Any = None
         self.plain = self._make({}) if not self.static else None
 
     @property

@@ -113,6 +113,21 @@ class SoakResult:
 
 # -- what the process holds ---------------------------------------------------------------
 
+def _glibc():
+    """The C library where it has glibc's ``malloc_trim``; None elsewhere (musl, macOS)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _glibc()
+
+
 def resident_bytes() -> int:
     try:
         import psutil
@@ -166,8 +181,18 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def held(cycle: int) -> Held:
+def collect() -> None:
+    """Free what Python's cycles hold, and give the allocator's free pages back to the system:
+    glibc keeps freed heap memory resident, and blocks allocated later reuse it without
+    resident memory growing, so a leak could hide in what an earlier step freed (most of the
+    test backend's 4 MiB per compile did, in a process that had run tf's tests before)."""
     gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def held(cycle: int) -> Held:
+    collect()
     return Held(cycle, resident_bytes(), open_descriptors(), temp_entries(), child_processes())
 
 
@@ -205,7 +230,7 @@ def soak(device: str, cycles: int, warmup: int = 100, model: str = "lenet",
             warm = held(cycle)
             rss.append((cycle, warm.rss))
         elif cycle > warmup and (cycle - warmup) % every == 0:
-            gc.collect()
+            collect()
             rss.append((cycle, resident_bytes()))
         if progress is not None and rss and rss[-1][0] == cycle and \
                 (cycle == warmup or cycle % max(cycles // 10, 1) == 0):
