@@ -208,3 +208,39 @@ def test_ctrl_c_within_a_step_waits_for_it_then_resumes_where_it_stopped(tmp_pat
     for name, v in whole.model.graph.initializers.items():
         np.testing.assert_allclose(rest.model.graph.initializers[name].const_value.numpy(),
                                    v.const_value.numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_ctrl_c_stops_every_worker_after_the_same_step(tmp_path):
+    """Two DistributedDataParallel workers: Ctrl-C to the launching command stops both after
+    one same step (or one would wait forever in its next all-reduce), rank 0 writes the
+    checkpoint, and the run resumes from it with two workers."""
+    torch_cpu()
+    from hal.data import digits
+
+    x, y = digits("train", 28, 1)
+    np.savez(tmp_path / "digits.npz", x=x[:256], y=y[:256])  # 4 updates an epoch at batch 64
+    args = ["train", "lenet", "--device", "cpu@torch", "--workers", "2", "--data",
+            str(tmp_path / "digits.npz"), "--json", "--no-progress",
+            "--checkpoint", str(tmp_path / "ckpt")]
+    proc = start(*args, "--epochs", "10000")
+    while not (tmp_path / "ckpt" / "last.safetensors").exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.1)  # until the end of epoch 1
+    workers = children(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    for pid in workers:  # as a terminal does: the whole process group
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    out, err = proc.communicate(timeout=LIMIT_S)
+    assert proc.returncode == 130, err
+    assert "workers stop after step" in err and "Traceback" not in err, err
+    assert not any(alive(pid) for pid in workers)
+    saved = load(str(tmp_path / "ckpt" / "last.safetensors")).meta["loop"]
+    assert saved["step"] == 4 * saved["epoch"] + saved["position"] and saved["step"] > 4
+    epochs = saved["epoch"] + 1
+    done = subprocess.run([sys.executable, "-m", "hal.cli", *args, "--epochs", str(epochs),
+                           "--resume"], capture_output=True, text=True, timeout=LIMIT_S)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == 4 * epochs

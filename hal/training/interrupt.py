@@ -4,14 +4,24 @@ checkpoint, and the run stops with ``TrainingInterrupted`` saying where it can r
 A step stopped halfway leaves the weights updated and the optimizer's moments not (or the
 reverse), so a checkpoint is only written between steps: the first Ctrl-C is held until the
 step ends; a second one stops at once, without a checkpoint.
+
+A run over several processes started by ``hal.training.launcher`` must stop after the same
+step in every one, or the others wait for it forever in their next all-reduce. There the
+workers ignore SIGINT (a terminal sends it to the whole process group) and the launching
+process decides: on the first Ctrl-C it names a step no worker has passed yet in the run's
+folder (``SharedBoundary``), and each worker stops at that step's boundary.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+
+#: in the folder of a launched run: rank 0's last finished step, and the step to stop after
+STEP_FILE, STOP_FILE = "step", "stop"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -59,6 +69,57 @@ class StepBoundary:
         print("\nhal.train: stopping after this step to write a checkpoint (Ctrl-C again stops "
               "at once, without one)", file=sys.stderr)
 
-    def check(self) -> None:
+    def check(self, step: int) -> None:
         if self.requested:
             raise KeyboardInterrupt
+
+
+class SharedBoundary:
+    """The step boundary of one worker of a launched run (see the module's docstring): SIGINT
+    ignored while entered; ``check(step)``, between steps, records rank 0's step and raises
+    KeyboardInterrupt once the step the launching process named is reached."""
+
+    def __init__(self, folder: Path, rank: int):
+        self.folder, self.rank = Path(folder), rank
+        self.stop_at: int | None = None
+        self._previous = None
+
+    def __enter__(self) -> SharedBoundary:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def check(self, step: int) -> None:
+        if self.rank == 0:  # replaced whole: the launching process never reads half of it
+            tmp = self.folder / f"{STEP_FILE}.tmp"
+            tmp.write_text(str(step))
+            os.replace(tmp, self.folder / STEP_FILE)
+        if self.stop_at is None:
+            try:
+                self.stop_at = int((self.folder / STOP_FILE).read_text())
+            except (FileNotFoundError, ValueError):
+                return
+        if step >= self.stop_at:
+            raise KeyboardInterrupt
+
+
+def ask_to_stop(folder: Path, workers: int) -> int:
+    """In the launching process: name the step every worker stops after, and return it. The
+    workers of a data-parallel run meet in an all-reduce every step, so none is more than one
+    step past rank 0: two past rank 0's last is a step nobody has finished."""
+    try:
+        done = int((Path(folder) / STEP_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        done = 0
+    stop_at = done + 2
+    tmp = Path(folder) / f"{STOP_FILE}.tmp"
+    tmp.write_text(str(stop_at))
+    os.replace(tmp, Path(folder) / STOP_FILE)
+    print(f"\nhal.train: the {workers} workers stop after step {stop_at} to write a checkpoint "
+          f"(Ctrl-C again stops them at once, without one)", file=sys.stderr)
+    return stop_at

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -29,10 +30,14 @@ from typing import Any
 from hal import errors
 from hal.errors import BackendError, HalError
 from hal.trainer import Launch
+from hal.training.interrupt import TrainingInterrupted, ask_to_stop
 
-#: set in every worker: a worker whose backend still cannot host the run fails instead of
-#: launching again
+#: set in every worker, to the run's folder: a worker whose backend still cannot host the
+#: run fails instead of launching again, and Ctrl-C is agreed on there
+#: (``hal.training.interrupt.SharedBoundary``)
 WORKER_ENV = "HAL_TRAIN_WORKER"
+#: the exit status of a worker that stopped on Ctrl-C (as a shell reports SIGINT)
+INTERRUPTED = 130
 CALL, RESULT = "call.pkl", "result.pkl"
 
 
@@ -49,11 +54,13 @@ def run_elsewhere(launch: Launch, call: dict[str, Any], timeout: float | None = 
         (folder / CALL).write_bytes(pickle.dumps(call, protocol=5))
         procs = _start(launch, folder)
         _wait(procs, folder, timeout)
+        _interrupted(folder)
         return _result(folder)
 
 
 def _start(launch: Launch, folder: Path) -> list[subprocess.Popen]:
-    base = {**os.environ, **{k: str(v) for k, v in launch.env.items()}, WORKER_ENV: "1"}
+    base = {**os.environ, **{k: str(v) for k, v in launch.env.items()},
+            WORKER_ENV: str(folder)}
     if launch.processes > 1:
         base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
                     WORLD_SIZE=str(launch.processes))
@@ -78,24 +85,54 @@ def _start(launch: Launch, folder: Path) -> list[subprocess.Popen]:
 
 
 def _wait(procs: list[subprocess.Popen], folder: Path, timeout: float | None) -> None:
+    """Until every worker ends. The first Ctrl-C asks them to stop after one same step
+    (``hal.training.interrupt``); a second one ends them at once."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while any(p.poll() is None for p in procs):
-            failed = [(r, p) for r, p in enumerate(procs) if p.poll() not in (None, 0)]
-            if failed:
+    asked = False
+    while True:
+        try:
+            _watch(procs, folder, deadline, timeout)
+            break
+        except KeyboardInterrupt:
+            if asked:
                 _stop(procs)
-                _raise(failed[0][0], failed[0][1].returncode, folder)
-            if deadline is not None and time.monotonic() > deadline:
-                _stop(procs)
-                raise BackendError(f"the training workers did not finish within {timeout:g} s; "
-                                   f"they were stopped")
-            time.sleep(0.05)
-    except BaseException:
-        _stop(procs)
-        raise
+                raise
+            asked = True
+            ask_to_stop(folder, len(procs))
+        except BaseException:
+            _stop(procs)
+            raise
     for rank, p in enumerate(procs):
-        if p.returncode:
+        if p.returncode and not _stopped(rank, p, folder):
             _raise(rank, p.returncode, folder)
+
+
+def _stopped(rank: int, proc: subprocess.Popen, folder: Path) -> bool:
+    """Whether the worker ended on Ctrl-C, having said where it stopped."""
+    return proc.returncode == INTERRUPTED and (folder / f"interrupted-{rank}.pkl").exists()
+
+
+def _interrupted(folder: Path) -> None:
+    """Rank 0 stopped on Ctrl-C: the run's TrainingInterrupted, here."""
+    sent = folder / "interrupted-0.pkl"
+    if sent.exists():
+        checkpoint, epoch, step = pickle.loads(sent.read_bytes())
+        raise TrainingInterrupted(Path(checkpoint) if checkpoint else None, epoch, step)
+
+
+def _watch(procs: list[subprocess.Popen], folder: Path, deadline: float | None,
+           timeout: float | None) -> None:
+    while any(p.poll() is None for p in procs):
+        failed = [(r, p) for r, p in enumerate(procs)
+                  if p.poll() not in (None, 0) and not _stopped(r, p, folder)]
+        if failed:
+            _stop(procs)
+            _raise(failed[0][0], failed[0][1].returncode, folder)
+        if deadline is not None and time.monotonic() > deadline:
+            _stop(procs)
+            raise BackendError(f"the training workers did not finish within {timeout:g} s; "
+                               f"they were stopped")
+        time.sleep(0.05)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -148,6 +185,7 @@ def worker(folder: Path) -> int:
     from hal.training.loop import train
 
     rank = int(os.environ.get("RANK", "0"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launching process decides (see _wait)
     try:
         call = pickle.loads((folder / CALL).read_bytes())
         model, data = load(*call.pop("model")), call.pop("data")
@@ -155,6 +193,11 @@ def worker(folder: Path) -> int:
     except HalError as exc:
         (folder / f"error-{rank}.pkl").write_bytes(pickle.dumps((type(exc).__name__, str(exc))))
         return 1
+    except TrainingInterrupted as stop:
+        saved = str(stop.checkpoint) if stop.checkpoint else None
+        (folder / f"interrupted-{rank}.pkl").write_bytes(
+            pickle.dumps((saved, stop.epoch, stop.step)))
+        return INTERRUPTED
     if rank == 0:
         fields = {k: getattr(result, k) for k in result.__dataclass_fields__}
         fields["model"] = (result.model.to_proto().SerializeToString(), result.model.name)

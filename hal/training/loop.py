@@ -7,6 +7,7 @@ data order, accumulation groups, epochs, validation, checkpoints, callbacks and 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -25,7 +26,7 @@ from hal.training import checkpoint, launcher, qat, ray_cluster
 from hal.training.batches import TARGET, ArrayData, BatchStream, Feed, grouped, source, weights
 from hal.training.callbacks import BestCheckpoint, Callback
 from hal.training.graph import build
-from hal.training.interrupt import StepBoundary, TrainingInterrupted
+from hal.training.interrupt import SharedBoundary, StepBoundary, TrainingInterrupted
 from hal.training.metrics import Evaluation, check
 from hal.training.progress import Progress
 from hal.training.result import TrainResult, trained_model
@@ -247,7 +248,7 @@ class Run:
         self.rng_state: dict = {}
         self.losses: list[float] = []  # the last step's micro-batch losses
         self.stop = self.in_step = False
-        self.boundary: StepBoundary | nullcontext = nullcontext()
+        self.boundary: StepBoundary | SharedBoundary | nullcontext = nullcontext()
         self.best_checkpoint: Path | None = None
         self.last_checkpoint: Path | None = None
 
@@ -278,8 +279,7 @@ class Run:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         bar = Progress(progress and self.writes, self.epochs)
-        # several processes must stop at the same step: there Ctrl-C stops each at once
-        self.boundary = StepBoundary() if self.spec.parallel.world == 1 else nullcontext()
+        self.boundary = self._boundary()
         try:
             with self.boundary:
                 while self.epoch < self.epochs and not self.stop:
@@ -337,8 +337,18 @@ class Run:
 
     def _between_steps(self) -> None:
         """Where a Ctrl-C held back during the step stops the run (``hal.training.interrupt``)."""
-        if isinstance(self.boundary, StepBoundary):
-            self.boundary.check()
+        if not isinstance(self.boundary, nullcontext):
+            self.boundary.check(self.step)
+
+    def _boundary(self) -> StepBoundary | SharedBoundary | nullcontext:
+        """Where Ctrl-C may stop the run. The workers ``hal.training.launcher`` started stop
+        where it tells them, through its folder (several processes must stop after the same
+        step); one process on its own holds Ctrl-C until its step ends; the processes of a Ray
+        Train group or of torchrun stop at once."""
+        folder = os.environ.get(launcher.WORKER_ENV)
+        if folder:
+            return SharedBoundary(Path(folder), self.spec.parallel.rank)
+        return StepBoundary() if self.spec.parallel.world == 1 else nullcontext()
 
     def _end_epoch(self) -> dict:
         if not self.samples:
