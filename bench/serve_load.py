@@ -17,8 +17,8 @@ threads) at that payload.
 The offline column is ``hal.compare`` on the same device at batch ``--max-batch``: samples
 per second with no server, the bound batching can approach.
 
-The overload check (``--overload-clients``, default 10x what the server holds: queue plus
-one batch) runs lenet with a small queue, and checks that every answer is 200 or 503, that
+The overload check (``--overload-clients``, default 10x what the server holds: its queue
+and one batch per instance) runs lenet with a small queue, and checks that every answer is 200 or 503, that
 the server's memory stays bounded (its RSS before and after) and that it answers a request
 at once after the load stops.
 
@@ -143,6 +143,14 @@ async def load(url: str, model: str, x: np.ndarray, clients: int, seconds: float
             "warm": warm[0]}
 
 
+def instance_count(url: str, model: str) -> int:
+    """The copies of ``model`` the server runs (its config's instance group)."""
+    import urllib.request
+
+    config = json.loads(urllib.request.urlopen(f"{url}/v2/models/{model}/config").read())
+    return sum(g["count"] for g in config["instance_group"])
+
+
 def server_batches(url: str) -> dict[str, tuple[float, float]]:
     """model -> (batches run, rows run) from the server's /metrics."""
     import urllib.request
@@ -223,12 +231,14 @@ def run_load(models, clients, seconds, device, max_batch, max_delay_ms, queue, f
 
 def overload(device: str, seconds: float, clients: int | None, queue: int,
              max_batch: int, options=()) -> dict:
-    """lenet at 10x what the server holds: only 200 and 503, bounded memory, recovery."""
-    clients = clients or 10 * (queue + max_batch)
+    """lenet at 10x what the server holds (its queue and a batch on each instance): only 200
+    and 503, bounded memory, recovery."""
     server = ServerProcess([f"lenet={device}"], ["--queue", str(queue), "--max-batch",
                                                  str(max_batch),
                                                  *[a for o in options for a in ("--option", o)]])
     try:
+        instances = instance_count(server.url, "lenet")
+        clients = clients or 10 * (queue + instances * max_batch)
         x = example("lenet")
         asyncio.run(load(server.url, "lenet", x, 8, 1.0, 0.5))  # warm
         rss0 = server.rss_mb()
@@ -238,6 +248,7 @@ def overload(device: str, seconds: float, clients: int | None, queue: int,
         after = asyncio.run(load(server.url, "lenet", x, 1, 1.0, 0.0))
         recovered_s = time.perf_counter() - t0
         return {"clients": clients, "queue": queue, "max_batch": max_batch,
+                "instances": instances,
                 "codes": r["codes"], "throughput": r["throughput"], "p99_ms": r["p99_ms"],
                 "only_200_503": set(r["codes"]) <= {"200", "503"},
                 "rss_before_mb": round(rss0, 1), "rss_after_mb": round(rss1, 1),
@@ -329,7 +340,7 @@ def main() -> None:
             out["overload"] = ov
             print()
             print(f"overload: {ov['clients']} clients on lenet (queue {ov['queue']}, max_batch "
-                  f"{ov['max_batch']}): answers {ov['codes']}, {ov['throughput']:.0f} answered/s; "
+                  f"{ov['max_batch']}, {ov['instances']} instances): answers {ov['codes']}, {ov['throughput']:.0f} answered/s; "
                   f"only 200/503: {ov['only_200_503']}; server RSS {ov['rss_before_mb']} -> "
                   f"{ov['rss_after_mb']} MB; after the load: {ov['after']['codes']} at p50 "
                   f"{ov['after']['p50_ms']:.2f} ms (recovered: {ov['recovered']})")
