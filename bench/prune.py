@@ -46,9 +46,12 @@ def run_pipeline(epochs: int = 15, finetune_epochs: int = 10, ratio: float = 0.5
                  finetune_optimizer: str = "sgd", batch_size: int = 32, seed: int = 0,
                  importance: str = "bn_gamma", allocation: str = "uniform",
                  variants: dict | None = None, measure: bool = True, device: str = "cpu@ort",
-                 batch: int = 64, budget_s: float = 2.0, rounds: int = 3, log=None) -> dict:
+                 batch: int = 64, budget_s: float = 2.0, rounds: int = 3, save: str | None = None,
+                 log=None) -> dict:
     """Train, prune each variant, fine-tune it, and (``measure``) time the baseline and every
-    variant in one hal.compare run. Returns {"baseline": {...}, variant name: {...}, ...}."""
+    variant in one hal.compare run; ``save``: a folder to keep the models in
+    (resnet_lite_<name>.onnx), to time them again with ``hal compare``. Returns
+    {"baseline": {...}, variant name: {...}, ...}."""
     say = log or (lambda *a: None)
     x, y = hal.data.digits("train", size=32, channels=3)
     xt, yt = hal.data.digits("test", size=32, channels=3)
@@ -82,6 +85,10 @@ def run_pipeline(epochs: int = 15, finetune_epochs: int = 10, ratio: float = 0.5
         r["flops_ratio"] = out["baseline"]["flops"] / r["flops"]
         r["params_ratio"] = out["baseline"]["params"] / r["params"]
         out[name] = r
+    if save:
+        Path(save).mkdir(parents=True, exist_ok=True)
+        for name, model in models.items():
+            model.save(str(Path(save) / f"resnet_lite_{name}.onnx"))
     if measure:
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}
@@ -120,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu@ort")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--save", metavar="DIR", help="keep the models in DIR to time them again")
     args = ap.parse_args(argv)
     names = [n for n in args.variants.split(",") if n]
     unknown = [n for n in names if n not in VARIANTS]
@@ -129,7 +137,8 @@ def main(argv=None) -> int:
                      finetune_lr=args.finetune_lr, finetune_optimizer=args.finetune_optimizer,
                      importance=args.importance, allocation=args.allocation, seed=args.seed,
                      variants={n: VARIANTS[n] for n in names}, device=args.device,
-                     batch=args.batch, budget_s=args.budget, rounds=args.rounds, log=print)
+                     batch=args.batch, budget_s=args.budget, rounds=args.rounds,
+                     save=args.save, log=print)
     s, b = r["settings"], r["baseline"]
     for name in r:
         if name not in ("settings", "baseline"):

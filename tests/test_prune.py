@@ -509,9 +509,9 @@ def test_pruned_models_run_int8_on_the_int8_only_devices(int8_device, pruned_zoo
 @pytest.mark.slow
 def test_resnet_lite_pruned_by_half_keeps_its_accuracy_with_fewer_flops():
     """bench/prune.py's run without the timing: resnet_lite trained on digits 3x32x32 (15
-    epochs), pruned by half and fine-tuned (10 epochs). With the residual streams whole
-    (keep_residual) it loses at most a point with 1.9x fewer FLOPs; pruned everywhere it has
-    3.9x fewer FLOPs and loses 0.7-1.5 points over fine-tuning seeds (docs/pruning.md)."""
+    epochs), pruned by half and fine-tuned (10 epochs, SGD). Pruned everywhere it loses at most
+    a point with 3.9x fewer FLOPs; with the residual streams whole (keep_residual) at most a
+    point with 1.9x fewer (docs/pruning.md)."""
     import importlib.util
     from pathlib import Path
 
@@ -529,4 +529,4 @@ def test_resnet_lite_pruned_by_half_keeps_its_accuracy_with_fewer_flops():
     keep = r["pruned_keep_residual"]
     assert keep["drop_points"] <= 1.0 and keep["flops_ratio"] >= 1.8
     everywhere = r["pruned"]
-    assert everywhere["flops_ratio"] >= 3.5 and everywhere["drop_points"] <= 2.0
+    assert everywhere["drop_points"] <= 1.0 and everywhere["flops_ratio"] >= 3.5
