@@ -17,7 +17,7 @@ from math import lcm
 import numpy as np
 
 from hal.passes.channel_graph import ChannelGraph
-from hal.passes.prune_channels import Selection, channel_scores
+from hal.passes.prune_channels import Selection, scored_groups
 
 #: the fraction of its units every group keeps under global allocation: a layer left with
 #: one or two channels starves everything after it
@@ -33,21 +33,7 @@ def select_global(cg: ChannelGraph, ratio: float, importance: str = "l1",
     (at least one); kept counts are then rounded up to a multiple of ``round_to``."""
     sel = Selection()
     candidates = []  # (gid, normalized unit scores)
-    for gid, g in cg.groups.items():
-        if not g.prunable:
-            continue
-        if keep_residual and g.joins:
-            sel.skipped[gid] = (f"a residual stream (joined by {g.joins[0]}"
-                                + (f" and {len(g.joins) - 1} more" if len(g.joins) > 1 else "")
-                                + "): keep_residual=True")
-            continue
-        scores = channel_scores(cg, gid, importance)
-        if scores is None:
-            sel.skipped[gid] = (f"importance={importance!r}: no BatchNormalization scales these "
-                                f"channels")
-            continue
-        unit_scores = scores.reshape(g.units, g.block).sum(1)
-        sel.scores[gid] = unit_scores
+    for gid, g, unit_scores in scored_groups(cg, importance, keep_residual, sel):
         mean = float(unit_scores.mean())
         candidates.append((gid, unit_scores / mean if mean > 0 else np.ones(g.units)))
     total = sum(cg.groups[gid].size for gid, _ in candidates)

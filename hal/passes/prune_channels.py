@@ -72,13 +72,9 @@ def channel_scores(cg: ChannelGraph, gid: int, importance: str) -> np.ndarray | 
     return total if found else None
 
 
-def select(cg: ChannelGraph, ratio: float, importance: str = "l1",
-           round_to: int | None = None, keep_residual: bool = False) -> Selection:
-    """Per prunable group, the units to keep: ``ratio`` of them removed (rounded half up, at
-    least one kept), the kept channel count rounded up to a multiple of ``round_to``; the
-    units of highest importance stay (ties: the earlier unit), in their order.
-    ``keep_residual``: groups joined by an elementwise node (a residual stream) keep all."""
-    sel = Selection()
+def scored_groups(cg: ChannelGraph, importance: str, keep_residual: bool, sel: Selection):
+    """(group id, group, importance of each unit) of every group that may lose units; the
+    groups left whole are in ``sel.skipped`` with why, the scores in ``sel.scores``."""
     for gid, g in cg.groups.items():
         if not g.prunable:
             continue
@@ -92,9 +88,19 @@ def select(cg: ChannelGraph, ratio: float, importance: str = "l1",
             sel.skipped[gid] = (f"importance={importance!r}: no BatchNormalization scales these "
                                 f"channels")
             continue
+        sel.scores[gid] = scores.reshape(g.units, g.block).sum(1)
+        yield gid, g, sel.scores[gid]
+
+
+def select(cg: ChannelGraph, ratio: float, importance: str = "l1",
+           round_to: int | None = None, keep_residual: bool = False) -> Selection:
+    """Per prunable group, the units to keep: ``ratio`` of them removed (rounded half up, at
+    least one kept), the kept channel count rounded up to a multiple of ``round_to``; the
+    units of highest importance stay (ties: the earlier unit), in their order.
+    ``keep_residual``: groups joined by an elementwise node (a residual stream) keep all."""
+    sel = Selection()
+    for gid, g, unit_scores in scored_groups(cg, importance, keep_residual, sel):
         units = g.units
-        unit_scores = scores.reshape(units, g.block).sum(1)
-        sel.scores[gid] = unit_scores
         keep = max(1, units - int(np.floor(units * ratio + 0.5)))
         if round_to:
             step = lcm(int(round_to), g.block) // g.block
