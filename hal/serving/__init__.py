@@ -14,7 +14,7 @@ imports no web framework; starting a server does (``pip install 'hal-accel[serve
 
 from __future__ import annotations
 
-from hal.serving.repository import ModelConfig
+from hal.serving.config import ModelConfig
 from hal.serving.server import Server, serve
 
 __all__ = ["ModelConfig", "Server", "serve"]

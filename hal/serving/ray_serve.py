@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hal.errors import BackendError, OptionError
-from hal.serving.repository import ModelConfig, compiled_specs, read_repository
+from hal.serving.config import ModelConfig, read_repository
+from hal.serving.repository import compiled_specs
 from hal.serving.server import model_configs
 
 APP_NAME = "hal"

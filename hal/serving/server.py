@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from hal.errors import OptionError
-from hal.serving.repository import ModelConfig, Repository, parse_spec
+from hal.serving.config import ModelConfig, parse_spec
+from hal.serving.repository import Repository
 
 log = logging.getLogger("hal.serving")
 
