@@ -85,6 +85,7 @@ def compile_instances(cfg: ModelConfig) -> list[Any]:
             raise OptionError(f"model {cfg.name!r} was given compiled; serve it with "
                               f"instances=1, or give its source to compile several copies")
         return [cfg.model]
+    from hal import registry
     from hal.device import DeviceSpec
     from hal.frontends import to_model
     from hal.selection import compile
@@ -93,20 +94,24 @@ def compile_instances(cfg: ModelConfig) -> list[Any]:
     options = dict(cfg.options)
     if cfg.precision is not None:
         options["precision"] = cfg.precision
-    first_opts = dict(options)
-    if DeviceSpec.parse(cfg.device).backend is None and cfg.max_batch > 0 \
-            and "batch" not in options:
-        first_opts["batch"] = cfg.max_batch  # measured selection times the served batch
-    first = compile(source, cfg.device, **first_opts)
+    if DeviceSpec.parse(cfg.device).backend is None:  # selection picks it: compile to learn
+        first_opts = dict(options)
+        if cfg.max_batch > 0 and "batch" not in options:
+            first_opts["batch"] = cfg.max_batch  # measured selection times the served batch
+        first = compile(source, cfg.device, **first_opts)
+        device = first.device
+    else:
+        first, device = None, registry.device(cfg.device)
     count = cfg.instances
     if count == "auto":
-        count, threads = auto_instances(first.device, options)
-        if count > 1:  # single-threaded copies replace the first, which used every core
-            options[first.device.backend.threads_option] = threads
-            first = compile(source, first.device.string, **options)
-    # the other copies take the device the first one resolved to: nothing measured again
-    return [first] + [compile(source, first.device.string, **options)
-                      for _ in range(count - 1)]
+        count, threads = auto_instances(device, options)
+        if count > 1:  # single-threaded copies; a first one compiled on every core goes
+            options[device.backend.threads_option] = threads
+            first = None
+    # the copies take the device resolved above: nothing measured again
+    copies = [] if first is None else [first]
+    return copies + [compile(source, device.string, **options)
+                     for _ in range(count - len(copies))]
 
 
 #: ``instances="auto"`` runs at most this many copies of a model
@@ -120,10 +125,8 @@ def auto_instances(device: Any, options: dict) -> tuple[int, int]:
     one copy as compiled. Copies that each run a whole batch on one core spend nothing on
     synchronizing threads inside every op, which at the small batches a server forms costs
     more than the op (docs/serving.md has the figures)."""
-    backend = getattr(device, "backend", None)
-    option = getattr(backend, "threads_option", None)
-    kind = getattr(getattr(device, "info", None), "kind", None)
-    if option is None or kind != "cpu" or option in options:
+    option = device.backend.threads_option
+    if option is None or device.info.kind != "cpu" or option in options:
         return 1, 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count() or 1
