@@ -95,10 +95,8 @@ class SharedBoundary:
             self._previous = None
 
     def check(self, step: int) -> None:
-        if self.rank == 0:  # replaced whole: the launching process never reads half of it
-            tmp = self.folder / f"{STEP_FILE}.tmp"
-            tmp.write_text(str(step))
-            os.replace(tmp, self.folder / STEP_FILE)
+        if self.rank == 0:
+            _write_whole(self.folder / STEP_FILE, step)
         if self.stop_at is None:
             try:
                 self.stop_at = int((self.folder / STOP_FILE).read_text())
@@ -117,9 +115,14 @@ def ask_to_stop(folder: Path, workers: int) -> int:
     except (FileNotFoundError, ValueError):
         done = 0
     stop_at = done + 2
-    tmp = Path(folder) / f"{STOP_FILE}.tmp"
-    tmp.write_text(str(stop_at))
-    os.replace(tmp, Path(folder) / STOP_FILE)
+    _write_whole(Path(folder) / STOP_FILE, stop_at)
     print(f"\nhal.train: the {workers} workers stop after step {stop_at} to write a checkpoint "
           f"(Ctrl-C again stops them at once, without one)", file=sys.stderr)
     return stop_at
+
+
+def _write_whole(path: Path, number: int) -> None:
+    """``number`` into ``path``, replaced at once: the other process never reads half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(number))
+    os.replace(tmp, path)
