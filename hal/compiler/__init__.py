@@ -23,9 +23,6 @@ from hal.registry import REGISTRY
 log = logging.getLogger("hal")
 
 _CORE_OPTIONS = {f.name for f in fields(CompileOptions)} - {"extra"}
-#: how many verified input signatures a compiled model remembers (numpy arrays and Buffers
-#: of a few batch sizes, called alternately, all stay on the fast path)
-_SIGNATURES = 8
 _MODEL_OPTIONS = {"input_shape", "example_input"}
 
 
