@@ -350,8 +350,9 @@ def test_repository_load_unload_and_config(tmp_path):
         with cf.ThreadPoolExecutor(4) as pool:
             during = [pool.submit(post, s.url, "mlp", {"input": x}) for _ in range(40)]
             assert httpx.post(f"{s.url}/v2/repository/models/mlp/load").status_code == 200
-        for f in during:
-            np.testing.assert_array_equal(outputs(f.result())["output"], expected)
+        for f in during:  # batched with others: a bigger GEMM may round the last bit apart
+            np.testing.assert_allclose(outputs(f.result())["output"], expected, rtol=1e-6,
+                                       atol=1e-7)
         assert httpx.get(f"{s.url}/v2/models/mlp/config").json()["max_batch_size"] == 4
         # a load request may override settings, never the model's file
         r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",
