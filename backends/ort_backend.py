@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class OrtBackend(RunsOnnxFiles, Backend):
     requires = ("onnxruntime",)
     install_hint = "pip install hal-accel[ort]"
     options = frozenset({"intra_op_num_threads", "allow_spinning"})
-    threads_option = "intra_op_num_threads"
+    serving_options = MappingProxyType({"allow_spinning": False})
     precisions = ("fp32", "fp16", "int8")
     ops = frozenset(_OPS)
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
@@ -341,10 +343,10 @@ class Backend(abc.ABC):
     #: False when calls on one device must not overlap (HAL then runs its compiles, puts
     #: and calls one at a time); its devices say so in ``DeviceInfo.thread_safe``.
     thread_safe: ClassVar[bool] = True
-    #: The compile option that sets how many CPU threads one compiled model uses, if the
-    #: backend has one. A server then runs one single-threaded copy per core instead of one
-    #: copy whose threads synchronize on every op (``hal serve --instances auto``).
-    threads_option: ClassVar[str | None] = None
+    #: Compile options ``hal serve`` uses on this backend unless the model sets them. A
+    #: backend whose worker threads spin between calls turns that off here: in a server the
+    #: event loop parsing requests needs those cores between batches (docs/serving.md).
+    serving_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     @abc.abstractmethod
     def probe(self) -> list[DeviceInfo]:

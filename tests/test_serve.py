@@ -510,35 +510,31 @@ def test_thread_safety_of_stop():
     assert not t.is_alive()
 
 
-def test_auto_instances_run_one_single_threaded_copy_per_core(monkeypatch):
+def test_instances_are_compiled_with_the_backends_serving_options():
     pytest.importorskip("onnxruntime")
-    from hal.serving.repository import auto_instances, compile_instances
+    from hal.serving.repository import compile_instances
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)))
-    copies = compile_instances(ModelConfig("lenet", device="cpu@ort").check())
+    copies = compile_instances(ModelConfig("lenet", device="cpu@ort", instances=3).check())
     assert len(copies) == 3
-    assert {c.report()["options"]["intra_op_num_threads"] for c in copies} == {1}
+    assert [c.executables[0].info["allow_spinning"] for c in copies] == [False] * 3
     x = hal.models.example_input("lenet", 4)
     expected = hal.compile("lenet", "cpu@reference")(x)[0]
     for c in copies:
         np.testing.assert_allclose(c(x)[0], expected, rtol=1e-4, atol=1e-5)
-    # a thread count the caller chose is kept, as one copy; a backend without one: one copy
+    # an option the model sets is kept; a backend without serving options compiles as asked
     mine = compile_instances(ModelConfig("lenet", device="cpu@ort",
-                                         options={"intra_op_num_threads": 2}).check())
-    assert len(mine) == 1 and mine[0].report()["options"]["intra_op_num_threads"] == 2
+                                         options={"allow_spinning": True}).check())
+    assert len(mine) == 1 and mine[0].executables[0].info["allow_spinning"] is True
     assert len(compile_instances(ModelConfig("lenet", device="cpu@reference").check())) == 1
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
-    assert auto_instances(copies[0].device, {}) == (8, 2)  # at most 8 copies, cores shared
-    with pytest.raises(OptionError, match=r"instances \(or \"auto\"\) must be a whole number"):
-        ModelConfig("lenet", instances="many").check()
+    with pytest.raises(OptionError, match=r"instances must be a whole number >= 1, got 'auto'"):
+        ModelConfig("lenet", instances="auto").check()
 
 
-def test_served_config_counts_the_auto_instances(monkeypatch):
+def test_served_config_counts_the_instances():
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    with Server(["lenet=cpu@ort"], port=0) as s:
+    with Server(["lenet=cpu@ort"], port=0, instances=2) as s:
         cfg = httpx.get(f"{s.url}/v2/models/lenet/config").json()
-        assert cfg["instance_group"][0]["count"] == 2 and cfg["hal"]["instances"] == "auto"
+        assert cfg["instance_group"][0]["count"] == 2 and cfg["hal"]["instances"] == 2
         x = hal.models.example_input("lenet", 1)
         np.testing.assert_allclose(outputs(post(s.url, "lenet", {"input": x}))["output"],
                                    hal.compile("lenet", "cpu@reference")(x)[0],

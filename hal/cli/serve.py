@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import sys
@@ -39,10 +38,8 @@ def add_parser(sub) -> None:
                    help="run every request alone, as it came")
     s.add_argument("--queue", type=int, default=256,
                    help="queued requests per model at most; past it: 503 with Retry-After")
-    s.add_argument("--instances", type=_instances, default="auto",
-                   help="compiled copies of each model running batches side by side (default "
-                        "auto: one single-threaded copy per core on a CPU backend with a "
-                        "thread-count option, such as cpu@ort; else 1)")
+    s.add_argument("--instances", type=int, default=1,
+                   help="compiled copies of each model running batches side by side (default 1)")
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="a compile option of the devices' backend for every model, e.g. "
                         "--option intra_op_num_threads=1 on cpu@ort (repeatable)")
@@ -122,12 +119,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _instances(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number or 'auto', got {text!r}") from None

@@ -40,8 +40,8 @@ class ModelConfig:
     ``max_delay_ms``: how long the oldest queued request may wait for others to join its
     batch. ``batching``: False runs every request alone. ``queue``: requests waiting at
     most, past which the server answers 503. ``instances``: copies of the compiled model
-    running batches side by side; "auto" runs one single-threaded copy per core (at most 8)
-    on a CPU backend with a thread-count option (``Backend.threads_option``), else one. ``timeout_s``: how long a request may wait for its answer
+    running batches side by side, each compiled with its backend's ``serving_options``
+    unless ``options`` sets them. ``timeout_s``: how long a request may wait for its answer
     (None: no limit; a request's own ``timeout`` parameter, in microseconds, may shorten it).
     """
 
@@ -53,7 +53,7 @@ class ModelConfig:
     max_delay_ms: float = 0.0
     batching: bool = True
     queue: int = 256
-    instances: int | str = "auto"
+    instances: int = 1
     timeout_s: float | None = None
     options: dict = field(default_factory=dict)
 
@@ -72,8 +72,7 @@ class ModelConfig:
             raise OptionError(f"{where}: device must be a device string, got {self.device!r}")
         _int(self.max_batch, "max_batch", 0, where)
         _int(self.queue, "queue", 1, where)
-        if self.instances != "auto":
-            _int(self.instances, "instances (or \"auto\")", 1, where)
+        _int(self.instances, "instances", 1, where)
         if isinstance(self.max_delay_ms, bool) or not isinstance(self.max_delay_ms, (int, float)) \
                 or not 0 <= self.max_delay_ms <= 60_000:
             raise OptionError(f"{where}: max_delay_ms must be a number of milliseconds from 0 "

@@ -149,10 +149,7 @@ def serve_on_ray(models: Any, *, cluster: str, replicas: int = 1,
     if not configs:
         raise OptionError("nothing to serve: name models (e.g. lenet=cpu) or a repository "
                           "folder")
-    # replicas are the copies on a cluster: "auto" (one copy per core) would make each
-    # replica take every core of its node, whatever Ray reserved for it
-    configs = [_portable(replace(c, instances=1) if c.instances == "auto" else c)
-               for c in configs]
+    configs = [_portable(c) for c in configs]
     token = token if token is not None else os.environ.get("HAL_SERVE_TOKEN") or None
     address = address_of(cluster)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,9 +78,10 @@ def _device_of(obj: Any) -> str:
 
 
 def compile_instances(cfg: ModelConfig) -> list[Any]:
-    """``cfg.instances`` compiled copies of the model (or the compiled model it was given)."""
+    """``cfg.instances`` compiled copies of the model (or the compiled model it was given),
+    each with its backend's ``serving_options`` where the model's options do not set them."""
     if compiled_specs(cfg.model) is not None:
-        if cfg.instances not in (1, "auto"):
+        if cfg.instances != 1:
             raise OptionError(f"model {cfg.name!r} was given compiled; serve it with "
                               f"instances=1, or give its source to compile several copies")
         return [cfg.model]
@@ -94,6 +94,7 @@ def compile_instances(cfg: ModelConfig) -> list[Any]:
     options = dict(cfg.options)
     if cfg.precision is not None:
         options["precision"] = cfg.precision
+    first = None
     if DeviceSpec.parse(cfg.device).backend is None:  # selection picks it: compile to learn
         first_opts = dict(options)
         if cfg.max_batch > 0 and "batch" not in options:
@@ -101,37 +102,15 @@ def compile_instances(cfg: ModelConfig) -> list[Any]:
         first = compile(source, cfg.device, **first_opts)
         device = first.device
     else:
-        first, device = None, registry.device(cfg.device)
-    count = cfg.instances
-    if count == "auto":
-        count, threads = auto_instances(device, options)
-        if count > 1:  # single-threaded copies; a first one compiled on every core goes
-            options[device.backend.threads_option] = threads
-            first = None
+        device = registry.device(cfg.device)
+    serving = {k: v for k, v in device.backend.serving_options.items() if k not in options}
+    if serving:  # a first copy compiled without them is not served
+        options.update(serving)
+        first = None
     # the copies take the device resolved above: nothing measured again
     copies = [] if first is None else [first]
     return copies + [compile(source, device.string, **options)
-                     for _ in range(count - len(copies))]
-
-
-#: ``instances="auto"`` runs at most this many copies of a model
-AUTO_INSTANCES = 8
-
-
-def auto_instances(device: Any, options: dict) -> tuple[int, int]:
-    """(copies, threads per copy) for ``instances="auto"`` on ``device``: one copy per core,
-    single-threaded (past AUTO_INSTANCES copies, the cores shared among them), where the
-    device is a CPU whose backend has a thread-count option the caller did not set; else
-    one copy as compiled. Copies that each run a whole batch on one core spend nothing on
-    synchronizing threads inside every op, which at the small batches a server forms costs
-    more than the op (docs/serving.md has the figures)."""
-    option = device.backend.threads_option
-    if option is None or device.info.kind != "cpu" or option in options:
-        return 1, 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
-    count = min(cores, AUTO_INSTANCES)
-    return count, max(1, cores // count)
+                     for _ in range(cfg.instances - len(copies))]
 
 
 class Served:

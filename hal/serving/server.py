@@ -190,7 +190,7 @@ def serve(models: Any = None, *, repository: str | None = None, host: str = "127
     folder of model folders (``hal.serving.repository``), reloadable while serving.
     ``defaults``: settings for every model that does not set its own: ``device`` ("cpu"),
     ``precision``, ``max_batch`` (32), ``max_delay_ms`` (0), ``batching`` (True), ``queue``
-    (256), ``instances`` ("auto"), ``timeout_s`` (None), ``options`` (further ``hal.compile``
+    (256), ``instances`` (1), ``timeout_s`` (None), ``options`` (further ``hal.compile``
     options, e.g. ``{"intra_op_num_threads": 1}`` on cpu@ort).
     ``token``: requests need ``Authorization: Bearer TOKEN`` (default ``HAL_SERVE_TOKEN``;
     unset: no authentication). ``max_body_mb``: larger requests get 413.
