@@ -530,6 +530,28 @@ def test_instances_are_compiled_with_the_backends_serving_options():
         ModelConfig("lenet", instances="auto").check()
 
 
+def test_instances_keep_the_options_selection_chose(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import hal.selection
+    from hal.serving.repository import compile_instances
+
+    real = hal.selection.compile
+
+    def choose(source, device, **options):  # measured selection picking ort on one thread
+        if device != "cpu":
+            return real(source, device, **options)
+        options.pop("batch", None)
+        chosen = real(source, "cpu@ort", intra_op_num_threads=1, **options)
+        chosen.selection = {"mode": "measured", "winner": chosen.device.string,
+                            "winner_options": {"intra_op_num_threads": 1}}
+        return chosen
+
+    monkeypatch.setattr(hal.selection, "compile", choose)
+    copies = compile_instances(ModelConfig("lenet", device="cpu", instances=2).check())
+    assert [(c.executables[0].info["intra_op_num_threads"],
+             c.executables[0].info["allow_spinning"]) for c in copies] == [(1, False)] * 2
+
+
 def test_served_config_counts_the_instances():
     pytest.importorskip("onnxruntime")
     with Server(["lenet=cpu@ort"], port=0, instances=2) as s:

@@ -101,6 +101,8 @@ def compile_instances(cfg: ModelConfig) -> list[Any]:
             first_opts["batch"] = cfg.max_batch  # measured selection times the served batch
         first = compile(source, cfg.device, **first_opts)
         device = first.device
+        # the options the chosen candidate was measured with (e.g. one thread) go to every copy
+        options.update((first.selection or {}).get("winner_options", {}))
     else:
         device = registry.device(cfg.device)
     serving = {k: v for k, v in device.backend.serving_options.items() if k not in options}
