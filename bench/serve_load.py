@@ -9,8 +9,9 @@ models share its event loop as they would in production); this process is the lo
 asyncio clients, each on a keep-alive connection of its own sending one sample (batch 1,
 the binary tensor extension, as tritonclient sends it) and waiting for the answer before
 the next, for ``--seconds`` after a warm-up. The requests are prepared once and the answers
-parsed with httptools, so that the load costs the shared machine little CPU. Each configuration reports requests answered per second, p50 and p99 latency as
-the client saw it, failures, and the mean batch the server ran (its /metrics). Batching on:
+parsed with httptools, so that the load costs the shared machine little CPU. Each
+configuration reports requests answered per second, p50 and p99 latency as the client saw
+it, failures, and the mean batch the server ran (its /metrics). Batching on:
 ``--max-batch`` rows within ``--max-delay-ms``; off: ``--no-batching``. ``identity`` is an
 ONNX Identity of LeNet's input, so its row is the server's own ceiling (protocol, queue,
 threads) at that payload.
@@ -19,9 +20,9 @@ The offline column is ``hal.compare`` on the same device at batch ``--max-batch`
 per second with no server, the bound batching can approach.
 
 The overload check (``--overload-clients``, default 10x what the server holds: its queue
-and one batch per instance) runs lenet with a small queue, and checks that every answer is 200 or 503, that
-the server's memory stays bounded (its RSS before and after) and that it answers a request
-at once after the load stops.
+and one batch per instance) runs lenet with a small queue, and checks that every answer is
+200 or 503, that the server's memory stays bounded (its RSS before and after) and that it
+answers a request at once after the load stops.
 
 The clients share the machine with the server: on a small machine the load generator's own
 CPU time lowers the figures (the table says how many cores it had).
@@ -118,8 +119,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes):
         try:
             self.parser.feed_data(data)
-        except Exception as exc:  # a malformed answer is this request's failure
-            self._finish(type(exc).__name__)
+        except Exception as exc:  # a malformed answer is this request's failure, and the
+            self._finish(type(exc).__name__)  # stream past it unusable: the client reconnects
+            self.transport.close()
 
     def on_message_complete(self):
         self._finish(str(self.parser.get_status_code()))
